@@ -1,0 +1,767 @@
+/*-------------------------------------------------------------------------
+ *
+ * commands.c
+ *		  The key-value SQL functions: cache_get, cache_set, cache_delete,
+ *		  cache_exists, cache_ttl, cache_incr, cache_mget,
+ *		  cache_delete_pattern, cache_lock, cache_unlock, cache_ping.
+ *
+ * Every function validates its input first (ERROR, SQLSTATE 22023), then
+ * talks to Redis through redis_execute().  On a Redis fault the function
+ * returns its miss value (NULL, false, 0) unless redis_cache.on_error is
+ * 'error'; the fault itself is reported by the connection layer.
+ *
+ * Values are plain Redis strings, readable and writable by any Redis client.
+ * What comes back is untrusted: a value that is not valid in the database
+ * encoding (or contains NUL) is a miss with a WARNING, never invalid text.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "redis_cache.h"
+
+PG_FUNCTION_INFO_V1(cache_get);
+PG_FUNCTION_INFO_V1(cache_set);
+PG_FUNCTION_INFO_V1(cache_delete);
+PG_FUNCTION_INFO_V1(cache_exists);
+PG_FUNCTION_INFO_V1(cache_ttl);
+PG_FUNCTION_INFO_V1(cache_incr);
+PG_FUNCTION_INFO_V1(cache_mget);
+PG_FUNCTION_INFO_V1(cache_delete_pattern);
+PG_FUNCTION_INFO_V1(cache_lock);
+PG_FUNCTION_INFO_V1(cache_unlock);
+PG_FUNCTION_INFO_V1(cache_ping);
+
+/* Atomic compare-and-delete for cache_unlock(). */
+static const char *unlock_script =
+"if redis.call('GET', KEYS[1]) == ARGV[1] then "
+"return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/* SCAN batch size for cache_delete_pattern(). */
+#define RC_SCAN_COUNT "1000"
+
+/*
+ * Turn a bulk-string reply into text, or NULL when it is a miss, not a
+ * string, or not valid in the database encoding.  "key" is the user's key,
+ * for messages.
+ */
+static text *
+reply_to_text(const RedisReply *reply, const char *key)
+{
+	if (reply == NULL || reply->type == RC_REPLY_NIL)
+		return NULL;
+	if (reply->type == RC_REPLY_ERROR)
+	{
+		char	   *what = psprintf("reading key \"%s\"", key);
+
+		redis_report_reply_error(reply, what, 0);
+		return NULL;
+	}
+	if (reply->type != RC_REPLY_STRING)
+		return NULL;
+	if (!pg_verifymbstr(reply->str, (int) reply->len, true))
+	{
+		if (redis_cache_on_error != RC_ON_ERROR_SILENT)
+			ereport(WARNING,
+					(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+					 errmsg("redis_cache: value of key \"%s\" is not valid %s text",
+							key, GetDatabaseEncodingName()),
+					 errdetail("The value is treated as a cache miss."),
+					 errhint("Store text in the database encoding, or binary data base64-encoded.")));
+		return NULL;
+	}
+	return cstring_to_text_with_len(reply->str, (int) reply->len);
+}
+
+static char *
+text_key_for_message(text *key)
+{
+	return text_to_cstring(key);
+}
+
+/*
+ * cache_get(key text) RETURNS text
+ */
+Datum
+cache_get(PG_FUNCTION_ARGS)
+{
+	text	   *key = PG_GETARG_TEXT_PP(0);
+	size_t		klen;
+	char	   *rkey = redis_make_key(key, &klen);
+	const char *argv[2] = {"GET", rkey};
+	size_t		argvlen[2] = {3, klen};
+	RedisReply *reply;
+	text	   *result;
+
+	reply = redis_command(0, 2, argv, argvlen);
+	result = reply_to_text(reply, text_key_for_message(key));
+	if (result == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(result);
+}
+
+/*
+ * cache_set(key text, value text, ttl_seconds int DEFAULT NULL) RETURNS boolean
+ */
+Datum
+cache_set(PG_FUNCTION_ARGS)
+{
+	text	   *key;
+	text	   *value;
+	int			ttl;
+	size_t		klen;
+	char	   *rkey;
+	char		ttlstr[16];
+	const char *argv[5];
+	size_t		argvlen[5];
+	int			argc = 3;
+	RedisReply *reply;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("redis_cache: cannot cache a NULL value"),
+				 errhint("Use cache_delete() to remove a key.")));
+	key = PG_GETARG_TEXT_PP(0);
+	value = PG_GETARG_TEXT_PP(1);
+	rkey = redis_make_key(key, &klen);
+
+	if (PG_ARGISNULL(2))
+		ttl = redis_cache_default_ttl;
+	else
+	{
+		ttl = PG_GETARG_INT32(2);
+		redis_check_ttl(ttl);
+	}
+
+	if (VARSIZE_ANY_EXHDR(value) > (size_t) redis_cache_max_value_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("redis_cache: value is too large to cache"),
+				 errdetail("The value is %zu bytes; redis_cache.max_value_bytes is %d.",
+						   (size_t) VARSIZE_ANY_EXHDR(value), redis_cache_max_value_bytes),
+				 errhint("Cache a smaller value or raise redis_cache.max_value_bytes.")));
+
+	argv[0] = "SET";
+	argvlen[0] = 3;
+	argv[1] = rkey;
+	argvlen[1] = klen;
+	argv[2] = VARDATA_ANY(value);
+	argvlen[2] = VARSIZE_ANY_EXHDR(value);
+	if (ttl > 0)
+	{
+		snprintf(ttlstr, sizeof(ttlstr), "%d", ttl);
+		argv[3] = "EX";
+		argvlen[3] = 2;
+		argv[4] = ttlstr;
+		argvlen[4] = strlen(ttlstr);
+		argc = 5;
+	}
+
+	reply = redis_command(0, argc, argv, argvlen);
+	if (reply == NULL)
+		PG_RETURN_BOOL(false);
+	if (reply->type == RC_REPLY_ERROR)
+	{
+		redis_report_reply_error(reply,
+								 psprintf("storing key \"%s\"", text_key_for_message(key)),
+								 0);
+		PG_RETURN_BOOL(false);
+	}
+	PG_RETURN_BOOL(reply->type == RC_REPLY_STATUS);
+}
+
+/*
+ * Pull the non-NULL elements of a one-dimensional text array, validated and
+ * prefixed.  *nulls (if given) marks NULL elements.
+ */
+static int
+array_to_keys(ArrayType *arr, char ***keys, size_t **lens, bool **isnull)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+	int			i;
+
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("redis_cache: keys must be a one-dimensional array")));
+
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &nelems);
+	*keys = palloc0(sizeof(char *) * Max(nelems, 1));
+	*lens = palloc0(sizeof(size_t) * Max(nelems, 1));
+	for (i = 0; i < nelems; i++)
+	{
+		if (nulls[i])
+			continue;
+		(*keys)[i] = redis_make_key(DatumGetTextPP(elems[i]), &(*lens)[i]);
+	}
+	*isnull = nulls;
+	return nelems;
+}
+
+/*
+ * UNLINK the given (already prefixed) keys in batches, pipelined in one
+ * round trip.  Returns the number removed, or -1 on a fault.
+ */
+static int64
+unlink_keys(char **keys, size_t *lens, bool *skip, int nkeys, int flags)
+{
+	int			nwanted = 0;
+	int			ncommands;
+	RedisCommand *cmds;
+	RedisReply **replies;
+	int			i;
+	int			c = -1;
+	int64		removed = 0;
+
+	for (i = 0; i < nkeys; i++)
+		if (!(skip && skip[i]))
+			nwanted++;
+	if (nwanted == 0)
+		return 0;
+
+	ncommands = (nwanted + RC_KEYS_PER_COMMAND - 1) / RC_KEYS_PER_COMMAND;
+	cmds = palloc0(sizeof(RedisCommand) * ncommands);
+	for (i = 0; i < nkeys; i++)
+	{
+		if (skip && skip[i])
+			continue;
+		if (c < 0 || cmds[c].argc == RC_KEYS_PER_COMMAND + 1)
+		{
+			c++;
+			cmds[c].argv = palloc(sizeof(char *) * (RC_KEYS_PER_COMMAND + 1));
+			cmds[c].argvlen = palloc(sizeof(size_t) * (RC_KEYS_PER_COMMAND + 1));
+			cmds[c].argv[0] = "UNLINK";
+			cmds[c].argvlen[0] = 6;
+			cmds[c].argc = 1;
+		}
+		cmds[c].argv[cmds[c].argc] = keys[i];
+		cmds[c].argvlen[cmds[c].argc] = lens[i];
+		cmds[c].argc++;
+	}
+
+	replies = palloc(sizeof(RedisReply *) * ncommands);
+	if (!redis_execute(cmds, ncommands, replies, flags))
+		return -1;
+	for (i = 0; i < ncommands; i++)
+	{
+		if (replies[i]->type == RC_REPLY_INTEGER)
+			removed += replies[i]->integer;
+		else if (replies[i]->type == RC_REPLY_ERROR)
+			redis_report_reply_error(replies[i], "deleting keys", flags);
+	}
+	return removed;
+}
+
+/*
+ * cache_delete(VARIADIC keys text[]) RETURNS bigint
+ */
+Datum
+cache_delete(PG_FUNCTION_ARGS)
+{
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
+	char	  **keys;
+	size_t	   *lens;
+	bool	   *nulls;
+	int			nkeys;
+	int64		removed;
+
+	nkeys = array_to_keys(arr, &keys, &lens, &nulls);
+	removed = unlink_keys(keys, lens, nulls, nkeys, 0);
+	PG_RETURN_INT64(removed < 0 ? 0 : removed);
+}
+
+/*
+ * cache_exists(key text) RETURNS boolean
+ */
+Datum
+cache_exists(PG_FUNCTION_ARGS)
+{
+	text	   *key = PG_GETARG_TEXT_PP(0);
+	size_t		klen;
+	char	   *rkey = redis_make_key(key, &klen);
+	const char *argv[2] = {"EXISTS", rkey};
+	size_t		argvlen[2] = {6, klen};
+	RedisReply *reply;
+
+	reply = redis_command(0, 2, argv, argvlen);
+	PG_RETURN_BOOL(reply != NULL && reply->type == RC_REPLY_INTEGER &&
+				   reply->integer > 0);
+}
+
+/*
+ * cache_ttl(key text) RETURNS int: seconds left, NULL when absent or
+ * without expiry.
+ */
+Datum
+cache_ttl(PG_FUNCTION_ARGS)
+{
+	text	   *key = PG_GETARG_TEXT_PP(0);
+	size_t		klen;
+	char	   *rkey = redis_make_key(key, &klen);
+	const char *argv[2] = {"TTL", rkey};
+	size_t		argvlen[2] = {3, klen};
+	RedisReply *reply;
+
+	reply = redis_command(0, 2, argv, argvlen);
+	if (reply == NULL || reply->type != RC_REPLY_INTEGER || reply->integer < 0 ||
+		reply->integer > PG_INT32_MAX)
+		PG_RETURN_NULL();
+	PG_RETURN_INT32((int32) reply->integer);
+}
+
+/*
+ * cache_incr(key text, delta bigint DEFAULT 1, ttl_seconds int DEFAULT NULL)
+ * RETURNS bigint
+ *
+ * MULTI / SET key 0 EX ttl NX / INCRBY / EXEC: the expiry is set only when
+ * this call creates the counter, so an application's persistent counter
+ * never gains a TTL, and creation plus increment are atomic.
+ */
+Datum
+cache_incr(PG_FUNCTION_ARGS)
+{
+	text	   *key;
+	int64		delta;
+	int			ttl;
+	size_t		klen;
+	char	   *rkey;
+	char		deltastr[32];
+	char		ttlstr[16];
+	const char *multi_argv[1] = {"MULTI"};
+	size_t		multi_len[1] = {5};
+	const char *set_argv[6];
+	size_t		set_len[6];
+	const char *incr_argv[3];
+	size_t		incr_len[3];
+	const char *exec_argv[1] = {"EXEC"};
+	size_t		exec_len[1] = {4};
+	RedisCommand cmds[4];
+	RedisReply *replies[4];
+	int			n = 0;
+	RedisReply *exec;
+	RedisReply *incr;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	key = PG_GETARG_TEXT_PP(0);
+	delta = PG_GETARG_INT64(1);
+	rkey = redis_make_key(key, &klen);
+	if (PG_ARGISNULL(2))
+		ttl = redis_cache_default_ttl;
+	else
+	{
+		ttl = PG_GETARG_INT32(2);
+		redis_check_ttl(ttl);
+	}
+
+	snprintf(deltastr, sizeof(deltastr), INT64_FORMAT, delta);
+	incr_argv[0] = "INCRBY";
+	incr_len[0] = 6;
+	incr_argv[1] = rkey;
+	incr_len[1] = klen;
+	incr_argv[2] = deltastr;
+	incr_len[2] = strlen(deltastr);
+
+	cmds[n].argc = 1;
+	cmds[n].argv = multi_argv;
+	cmds[n++].argvlen = multi_len;
+	if (ttl > 0)
+	{
+		snprintf(ttlstr, sizeof(ttlstr), "%d", ttl);
+		set_argv[0] = "SET";
+		set_len[0] = 3;
+		set_argv[1] = rkey;
+		set_len[1] = klen;
+		set_argv[2] = "0";
+		set_len[2] = 1;
+		set_argv[3] = "EX";
+		set_len[3] = 2;
+		set_argv[4] = ttlstr;
+		set_len[4] = strlen(ttlstr);
+		set_argv[5] = "NX";
+		set_len[5] = 2;
+		cmds[n].argc = 6;
+		cmds[n].argv = set_argv;
+		cmds[n++].argvlen = set_len;
+	}
+	cmds[n].argc = 3;
+	cmds[n].argv = incr_argv;
+	cmds[n++].argvlen = incr_len;
+	cmds[n].argc = 1;
+	cmds[n].argv = exec_argv;
+	cmds[n++].argvlen = exec_len;
+
+	if (!redis_execute(cmds, n, replies, 0))
+		PG_RETURN_NULL();
+
+	exec = replies[n - 1];
+	if (exec->type == RC_REPLY_ERROR)
+	{
+		redis_report_reply_error(exec,
+								 psprintf("incrementing key \"%s\"", text_key_for_message(key)),
+								 0);
+		PG_RETURN_NULL();
+	}
+	if (exec->type != RC_REPLY_ARRAY || exec->elements != (size_t) (n - 2))
+		PG_RETURN_NULL();
+	incr = exec->element[exec->elements - 1];
+	if (incr->type == RC_REPLY_ERROR)
+	{
+		redis_report_reply_error(incr,
+								 psprintf("incrementing key \"%s\"", text_key_for_message(key)),
+								 0);
+		PG_RETURN_NULL();
+	}
+	if (incr->type != RC_REPLY_INTEGER)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64((int64) incr->integer);
+}
+
+/*
+ * cache_mget(keys text[]) RETURNS text[]: one element per key, NULL for
+ * misses, all in one round trip.
+ */
+Datum
+cache_mget(PG_FUNCTION_ARGS)
+{
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
+	char	  **keys;
+	size_t	   *lens;
+	bool	   *nulls;
+	int			nkeys;
+	int			nvalid = 0;
+	int			ncommands;
+	RedisCommand *cmds;
+	RedisReply **replies;
+	Datum	   *values;
+	bool	   *result_nulls;
+	int			i;
+	int			dims[1];
+	int			lbs[1] = {1};
+	bool		ok;
+
+	nkeys = array_to_keys(arr, &keys, &lens, &nulls);
+	if (nkeys == 0)
+		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
+
+	values = palloc0(sizeof(Datum) * nkeys);
+	result_nulls = palloc(sizeof(bool) * nkeys);
+	for (i = 0; i < nkeys; i++)
+	{
+		result_nulls[i] = true;
+		if (!nulls[i])
+			nvalid++;
+	}
+
+	/* MGET in chunks; non-NULL keys only, mapped back below */
+	ncommands = (nvalid + RC_KEYS_PER_COMMAND - 1) / RC_KEYS_PER_COMMAND;
+	if (ncommands > 0)
+	{
+		int			key_index = 0;
+		int			c;
+
+		cmds = palloc0(sizeof(RedisCommand) * ncommands);
+		for (c = 0; c < ncommands; c++)
+		{
+			int			chunk = Min(RC_KEYS_PER_COMMAND, nvalid - c * RC_KEYS_PER_COMMAND);
+
+			cmds[c].argv = palloc(sizeof(char *) * (chunk + 1));
+			cmds[c].argvlen = palloc(sizeof(size_t) * (chunk + 1));
+			cmds[c].argv[0] = "MGET";
+			cmds[c].argvlen[0] = 4;
+			cmds[c].argc = 1;
+			while (cmds[c].argc <= chunk)
+			{
+				if (!nulls[key_index])
+				{
+					cmds[c].argv[cmds[c].argc] = keys[key_index];
+					cmds[c].argvlen[cmds[c].argc] = lens[key_index];
+					cmds[c].argc++;
+				}
+				key_index++;
+			}
+		}
+		replies = palloc(sizeof(RedisReply *) * ncommands);
+		ok = redis_execute(cmds, ncommands, replies, 0);
+
+		if (ok)
+		{
+			Datum	   *elems;
+			bool	   *elem_nulls;
+			int			nelems;
+
+			deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT,
+							  &elems, &elem_nulls, &nelems);
+			key_index = 0;
+			for (c = 0; c < ncommands; c++)
+			{
+				RedisReply *reply = replies[c];
+				size_t		j;
+
+				if (reply->type == RC_REPLY_ERROR)
+				{
+					redis_report_reply_error(reply, "reading keys (MGET)", 0);
+					break;
+				}
+				if (reply->type != RC_REPLY_ARRAY ||
+					reply->elements != (size_t) (cmds[c].argc - 1))
+					break;
+				for (j = 0; j < reply->elements; j++)
+				{
+					text	   *t;
+
+					while (nulls[key_index])
+						key_index++;
+					t = reply_to_text(reply->element[j],
+									  text_to_cstring(DatumGetTextPP(elems[key_index])));
+					if (t != NULL)
+					{
+						values[key_index] = PointerGetDatum(t);
+						result_nulls[key_index] = false;
+					}
+					key_index++;
+				}
+			}
+		}
+	}
+
+	dims[0] = nkeys;
+	PG_RETURN_ARRAYTYPE_P(construct_md_array(values, result_nulls, 1, dims, lbs,
+											 TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * cache_delete_pattern(pattern text) RETURNS bigint
+ *
+ * SCAN MATCH key_prefix||pattern, UNLINK each batch.  SCAN may miss keys
+ * created during the iteration: this is a clean-up tool, not a guarantee.
+ */
+Datum
+cache_delete_pattern(PG_FUNCTION_ARGS)
+{
+	text	   *pattern = PG_GETARG_TEXT_PP(0);
+	const char *prefix = redis_cache_key_prefix ? redis_cache_key_prefix : "";
+	size_t		plen = VARSIZE_ANY_EXHDR(pattern);
+	size_t		escaped_len;
+	char	   *escaped;
+	char	   *match;
+	size_t		match_len;
+	char	   *cursor = pstrdup("0");
+	int64		removed = 0;
+	MemoryContext batch_context;
+	MemoryContext old_context;
+
+	redis_validate_key(VARDATA_ANY(pattern), plen, "pattern");
+	escaped = redis_escape_glob(prefix, strlen(prefix), &escaped_len);
+	match_len = escaped_len + plen;
+	match = palloc(match_len + 1);
+	memcpy(match, escaped, escaped_len);
+	memcpy(match + escaped_len, VARDATA_ANY(pattern), plen);
+	match[match_len] = '\0';
+
+	batch_context = AllocSetContextCreate(CurrentMemoryContext,
+										  "redis_cache delete_pattern batch",
+										  ALLOCSET_DEFAULT_SIZES);
+	do
+	{
+		const char *argv[6];
+		size_t		argvlen[6];
+		RedisReply *reply;
+		RedisReply *keys;
+		char	  **batch;
+		size_t	   *lens;
+		size_t		i;
+		int64		n;
+
+		CHECK_FOR_INTERRUPTS();
+		old_context = MemoryContextSwitchTo(batch_context);
+
+		argv[0] = "SCAN";
+		argvlen[0] = 4;
+		argv[1] = cursor;
+		argvlen[1] = strlen(cursor);
+		argv[2] = "MATCH";
+		argvlen[2] = 5;
+		argv[3] = match;
+		argvlen[3] = match_len;
+		argv[4] = "COUNT";
+		argvlen[4] = 5;
+		argv[5] = RC_SCAN_COUNT;
+		argvlen[5] = strlen(RC_SCAN_COUNT);
+
+		reply = redis_command(0, 6, argv, argvlen);
+		if (reply == NULL)
+		{
+			MemoryContextSwitchTo(old_context);
+			break;
+		}
+		if (reply->type == RC_REPLY_ERROR)
+		{
+			redis_report_reply_error(reply, "SCAN", 0);
+			MemoryContextSwitchTo(old_context);
+			break;
+		}
+		if (reply->type != RC_REPLY_ARRAY || reply->elements != 2 ||
+			reply->element[0]->type != RC_REPLY_STRING ||
+			reply->element[1]->type != RC_REPLY_ARRAY)
+		{
+			MemoryContextSwitchTo(old_context);
+			break;
+		}
+		keys = reply->element[1];
+		batch = palloc(sizeof(char *) * Max(keys->elements, 1));
+		lens = palloc(sizeof(size_t) * Max(keys->elements, 1));
+		for (i = 0; i < keys->elements; i++)
+		{
+			batch[i] = keys->element[i]->str;
+			lens[i] = keys->element[i]->len;
+		}
+		n = keys->elements > 0 ?
+			unlink_keys(batch, lens, NULL, (int) keys->elements, 0) : 0;
+
+		MemoryContextSwitchTo(old_context);
+		pfree(cursor);
+		cursor = pstrdup(reply->element[0]->str);
+		MemoryContextReset(batch_context);
+		if (n < 0)
+			break;
+		removed += n;
+	} while (strcmp(cursor, "0") != 0);
+
+	MemoryContextDelete(batch_context);
+	PG_RETURN_INT64(removed);
+}
+
+/*
+ * cache_lock(name text, ttl_seconds int) RETURNS text: a random token when
+ * the lock was taken (SET NX EX), NULL when it is held elsewhere or Redis is
+ * unavailable.
+ */
+Datum
+cache_lock(PG_FUNCTION_ARGS)
+{
+	text	   *name = PG_GETARG_TEXT_PP(0);
+	int			ttl = PG_GETARG_INT32(1);
+	size_t		klen;
+	char	   *rkey;
+	uint8		random_bytes[16];
+	char		token[33];
+	char		ttlstr[16];
+	const char *argv[6];
+	size_t		argvlen[6];
+	RedisReply *reply;
+	int			i;
+
+	rkey = redis_make_key(name, &klen);
+	redis_check_ttl(ttl);
+	if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("redis_cache: could not generate a random lock token")));
+	for (i = 0; i < 16; i++)
+		snprintf(token + i * 2, 3, "%02x", random_bytes[i]);
+	snprintf(ttlstr, sizeof(ttlstr), "%d", ttl);
+
+	argv[0] = "SET";
+	argvlen[0] = 3;
+	argv[1] = rkey;
+	argvlen[1] = klen;
+	argv[2] = token;
+	argvlen[2] = 32;
+	argv[3] = "NX";
+	argvlen[3] = 2;
+	argv[4] = "EX";
+	argvlen[4] = 2;
+	argv[5] = ttlstr;
+	argvlen[5] = strlen(ttlstr);
+
+	reply = redis_command(0, 6, argv, argvlen);
+	if (reply == NULL)
+		PG_RETURN_NULL();
+	if (reply->type == RC_REPLY_ERROR)
+	{
+		redis_report_reply_error(reply,
+								 psprintf("taking lock \"%s\"", text_key_for_message(name)),
+								 0);
+		PG_RETURN_NULL();
+	}
+	if (reply->type != RC_REPLY_STATUS)
+		PG_RETURN_NULL();			/* nil: held by somebody else */
+	PG_RETURN_TEXT_P(cstring_to_text(token));
+}
+
+/*
+ * cache_unlock(name text, token text) RETURNS boolean: true when the lock
+ * was held with this token and is now released.
+ */
+Datum
+cache_unlock(PG_FUNCTION_ARGS)
+{
+	text	   *name = PG_GETARG_TEXT_PP(0);
+	text	   *token = PG_GETARG_TEXT_PP(1);
+	size_t		klen;
+	char	   *rkey = redis_make_key(name, &klen);
+	const char *argv[5];
+	size_t		argvlen[5];
+	RedisReply *reply;
+
+	argv[0] = "EVAL";
+	argvlen[0] = 4;
+	argv[1] = unlock_script;
+	argvlen[1] = strlen(unlock_script);
+	argv[2] = "1";
+	argvlen[2] = 1;
+	argv[3] = rkey;
+	argvlen[3] = klen;
+	argv[4] = VARDATA_ANY(token);
+	argvlen[4] = VARSIZE_ANY_EXHDR(token);
+
+	reply = redis_command(0, 5, argv, argvlen);
+	if (reply == NULL)
+		PG_RETURN_BOOL(false);
+	if (reply->type == RC_REPLY_ERROR)
+	{
+		redis_report_reply_error(reply,
+								 psprintf("releasing lock \"%s\"", text_key_for_message(name)),
+								 0);
+		PG_RETURN_BOOL(false);
+	}
+	PG_RETURN_BOOL(reply->type == RC_REPLY_INTEGER && reply->integer == 1);
+}
+
+/*
+ * cache_ping() RETURNS text: 'PONG', or NULL when Redis cannot be reached.
+ * A health check must really probe, so it ignores an open circuit breaker.
+ */
+Datum
+cache_ping(PG_FUNCTION_ARGS)
+{
+	const char *argv[1] = {"PING"};
+	size_t		argvlen[1] = {4};
+	RedisReply *reply;
+
+	reply = redis_command(RC_EXEC_SKIP_BREAKER, 1, argv, argvlen);
+	if (reply == NULL)
+		PG_RETURN_NULL();
+	if (reply->type == RC_REPLY_ERROR)
+	{
+		redis_report_reply_error(reply, "PING", 0);
+		PG_RETURN_NULL();
+	}
+	if (reply->type != RC_REPLY_STATUS && reply->type != RC_REPLY_STRING)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(reply->str, (int) reply->len));
+}

@@ -1,0 +1,104 @@
+/*-------------------------------------------------------------------------
+ *
+ * redis_cache.h
+ *		  Declarations shared by the files of the redis_cache extension.
+ *
+ * Groups follow the file that defines them, as in postgres_fdw.h.  Nothing
+ * here exposes hiredis types: callers of the connection layer only ever see
+ * RedisReply, a palloc'd copy, so no foreign allocation can outlive an
+ * ERROR raised by a caller.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef REDIS_CACHE_H
+#define REDIS_CACHE_H
+
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+
+/* Same numbering as hiredis' REDIS_REPLY_* so conversion is a plain copy. */
+#define RC_REPLY_STRING		1
+#define RC_REPLY_ARRAY		2
+#define RC_REPLY_INTEGER	3
+#define RC_REPLY_NIL		4
+#define RC_REPLY_STATUS		5
+#define RC_REPLY_ERROR		6
+
+/* Longest key (before key_prefix is added) that the SQL functions accept. */
+#define RC_MAX_KEY_BYTES	1024
+
+/* Keys per UNLINK/MGET command when a caller passes many keys. */
+#define RC_KEYS_PER_COMMAND 1000
+
+/*
+ * A reply from Redis, deep-copied into the current memory context.
+ */
+typedef struct RedisReply
+{
+	int			type;			/* RC_REPLY_* */
+	long long	integer;		/* RC_REPLY_INTEGER */
+	char	   *str;			/* STRING, STATUS, ERROR; NUL-terminated */
+	size_t		len;
+	size_t		elements;		/* RC_REPLY_ARRAY */
+	struct RedisReply **element;
+} RedisReply;
+
+/*
+ * One command of a pipeline: argv[i] is argvlen[i] bytes (binary safe).
+ */
+typedef struct RedisCommand
+{
+	int			argc;
+	const char **argv;
+	size_t	   *argvlen;
+} RedisCommand;
+
+/* on_error values */
+typedef enum RedisOnError
+{
+	RC_ON_ERROR_WARNING,
+	RC_ON_ERROR_ERROR,
+	RC_ON_ERROR_SILENT
+} RedisOnError;
+
+/* Flags for redis_execute() */
+#define RC_EXEC_NO_ERROR		0x01	/* never ereport(ERROR): degrade */
+#define RC_EXEC_SKIP_BREAKER	0x02	/* probe even if the breaker is open */
+
+/* in guc.c */
+extern char *redis_cache_host;
+extern int	redis_cache_port;
+extern char *redis_cache_user;
+extern char *redis_cache_password;
+extern int	redis_cache_database;
+extern char *redis_cache_key_prefix;
+extern bool redis_cache_enabled;
+extern int	redis_cache_connect_timeout_ms;
+extern int	redis_cache_command_timeout_ms;
+extern int	redis_cache_default_ttl;
+extern int	redis_cache_on_error;
+extern int	redis_cache_max_value_bytes;
+extern int	redis_cache_circuit_failure_threshold;
+extern int	redis_cache_circuit_open_seconds;
+extern uint64 redis_cache_server_config_generation;
+extern void redis_cache_define_gucs(void);
+
+/* in connection.c */
+extern bool redis_execute(const RedisCommand *commands, int ncommands,
+						  RedisReply **replies, int flags);
+extern RedisReply *redis_command(int flags, int argc, const char **argv,
+								 size_t *argvlen);
+extern void redis_report_reply_error(const RedisReply *reply,
+									 const char *what, int flags);
+extern void redis_disconnect(void);
+extern const char *redis_circuit_state(void);
+
+/* in keys.c */
+extern void redis_validate_key(const char *key, size_t len, const char *what);
+extern char *redis_make_key(text *key, size_t *len);
+extern char *redis_make_key_cstring(const char *key, size_t keylen,
+									size_t *len);
+extern char *redis_escape_glob(const char *str, size_t len, size_t *outlen);
+extern void redis_check_ttl(int ttl_seconds);
+
+#endif							/* REDIS_CACHE_H */
