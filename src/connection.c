@@ -311,6 +311,46 @@ new_connection(void)
 }
 
 /*
+ * The password to send: redis_cache.password, else the first line of
+ * redis_cache.password_file.  Returns NULL (with set_fault) when the file
+ * cannot be read, "" when there is no password.  The result is palloc'd and
+ * wiped by the caller.
+ */
+static char *
+read_password(void)
+{
+	FILE	   *file;
+	char		line[1024];
+	size_t		len;
+
+	if (redis_cache_password && redis_cache_password[0])
+		return pstrdup(redis_cache_password);
+	if (redis_cache_password_file == NULL || redis_cache_password_file[0] == '\0')
+		return pstrdup("");
+
+	file = AllocateFile(redis_cache_password_file, "r");
+	if (file == NULL)
+	{
+		set_fault("could not open redis_cache.password_file \"%s\": %s",
+				  redis_cache_password_file, strerror(errno));
+		return NULL;
+	}
+	if (fgets(line, sizeof(line), file) == NULL)
+		line[0] = '\0';
+	FreeFile(file);
+	len = strlen(line);
+	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+		line[--len] = '\0';
+	if (len == 0)
+	{
+		set_fault("redis_cache.password_file \"%s\" is empty",
+				  redis_cache_password_file);
+		return NULL;
+	}
+	return pstrdup(line);
+}
+
+/*
  * Resolve the configured address and connect, then AUTH and SELECT.  On
  * success "connection" is set; on failure set_fault() says why.  Throws only
  * on interrupts (the caller's PG_TRY cleans up).
@@ -321,6 +361,11 @@ connect_to_server(TimestampTz deadline)
 	RedisConnection *conn;
 	bool		ok = false;
 	const char *host = redis_cache_host ? redis_cache_host : "127.0.0.1";
+	char	   *password;
+
+	password = read_password();
+	if (password == NULL)
+		return false;
 
 	if (!AcquireExternalFD())
 	{
@@ -380,8 +425,7 @@ connect_to_server(TimestampTz deadline)
 	}
 
 	/* AUTH and SELECT, pipelined, within the connect deadline. */
-	if (ok && ((redis_cache_password && redis_cache_password[0]) ||
-			   redis_cache_database != 0))
+	if (ok && (password[0] != '\0' || redis_cache_database != 0))
 	{
 		RedisCommand cmds[2];
 		const char *auth_argv[3];
@@ -394,7 +438,7 @@ connect_to_server(TimestampTz deadline)
 		bool		nothing;
 		int			i;
 
-		if (redis_cache_password && redis_cache_password[0])
+		if (password[0] != '\0')
 		{
 			int			argc = 0;
 
@@ -405,8 +449,8 @@ connect_to_server(TimestampTz deadline)
 				auth_argv[argc] = redis_cache_user;
 				auth_len[argc++] = strlen(redis_cache_user);
 			}
-			auth_argv[argc] = redis_cache_password;
-			auth_len[argc++] = strlen(redis_cache_password);
+			auth_argv[argc] = password;
+			auth_len[argc++] = strlen(password);
 			cmds[n].argc = argc;
 			cmds[n].argv = auth_argv;
 			cmds[n].argvlen = auth_len;
@@ -440,6 +484,8 @@ connect_to_server(TimestampTz deadline)
 		}
 	}
 
+	explicit_bzero(password, strlen(password));
+	pfree(password);
 	if (!ok)
 		redis_disconnect();
 	return ok;

@@ -29,6 +29,7 @@ char	   *redis_cache_host = NULL;
 int			redis_cache_port = 6379;
 char	   *redis_cache_user = NULL;
 char	   *redis_cache_password = NULL;
+char	   *redis_cache_password_file = NULL;
 int			redis_cache_database = 0;
 char	   *redis_cache_key_prefix = NULL;
 bool		redis_cache_enabled = true;
@@ -131,6 +132,15 @@ redis_cache_define_gucs(void)
 							   "",
 							   PGC_SUSET,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, assign_server_string, NULL);
+
+	DefineCustomStringVariable("redis_cache.password_file",
+							   gettext_noop("Sets a file whose first line is the Redis password, read at each connect."),
+							   gettext_noop("Preferred over redis_cache.password: the secret never passes through the configuration system or its log messages."),
+							   &redis_cache_password_file,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY,
 							   NULL, assign_server_string, NULL);
 
 	DefineCustomIntVariable("redis_cache.database",

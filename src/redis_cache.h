@@ -70,6 +70,7 @@ extern char *redis_cache_host;
 extern int	redis_cache_port;
 extern char *redis_cache_user;
 extern char *redis_cache_password;
+extern char *redis_cache_password_file;
 extern int	redis_cache_database;
 extern char *redis_cache_key_prefix;
 extern bool redis_cache_enabled;
