@@ -9,13 +9,14 @@ OBJS = \
 	src/guc.o \
 	src/connection.o \
 	src/keys.o \
-	src/commands.o
+	src/commands.o \
+	src/version.o
 
 HEADERS = src/redis_cache.h
 
 DATA = $(wildcard redis_cache--*.sql)
 
-REGRESS = basic bad_input degraded
+REGRESS = upgrade basic bad_input degraded
 REGRESS_OPTS = --inputdir=. --load-extension=redis_cache
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -584,6 +584,7 @@ cache_delete_pattern(PG_FUNCTION_ARGS)
 		char	  **batch;
 		size_t	   *lens;
 		size_t		i;
+		int			nbatch;
 		int64		n;
 
 		CHECK_FOR_INTERRUPTS();
@@ -624,13 +625,20 @@ cache_delete_pattern(PG_FUNCTION_ARGS)
 		keys = reply->element[1];
 		batch = palloc(sizeof(char *) * Max(keys->elements, 1));
 		lens = palloc(sizeof(size_t) * Max(keys->elements, 1));
+		nbatch = 0;
 		for (i = 0; i < keys->elements; i++)
 		{
-			batch[i] = keys->element[i]->str;
-			lens[i] = keys->element[i]->len;
+			RedisReply *k = keys->element[i];
+
+			/* the cache version bookkeeping is not the caller's to remove */
+			if (k->type != RC_REPLY_STRING ||
+				redis_is_control_key(k->str, k->len, prefix, strlen(prefix)))
+				continue;
+			batch[nbatch] = k->str;
+			lens[nbatch] = k->len;
+			nbatch++;
 		}
-		n = keys->elements > 0 ?
-			unlink_keys(batch, lens, NULL, (int) keys->elements, 0) : 0;
+		n = nbatch > 0 ? unlink_keys(batch, lens, NULL, nbatch, 0) : 0;
 
 		MemoryContextSwitchTo(old_context);
 		pfree(cursor);

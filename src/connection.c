@@ -90,7 +90,11 @@ struct RedisConnection
 	uint32		socket_events;	/* events currently waited for */
 	uint64		config_generation;	/* redis_cache_server_config_generation */
 	bool		external_fd_acquired;
+	uint64		serial;			/* distinguishes successive connections */
+	char		run_id[64];		/* INFO server run_id; "" if unknown */
 };
+
+static uint64 connection_serial = 0;
 
 static RedisConnection *connection = NULL;
 
@@ -103,6 +107,12 @@ static uint64 breaker_config_generation = 0;
 /* Rate limiting of fault warnings. */
 static TimestampTz last_warning_at = 0;
 static int	suppressed_warnings = 0;
+
+/* Set when an internal round trip found the connection dead (not slow). */
+static bool internal_connection_dead = false;
+
+/* The bound of the wait in progress, for messages. */
+static int	current_timeout_ms = 0;
 
 /* Description of the last fault, kept without palloc. */
 static char fault_message[512];
@@ -263,8 +273,7 @@ connect_socket(RedisConnection *conn, struct sockaddr *addr, socklen_t addrlen,
 	if (!wait_for_socket(conn, WL_SOCKET_WRITEABLE, deadline))
 	{
 		set_fault("timed out connecting to Redis at %s:%d after %d ms",
-				  redis_cache_host, redis_cache_port,
-				  redis_cache_connect_timeout_ms);
+				  redis_cache_host, redis_cache_port, current_timeout_ms);
 		return false;
 	}
 	if (getsockopt(conn->sock, SOL_SOCKET, SO_ERROR, &so_error, &optlen) < 0)
@@ -424,17 +433,23 @@ connect_to_server(TimestampTz deadline)
 		}
 	}
 
-	/* AUTH and SELECT, pipelined, within the connect deadline. */
-	if (ok && (password[0] != '\0' || redis_cache_database != 0))
+	/*
+	 * AUTH, SELECT and INFO server, pipelined, within the connect deadline.
+	 * INFO gives the run_id that version.c uses to detect restarts.
+	 */
+	if (ok)
 	{
-		RedisCommand cmds[2];
+		RedisCommand cmds[3];
 		const char *auth_argv[3];
 		size_t		auth_len[3];
 		const char *select_argv[2];
 		size_t		select_len[2];
+		const char *info_argv[2] = {"INFO", "server"};
+		size_t		info_len[2] = {4, 6};
 		char		dbstr[16];
 		int			n = 0;
-		RedisReply *replies[2];
+		int			auth_index = -1;
+		RedisReply *replies[3];
 		bool		nothing;
 		int			i;
 
@@ -454,7 +469,7 @@ connect_to_server(TimestampTz deadline)
 			cmds[n].argc = argc;
 			cmds[n].argv = auth_argv;
 			cmds[n].argvlen = auth_len;
-			n++;
+			auth_index = n++;
 		}
 		if (redis_cache_database != 0)
 		{
@@ -468,20 +483,55 @@ connect_to_server(TimestampTz deadline)
 			cmds[n].argvlen = select_len;
 			n++;
 		}
+		cmds[n].argc = 2;
+		cmds[n].argv = info_argv;
+		cmds[n].argvlen = info_len;
+		n++;
 
 		ok = round_trip(conn, cmds, n, replies, deadline, &nothing);
-		for (i = 0; ok && i < n; i++)
+		for (i = 0; ok && i < n - 1; i++)
 		{
 			if (replies[i]->type == RC_REPLY_ERROR)
 			{
 				/* never echo the command: it carries the password */
 				set_fault("Redis at %s:%d refused %s: %s",
 						  host, redis_cache_port,
-						  (cmds[i].argv == auth_argv) ? "authentication" : "SELECT",
+						  (i == auth_index) ? "authentication" : "SELECT",
 						  replies[i]->str);
 				ok = false;
 			}
 		}
+		if (ok && replies[n - 1]->type == RC_REPLY_ERROR &&
+			strncmp(replies[n - 1]->str, "NOAUTH", 6) == 0)
+		{
+			set_fault("Redis at %s:%d requires authentication: %s",
+					  host, redis_cache_port, replies[n - 1]->str);
+			ok = false;
+		}
+		/* INFO may be renamed away on managed Redis: then no restart detection */
+		if (ok && replies[n - 1]->type == RC_REPLY_STRING)
+		{
+			const char *p = strstr(replies[n - 1]->str, "run_id:");
+
+			if (p != NULL)
+			{
+				size_t		len;
+
+				p += strlen("run_id:");
+				len = strcspn(p, "\r\n");
+				if (len >= sizeof(conn->run_id))
+					len = sizeof(conn->run_id) - 1;
+				memcpy(conn->run_id, p, len);
+				conn->run_id[len] = '\0';
+			}
+		}
+	}
+
+	if (ok)
+	{
+		conn->serial = ++connection_serial;
+		ereport(LOG,
+				(errmsg("redis_cache: connected to Redis at %s:%d", host, redis_cache_port)));
 	}
 
 	explicit_bzero(password, strlen(password));
@@ -591,8 +641,8 @@ round_trip(RedisConnection *conn, const RedisCommand *commands, int ncommands,
 			if (!wait_for_socket(conn, WL_SOCKET_WRITEABLE, deadline))
 			{
 				set_fault("timed out sending to Redis at %s:%d after %d ms",
-						  redis_cache_host, redis_cache_port,
-						  redis_cache_command_timeout_ms);
+						  redis_cache_host, redis_cache_port, current_timeout_ms);
+				*nothing_received = false;	/* slow, not dead: no retry */
 				return false;
 			}
 			continue;
@@ -654,8 +704,8 @@ round_trip(RedisConnection *conn, const RedisCommand *commands, int ncommands,
 			if (!wait_for_socket(conn, WL_SOCKET_READABLE, deadline))
 			{
 				set_fault("timed out waiting for Redis at %s:%d after %d ms",
-						  redis_cache_host, redis_cache_port,
-						  redis_cache_command_timeout_ms);
+						  redis_cache_host, redis_cache_port, current_timeout_ms);
+				*nothing_received = false;	/* slow, not dead: no retry */
 				return false;
 			}
 			continue;
@@ -666,6 +716,41 @@ round_trip(RedisConnection *conn, const RedisCommand *commands, int ncommands,
 		return false;
 	}
 	return true;
+}
+
+/*
+ * One round trip over the current connection, for the connection layer's
+ * own bookkeeping (version.c) while redis_execute() is in progress.  No
+ * retry, breaker or reporting: returns false with the fault recorded, and
+ * the calling redis_execute() treats it as its own failure.
+ */
+bool
+redis_internal_round_trip(const RedisCommand *commands, int ncommands,
+						  RedisReply **replies)
+{
+	bool		nothing;
+
+	Assert(connection != NULL);
+	current_timeout_ms = redis_cache_command_timeout_ms;
+	if (round_trip(connection, commands, ncommands, replies,
+				   TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											   redis_cache_command_timeout_ms),
+				   &nothing))
+		return true;
+	internal_connection_dead = nothing;
+	return false;
+}
+
+uint64
+redis_connection_serial(void)
+{
+	return connection ? connection->serial : 0;
+}
+
+const char *
+redis_connection_run_id(void)
+{
+	return connection ? connection->run_id : "";
 }
 
 /*
@@ -722,6 +807,15 @@ report_fault(int flags)
 	if (redis_cache_on_error == RC_ON_ERROR_SILENT)
 	{
 		elog(DEBUG1, "redis_cache: %s", fault_message);
+		return;
+	}
+	if (flags & RC_EXEC_STARTUP)
+	{
+		/* the client is not ready for messages yet: server log only */
+		ereport(LOG,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("redis_cache: %s", fault_message),
+				 errdetail("The cache version will be checked when Redis can be reached.")));
 		return;
 	}
 
@@ -786,6 +880,7 @@ redis_execute(const RedisCommand *commands, int ncommands,
 			  RedisReply **replies, int flags)
 {
 	bool		ok = false;
+	bool		bypass = false;
 	int			attempt;
 
 	if (!redis_cache_enabled || ncommands <= 0)
@@ -814,7 +909,7 @@ redis_execute(const RedisCommand *commands, int ncommands,
 		connection->config_generation != redis_cache_server_config_generation)
 		redis_disconnect();
 
-	for (attempt = 0; attempt < 2 && !ok; attempt++)
+	for (attempt = 0; attempt < 2 && !ok && !bypass; attempt++)
 	{
 		bool		reused = (connection != NULL);
 		bool		nothing_received = false;
@@ -822,11 +917,42 @@ redis_execute(const RedisCommand *commands, int ncommands,
 		PG_TRY();
 		{
 			if (connection == NULL)
+			{
+				int			timeout_ms = redis_cache_connect_timeout_ms;
+
+				/* a backend's start is never delayed beyond one command */
+				if (flags & RC_EXEC_STARTUP)
+					timeout_ms = Min(timeout_ms, redis_cache_command_timeout_ms);
+				current_timeout_ms = timeout_ms;
 				ok = connect_to_server(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-																   redis_cache_connect_timeout_ms));
+																   timeout_ms));
+			}
 			else
 				ok = true;
-			if (ok)
+
+			/*
+			 * No command of a caller reaches a connection whose namespace
+			 * has not been checked against the expected cache version.
+			 */
+			if (ok && !(flags & RC_EXEC_INTERNAL))
+			{
+				internal_connection_dead = false;
+				switch (redis_version_verify())
+				{
+					case RC_VERSION_OK:
+						break;
+					case RC_VERSION_BYPASS:
+						bypass = true;
+						break;
+					case RC_VERSION_FAULT:
+						/* a dead reused connection: retry once like below */
+						ok = false;
+						nothing_received = internal_connection_dead;
+						break;
+				}
+			}
+			current_timeout_ms = redis_cache_command_timeout_ms;
+			if (ok && !bypass)
 				ok = round_trip(connection, commands, ncommands, replies,
 								TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 															redis_cache_command_timeout_ms),
@@ -848,6 +974,12 @@ redis_execute(const RedisCommand *commands, int ncommands,
 		}
 	}
 
+	if (bypass)
+	{
+		/* Redis answered: not a fault, but this namespace is not usable */
+		record_success();
+		return false;
+	}
 	if (!ok)
 	{
 		record_failure();

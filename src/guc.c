@@ -41,7 +41,10 @@ int			redis_cache_max_value_bytes = 8 * 1024 * 1024;
 int			redis_cache_circuit_failure_threshold = 3;
 int			redis_cache_circuit_open_seconds = 5;
 
+char	   *redis_cache_version = NULL;
+
 uint64		redis_cache_server_config_generation = 0;
+uint64		redis_cache_version_generation = 0;
 
 static const struct config_enum_entry on_error_options[] = {
 	{"warning", RC_ON_ERROR_WARNING, false},
@@ -64,6 +67,38 @@ static void
 assign_server_int(int newval, void *extra)
 {
 	redis_cache_server_config_generation++;
+}
+
+/* A new expected version or namespace means a new version check. */
+static void
+assign_version_string(const char *newval, void *extra)
+{
+	redis_cache_version_generation++;
+}
+
+static bool
+check_version(char **newval, void **extra, GucSource source)
+{
+	const unsigned char *p;
+
+	if (*newval == NULL)
+		return true;
+	if (strlen(*newval) > 200)
+	{
+		GUC_check_errmsg("redis_cache.version is too long");
+		GUC_check_errdetail("At most 200 bytes are allowed.");
+		return false;
+	}
+	for (p = (const unsigned char *) *newval; *p; p++)
+	{
+		if (*p < 0x20 || *p == 0x7F || *p == '|')
+		{
+			GUC_check_errmsg("redis_cache.version contains a control character or \"|\"");
+			GUC_check_errhint("Use a deploy identifier such as a commit hash, for example \"a1b2c3d4\".");
+			return false;
+		}
+	}
+	return true;
 }
 
 static bool
@@ -159,7 +194,16 @@ redis_cache_define_gucs(void)
 							   "",
 							   PGC_SUSET,
 							   0,
-							   check_key_prefix, NULL, NULL);
+							   check_key_prefix, assign_version_string, NULL);
+
+	DefineCustomStringVariable("redis_cache.version",
+							   gettext_noop("Sets the expected cache version; a different version stored in Redis flushes the namespace."),
+							   gettext_noop("Empty means the environment variable REDIS_CACHE_VERSION of the server, else \"1\"."),
+							   &redis_cache_version,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_version, assign_version_string, NULL);
 
 	DefineCustomBoolVariable("redis_cache.enabled",
 							 gettext_noop("Enables the cache; when off every function is a miss that never contacts Redis."),

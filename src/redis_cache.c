@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
 
 #include "redis_cache.h"
 
@@ -19,8 +20,19 @@ PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
+/*
+ * Loaded from shared_preload_libraries, install the hook that checks the
+ * cache version right after authentication.  Loaded into a backend
+ * (session_preload_libraries, or on demand), check it now: a fault is
+ * logged, never raised, and the check is repeated at the next command.
+ */
 void
 _PG_init(void)
 {
 	redis_cache_define_gucs();
+
+	if (process_shared_preload_libraries_in_progress)
+		redis_version_install_hooks();
+	else if (IsUnderPostmaster && AmRegularBackendProcess() && !IsBinaryUpgrade)
+		redis_version_startup_check();
 }

@@ -64,6 +64,16 @@ typedef enum RedisOnError
 /* Flags for redis_execute() */
 #define RC_EXEC_NO_ERROR		0x01	/* never ereport(ERROR): degrade */
 #define RC_EXEC_SKIP_BREAKER	0x02	/* probe even if the breaker is open */
+#define RC_EXEC_INTERNAL		0x04	/* bookkeeping: skip the version check */
+#define RC_EXEC_STARTUP			0x08	/* backend start: faults to the log only */
+
+/* Outcome of the cache version check of a connection (version.c) */
+typedef enum RedisVersionStatus
+{
+	RC_VERSION_OK,				/* namespace is current: go on */
+	RC_VERSION_BYPASS,			/* flush in progress or superseded: miss */
+	RC_VERSION_FAULT			/* Redis failed during the check */
+} RedisVersionStatus;
 
 /* in guc.c */
 extern char *redis_cache_host;
@@ -81,7 +91,9 @@ extern int	redis_cache_on_error;
 extern int	redis_cache_max_value_bytes;
 extern int	redis_cache_circuit_failure_threshold;
 extern int	redis_cache_circuit_open_seconds;
+extern char *redis_cache_version;
 extern uint64 redis_cache_server_config_generation;
+extern uint64 redis_cache_version_generation;
 extern void redis_cache_define_gucs(void);
 
 /* in connection.c */
@@ -91,8 +103,20 @@ extern RedisReply *redis_command(int flags, int argc, const char **argv,
 								 size_t *argvlen);
 extern void redis_report_reply_error(const RedisReply *reply,
 									 const char *what, int flags);
+extern bool redis_internal_round_trip(const RedisCommand *commands,
+									  int ncommands, RedisReply **replies);
+extern uint64 redis_connection_serial(void);
+extern const char *redis_connection_run_id(void);
 extern void redis_disconnect(void);
 extern const char *redis_circuit_state(void);
+
+/* in version.c */
+extern RedisVersionStatus redis_version_verify(void);
+extern void redis_version_startup_check(void);
+extern const char *redis_version_expected(void);
+extern void redis_version_install_hooks(void);
+extern bool redis_is_control_key(const char *key, size_t len,
+								 const char *prefix, size_t prefixlen);
 
 /* in keys.c */
 extern void redis_validate_key(const char *key, size_t len, const char *what);

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 RC_ROOT=$(pwd)
 export RC_ROOT
 
-PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-contrib libhiredis-dev redis-server redis-tools make gcc python3"
+PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-contrib libhiredis-dev libkrb5-dev redis-server redis-tools make gcc python3"
 
 if [ "$(id -u)" = 0 ] && [ -z "${RC_SKIP_APT:-}" ]; then
 	missing=""
