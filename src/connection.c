@@ -937,7 +937,7 @@ redis_execute(const RedisCommand *commands, int ncommands,
 			if (ok && !(flags & RC_EXEC_INTERNAL))
 			{
 				internal_connection_dead = false;
-				switch (redis_version_verify())
+				switch (redis_version_verify(flags))
 				{
 					case RC_VERSION_OK:
 						break;

@@ -111,7 +111,7 @@ extern void redis_disconnect(void);
 extern const char *redis_circuit_state(void);
 
 /* in version.c */
-extern RedisVersionStatus redis_version_verify(void);
+extern RedisVersionStatus redis_version_verify(int flags);
 extern void redis_version_startup_check(void);
 extern const char *redis_version_expected(void);
 extern void redis_version_install_hooks(void);

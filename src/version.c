@@ -66,6 +66,7 @@ static uint64 checked_version_generation = 0;
 static TimestampTz checked_at = 0;
 static char checked_prefix[RC_MAX_KEY_BYTES + 1];
 static char stored_version_seen[256];
+static bool stale_warned = false;	/* told the client since going stale */
 
 static ClientAuthentication_hook_type prev_client_authentication_hook = NULL;
 
@@ -345,10 +346,7 @@ run_check(void)
 		strlcpy(stored_version_seen, reply->element[1]->str ? reply->element[1]->str : "",
 				sizeof(stored_version_seen));
 		if (check_state != CHECK_STALE)
-			ereport(WARNING,
-					(errmsg("redis_cache: cache version \"%s\" is older than \"%s\" in force in Redis; the cache is bypassed",
-							expected, stored_version_seen),
-					 errhint("Deploy this server with a new redis_cache.version to use the cache again.")));
+			stale_warned = false;
 		check_state = CHECK_STALE;
 	}
 	else if (strcmp(action, "FLUSH") == 0)
@@ -411,9 +409,10 @@ run_check(void)
  * commands.  Cheap when nothing changed since the last check.
  */
 RedisVersionStatus
-redis_version_verify(void)
+redis_version_verify(int flags)
 {
 	bool		needed;
+	RedisVersionStatus status;
 
 	needed = check_state == CHECK_NONE ||
 		check_state == CHECK_FLUSHING ||
@@ -427,8 +426,21 @@ redis_version_verify(void)
 		needed = true;
 
 	if (!needed)
-		return check_state == CHECK_OK ? RC_VERSION_OK : RC_VERSION_BYPASS;
-	return run_check();
+		status = check_state == CHECK_OK ? RC_VERSION_OK : RC_VERSION_BYPASS;
+	else
+		status = run_check();
+
+	/* say so once per episode, to a client that can hear it */
+	if (status == RC_VERSION_BYPASS && check_state == CHECK_STALE &&
+		!stale_warned && !(flags & RC_EXEC_STARTUP))
+	{
+		stale_warned = true;
+		ereport(WARNING,
+				(errmsg("redis_cache: cache version \"%s\" is older than \"%s\" in force in Redis; the cache is bypassed",
+						redis_version_expected(), stored_version_seen),
+				 errhint("Deploy this server with a new redis_cache.version to use the cache again.")));
+	}
+	return status;
 }
 
 /*
