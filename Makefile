@@ -10,13 +10,15 @@ OBJS = \
 	src/connection.o \
 	src/keys.o \
 	src/commands.o \
-	src/version.o
+	src/version.o \
+	src/invalidation.o \
+	src/worker.o
 
 HEADERS = src/redis_cache.h
 
 DATA = $(wildcard redis_cache--*.sql)
 
-REGRESS = upgrade basic bad_input degraded
+REGRESS = upgrade basic bad_input degraded invalidation
 REGRESS_OPTS = --inputdir=. --load-extension=redis_cache
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -14,3 +14,88 @@ LANGUAGE C VOLATILE;
 
 COMMENT ON FUNCTION cache_version() IS
 'Cache version expected by this server, version stored in Redis, Redis run_id and when this backend last checked';
+
+-- Row-change invalidation
+
+CREATE FUNCTION cache_invalidate()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'cache_invalidate'
+LANGUAGE C;
+
+COMMENT ON FUNCTION cache_invalidate() IS
+'Trigger: invalidates the Redis keys named by its templates (''tenant:id:{id}'', ''product:variants:{id}:*'') for the OLD and NEW rows, at commit';
+
+CREATE FUNCTION cache_check_templates(tbl regclass, key_templates text[])
+RETURNS void
+AS 'MODULE_PATHNAME', 'cache_check_templates'
+LANGUAGE C STRICT STABLE;
+
+COMMENT ON FUNCTION cache_check_templates(regclass, text[]) IS
+'Raises an error unless every key template is valid for the table';
+
+CREATE FUNCTION cache_watch(tbl regclass, VARIADIC key_templates text[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    args text;
+BEGIN
+    PERFORM @extschema@.cache_check_templates(tbl, key_templates);
+    SELECT string_agg(quote_literal(t), ', ' ORDER BY ord)
+      INTO args
+      FROM unnest(key_templates) WITH ORDINALITY AS u(t, ord);
+    PERFORM @extschema@.cache_unwatch(tbl);
+    EXECUTE format('CREATE TRIGGER redis_cache_invalidate AFTER INSERT OR UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION @extschema@.cache_invalidate(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER redis_cache_invalidate_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.cache_invalidate(%s)', tbl, args);
+END
+$$;
+
+COMMENT ON FUNCTION cache_watch(regclass, text[]) IS
+'Installs the row and TRUNCATE triggers that invalidate the given key templates when the table changes';
+
+CREATE FUNCTION cache_unwatch(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    trg name;
+BEGIN
+    FOR trg IN SELECT tgname FROM pg_trigger
+                WHERE tgrelid = tbl
+                  AND tgname IN ('redis_cache_invalidate', 'redis_cache_invalidate_truncate')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trg, tbl);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION cache_unwatch(regclass) IS
+'Removes the invalidation triggers that cache_watch() installed';
+
+CREATE FUNCTION cache_watches(
+    OUT tbl regclass,
+    OUT trigger_name name,
+    OUT events text,
+    OUT key_templates text[])
+RETURNS SETOF record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.tgrelid::regclass, t.tgname,
+           CASE WHEN t.tgtype & 32 <> 0 THEN 'TRUNCATE'
+                ELSE 'INSERT, UPDATE, DELETE' END,
+           (SELECT array_agg(replace(a, '\\', '\') ORDER BY n)
+              FROM unnest(string_to_array(encode(t.tgargs, 'escape'), '\000'))
+                   WITH ORDINALITY AS u(a, n)
+             WHERE n <= t.tgnargs)
+      FROM pg_trigger t
+     WHERE t.tgfoid = '@extschema@.cache_invalidate()'::regprocedure
+     ORDER BY t.tgrelid::regclass::text COLLATE "C", t.tgname COLLATE "C"
+$$;
+
+COMMENT ON FUNCTION cache_watches() IS
+'Lists the tables whose changes invalidate Redis keys, with their key templates';

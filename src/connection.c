@@ -883,7 +883,8 @@ redis_execute(const RedisCommand *commands, int ncommands,
 	bool		bypass = false;
 	int			attempt;
 
-	if (!redis_cache_enabled || ncommands <= 0)
+	if ((!redis_cache_enabled && !(flags & RC_EXEC_IGNORE_ENABLED)) ||
+		ncommands <= 0)
 		return false;
 
 	/* a different server deserves a fresh breaker */
@@ -921,7 +922,7 @@ redis_execute(const RedisCommand *commands, int ncommands,
 				int			timeout_ms = redis_cache_connect_timeout_ms;
 
 				/* a backend's start is never delayed beyond one command */
-				if (flags & RC_EXEC_STARTUP)
+				if (flags & (RC_EXEC_STARTUP | RC_EXEC_FAST_CONNECT))
 					timeout_ms = Min(timeout_ms, redis_cache_command_timeout_ms);
 				current_timeout_ms = timeout_ms;
 				ok = connect_to_server(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),

@@ -42,6 +42,7 @@ int			redis_cache_circuit_failure_threshold = 3;
 int			redis_cache_circuit_open_seconds = 5;
 
 char	   *redis_cache_version = NULL;
+int			redis_cache_redelete_delay_ms = 0;
 
 uint64		redis_cache_server_config_generation = 0;
 uint64		redis_cache_version_generation = 0;
@@ -276,6 +277,15 @@ redis_cache_define_gucs(void)
 							5, 0, 3600,
 							PGC_SUSET,
 							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("redis_cache.redelete_delay_ms",
+							gettext_noop("Sets the delay of a second delete of invalidated keys after commit; 0 disables it."),
+							gettext_noop("Covers applications that fill the cache from a read that began before the commit. Needs shared_preload_libraries."),
+							&redis_cache_redelete_delay_ms,
+							0, 0, 3600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("redis_cache");

@@ -30,9 +30,13 @@ void
 _PG_init(void)
 {
 	redis_cache_define_gucs();
+	redis_invalidation_init();
 
 	if (process_shared_preload_libraries_in_progress)
+	{
 		redis_version_install_hooks();
+		redis_worker_init();
+	}
 	else if (IsUnderPostmaster && AmRegularBackendProcess() && !IsBinaryUpgrade)
 		redis_version_startup_check();
 }

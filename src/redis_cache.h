@@ -15,6 +15,10 @@
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "port/atomics.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "utils/timestamp.h"
 
 /* Same numbering as hiredis' REDIS_REPLY_* so conversion is a plain copy. */
 #define RC_REPLY_STRING		1
@@ -53,6 +57,45 @@ typedef struct RedisCommand
 	size_t	   *argvlen;
 } RedisCommand;
 
+/* Shared state of the invalidation worker (worker.c) */
+#define RC_MAX_NAMESPACES		16
+#define RC_MAX_PENDING_PATTERNS	256
+#define RC_MAX_REDELETES		4096
+
+typedef struct RedisNamespace
+{
+	char		prefix[RC_MAX_KEY_BYTES + 1];
+	bool		missed;			/* an invalidation was lost: flush it */
+} RedisNamespace;
+
+typedef struct RedisPendingPattern
+{
+	int			namespace_index;
+	char		pattern[RC_MAX_KEY_BYTES * 2 + 1];	/* glob, after key_prefix */
+} RedisPendingPattern;
+
+typedef struct RedisRedelete
+{
+	int			namespace_index;
+	TimestampTz due;
+	char		key[RC_MAX_KEY_BYTES * 2 + 1];
+} RedisRedelete;
+
+typedef struct RedisCacheShared
+{
+	LWLock	   *lock;
+	Latch	   *worker_latch;	/* NULL while no worker runs */
+	pg_atomic_uint32 in_flight; /* commits sending invalidations now */
+	bool		state_dirty;	/* state file needs rewriting */
+	int			nnamespaces;
+	RedisNamespace namespaces[RC_MAX_NAMESPACES];
+	int			npatterns;
+	RedisPendingPattern patterns[RC_MAX_PENDING_PATTERNS];
+	int			redelete_head;
+	int			nredeletes;
+	RedisRedelete redeletes[RC_MAX_REDELETES];
+} RedisCacheShared;
+
 /* on_error values */
 typedef enum RedisOnError
 {
@@ -66,6 +109,8 @@ typedef enum RedisOnError
 #define RC_EXEC_SKIP_BREAKER	0x02	/* probe even if the breaker is open */
 #define RC_EXEC_INTERNAL		0x04	/* bookkeeping: skip the version check */
 #define RC_EXEC_STARTUP			0x08	/* backend start: faults to the log only */
+#define RC_EXEC_FAST_CONNECT	0x10	/* connect within command_timeout_ms */
+#define RC_EXEC_IGNORE_ENABLED	0x20	/* invalidation: even when disabled */
 
 /* Outcome of the cache version check of a connection (version.c) */
 typedef enum RedisVersionStatus
@@ -92,6 +137,7 @@ extern int	redis_cache_max_value_bytes;
 extern int	redis_cache_circuit_failure_threshold;
 extern int	redis_cache_circuit_open_seconds;
 extern char *redis_cache_version;
+extern int	redis_cache_redelete_delay_ms;
 extern uint64 redis_cache_server_config_generation;
 extern uint64 redis_cache_version_generation;
 extern void redis_cache_define_gucs(void);
@@ -117,6 +163,26 @@ extern const char *redis_version_expected(void);
 extern void redis_version_install_hooks(void);
 extern bool redis_is_control_key(const char *key, size_t len,
 								 const char *prefix, size_t prefixlen);
+
+/* in version.c (flushing, shared with the worker) */
+extern int64 redis_flush_prefix(const char *prefix);
+extern int64 redis_unlink_pattern(const char *prefix, const char *pattern);
+extern int64 redis_unlink_pattern_until(const char *prefix,
+										const char *pattern,
+										TimestampTz deadline);
+extern bool redis_unlink_raw(const char *key);
+
+/* in worker.c */
+extern RedisCacheShared *redis_cache_shared;
+extern void redis_worker_init(void);
+extern int	redis_register_namespace(const char *prefix);
+extern void redis_mark_missed(int namespace_index);
+extern void redis_queue_pattern(int namespace_index, const char *pattern);
+extern void redis_queue_redelete(int namespace_index, const char *key,
+								 size_t len, TimestampTz due);
+
+/* in invalidation.c */
+extern void redis_invalidation_init(void);
 
 /* in keys.c */
 extern void redis_validate_key(const char *key, size_t len, const char *what);

@@ -185,12 +185,12 @@ redis_is_control_key(const char *key, size_t len, const char *prefix,
  * backend resumes the flush).
  */
 static int64
-flush_namespace(const char *prefix)
+unlink_matching(const char *prefix, const char *pattern, TimestampTz deadline)
 {
 	size_t		prefixlen = strlen(prefix);
 	size_t		escaped_len;
 	char	   *escaped = redis_escape_glob(prefix, prefixlen, &escaped_len);
-	char	   *match = psprintf("%s*", escaped);
+	char	   *match = psprintf("%s%s", escaped, pattern);
 	char	   *cursor = pstrdup("0");
 	int64		removed = 0;
 	MemoryContext batch_context;
@@ -210,6 +210,11 @@ flush_namespace(const char *prefix)
 		int			n = 0;
 
 		CHECK_FOR_INTERRUPTS();
+		if (deadline != 0 && GetCurrentTimestamp() >= deadline)
+		{
+			MemoryContextDelete(batch_context);
+			return -1;
+		}
 		old_context = MemoryContextSwitchTo(batch_context);
 		for (i = 0; i < 6; i++)
 			argvlen[i] = strlen(argv[i]);
@@ -268,6 +273,70 @@ flush_namespace(const char *prefix)
 
 	MemoryContextDelete(batch_context);
 	return removed;
+}
+
+/*
+ * Open the connection if needed, for the worker's bookkeeping (no version
+ * check: the worker only removes keys).
+ */
+static bool
+ensure_connection(void)
+{
+	const char *argv[1] = {"PING"};
+	size_t		argvlen[1] = {4};
+
+	return redis_command(RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
+						 RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED,
+						 1, argv, argvlen) != NULL;
+}
+
+/*
+ * Remove every key of the namespace except its version bookkeeping.
+ * Returns the count, or -1 on a fault (nothing is raised).
+ */
+int64
+redis_flush_prefix(const char *prefix)
+{
+	if (!ensure_connection())
+		return -1;
+	return unlink_matching(prefix, "*", 0);
+}
+
+/*
+ * SCAN + UNLINK of prefix || pattern (pattern is a glob whose literal parts
+ * are already escaped).  Returns the count, or -1 on a fault.
+ */
+int64
+redis_unlink_pattern(const char *prefix, const char *pattern)
+{
+	if (!ensure_connection())
+		return -1;
+	return unlink_matching(prefix, pattern, 0);
+}
+
+/*
+ * Same, giving up (-1) when the deadline passes between two SCAN rounds.
+ */
+int64
+redis_unlink_pattern_until(const char *prefix, const char *pattern,
+						   TimestampTz deadline)
+{
+	if (!ensure_connection())
+		return -1;
+	return unlink_matching(prefix, pattern, deadline);
+}
+
+/*
+ * UNLINK one full key (prefix included).  False on a fault.
+ */
+bool
+redis_unlink_raw(const char *key)
+{
+	const char *argv[2] = {"UNLINK", key};
+	size_t		argvlen[2] = {6, strlen(key)};
+
+	return redis_command(RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
+						 RC_EXEC_IGNORE_ENABLED, 2, argv, argvlen) != NULL;
 }
 
 /*
@@ -363,7 +432,7 @@ run_check(void)
 			ereport(LOG,
 					(errmsg("redis_cache: Redis restart detected (run_id %s), flushing prefix \"%s\"",
 							run_id, prefix)));
-		removed = flush_namespace(prefix);
+		removed = unlink_matching(prefix, "*", 0);
 		if (removed < 0)
 			return RC_VERSION_FAULT;
 		if (strcmp(reason, "mismatch") == 0)

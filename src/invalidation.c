@@ -1,0 +1,764 @@
+/*-------------------------------------------------------------------------
+ *
+ * invalidation.c
+ *		  Row-change invalidation: the cache_invalidate() trigger, the
+ *		  per-transaction queue and the commit-time send.
+ *
+ * The trigger turns key templates such as 'tenant:subdomain:{subdomain}'
+ * into keys from the OLD and NEW rows and queues them.  Nothing is sent
+ * before the transaction commits, and nothing of a rolled-back transaction
+ * or subtransaction is ever sent:
+ *
+ * - Items are allocated in CurTransactionContext and kept in one list per
+ *   subtransaction nesting level (as async.c does for NOTIFY).  A
+ *   subtransaction commit hands its items to the parent; an abort drops
+ *   them, and its memory goes with it.
+ *
+ * - XACT_EVENT_PRE_COMMIT deduplicates the keys, builds the pipelined UNLINK
+ *   commands in a context of our own (nothing is allocated later), and
+ *   registers the namespace with the worker, durably (may ERROR: the
+ *   transaction then aborts cleanly).  PREPARE TRANSACTION with queued
+ *   items is refused at XACT_EVENT_PRE_PREPARE.
+ *
+ * - XACT_EVENT_COMMIT runs with interrupts held and must not fail: it sends
+ *   everything in one round trip bounded by command_timeout_ms (a new
+ *   connection too), inside PG_TRY, downgrading any problem to a WARNING.
+ *   What could not be delivered is handed to the worker (worker.c), which
+ *   flushes the namespace once Redis is back.  Pattern invalidations (a
+ *   template ending in '*', TRUNCATE) need SCAN and go to the worker; without
+ *   shared_preload_libraries they run at commit within command_timeout_ms.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "redis_cache.h"
+
+PG_FUNCTION_INFO_V1(cache_invalidate);
+PG_FUNCTION_INFO_V1(cache_check_templates);
+
+/* One parsed piece of a template: literal text or a column. */
+typedef struct TemplatePart
+{
+	bool		is_column;
+	const char *text;			/* literal, or column name */
+	int			len;
+	AttrNumber	attnum;
+} TemplatePart;
+
+typedef struct KeyTemplate
+{
+	const char *source;
+	int			nparts;
+	TemplatePart *parts;
+	bool		is_pattern;		/* ends in '*' */
+} KeyTemplate;
+
+/* A queued invalidation: key or glob pattern, after key_prefix. */
+typedef struct PendingItem
+{
+	int			prefix_index;	/* into transaction_prefixes */
+	bool		is_pattern;
+	int			len;
+	char		key[FLEXIBLE_ARRAY_MEMBER];
+} PendingItem;
+
+typedef struct PendingLevel
+{
+	int			nest_level;
+	List	   *items;
+	struct PendingLevel *upper;
+} PendingLevel;
+
+static PendingLevel *pending = NULL;
+
+/* key_prefix values used by this transaction (TopTransactionContext) */
+static List *transaction_prefixes = NIL;
+
+/* Built at PRE_COMMIT, consumed at COMMIT. */
+typedef struct CommitWork
+{
+	MemoryContext context;
+	int			ncommands;
+	RedisCommand *commands;
+	RedisReply **replies;
+	int			nprefixes;
+	char	  **prefixes;
+	int		   *namespace_index;	/* per prefix, -1 without the worker */
+	int			npatterns;
+	PendingItem **patterns;
+	int			nkeys;
+	PendingItem **keys;
+	bool		counted_in_flight;
+} CommitWork;
+
+static CommitWork *commit_work = NULL;
+
+static bool callbacks_registered = false;
+static TimestampTz last_lost_warning = 0;
+
+/*
+ * Parse a template against the relation's columns.  ERROR on a malformed
+ * template or an unknown column.
+ */
+static KeyTemplate *
+parse_template(const char *source, TupleDesc tupdesc, const char *relname)
+{
+	KeyTemplate *tmpl = palloc0(sizeof(KeyTemplate));
+	size_t		srclen = strlen(source);
+	const char *p = source;
+	int			maxparts = (int) srclen + 1;
+
+	tmpl->source = source;
+	tmpl->parts = palloc0(sizeof(TemplatePart) * maxparts);
+
+	if (srclen == 0 || srclen > RC_MAX_KEY_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("redis_cache: invalid key template \"%s\"", source),
+				 errdetail("A template is 1 to %d bytes long.", RC_MAX_KEY_BYTES),
+				 errhint("Write templates like 'tenant:id:{id}' or 'product:variants:{id}:*'.")));
+	redis_validate_key(source, srclen, "key template");
+	tmpl->is_pattern = source[srclen - 1] == '*';
+
+	while (*p)
+	{
+		TemplatePart *part = &tmpl->parts[tmpl->nparts];
+
+		if (*p == '{')
+		{
+			const char *end = strchr(p + 1, '}');
+			const char *nested = strchr(p + 1, '{');
+			char	   *name;
+
+			if (end == NULL || (nested != NULL && nested < end) || end == p + 1)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("redis_cache: invalid key template \"%s\"", source),
+						 errdetail("A placeholder is a column name between { and }."),
+						 errhint("Write templates like 'tenant:subdomain:{subdomain}'.")));
+			name = pnstrdup(p + 1, end - p - 1);
+			part->is_column = true;
+			part->text = name;
+			part->len = (int) (end - p - 1);
+			part->attnum = SPI_fnumber(tupdesc, name);
+			if (part->attnum <= 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_COLUMN),
+						 errmsg("redis_cache: column \"%s\" of relation \"%s\" does not exist",
+								name, relname),
+						 errdetail("Key template \"%s\" refers to it.", source),
+						 errhint("Use the name of a column of \"%s\" between { and }.", relname)));
+			p = end + 1;
+		}
+		else if (*p == '}')
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("redis_cache: invalid key template \"%s\"", source),
+					 errdetail("Unbalanced \"}\".")));
+		else
+		{
+			const char *start = p;
+
+			while (*p && *p != '{' && *p != '}')
+				p++;
+			part->is_column = false;
+			part->text = start;
+			part->len = (int) (p - start);
+		}
+		tmpl->nparts++;
+	}
+	return tmpl;
+}
+
+static void
+append_glob_escaped(StringInfo buf, const char *str, int len)
+{
+	int			i;
+
+	for (i = 0; i < len; i++)
+	{
+		if (strchr("*?[]\\^", str[i]) != NULL)
+			appendStringInfoChar(buf, '\\');
+		appendStringInfoChar(buf, str[i]);
+	}
+}
+
+/*
+ * Expand a template for one row.  Returns false when a column is NULL (no
+ * key).  For pattern templates, literal text and values are glob-escaped and
+ * the final '*' kept.  With all_columns_wild (TRUNCATE), every placeholder
+ * becomes '*'.
+ */
+static bool
+expand_template(const KeyTemplate *tmpl, HeapTuple tuple, TupleDesc tupdesc,
+				bool all_columns_wild, StringInfo out, bool *is_pattern)
+{
+	bool		pattern = tmpl->is_pattern || all_columns_wild;
+	int			i;
+
+	resetStringInfo(out);
+	for (i = 0; i < tmpl->nparts; i++)
+	{
+		const TemplatePart *part = &tmpl->parts[i];
+
+		if (!part->is_column)
+		{
+			if (!pattern)
+				appendBinaryStringInfo(out, part->text, part->len);
+			else if (tmpl->is_pattern && i == tmpl->nparts - 1)
+			{
+				/* the trailing '*' stays a wildcard */
+				append_glob_escaped(out, part->text, part->len - 1);
+				appendStringInfoChar(out, '*');
+			}
+			else
+				append_glob_escaped(out, part->text, part->len);
+		}
+		else if (all_columns_wild)
+			appendStringInfoChar(out, '*');
+		else
+		{
+			char	   *value = SPI_getvalue(tuple, tupdesc, part->attnum);
+
+			if (value == NULL)
+				return false;
+			if (pattern)
+				append_glob_escaped(out, value, (int) strlen(value));
+			else
+				appendStringInfoString(out, value);
+			pfree(value);
+		}
+	}
+	*is_pattern = pattern;
+	return true;
+}
+
+/* ---- the queue ----------------------------------------------------------- */
+
+static int
+prefix_index_for_current(void)
+{
+	const char *prefix = redis_cache_key_prefix ? redis_cache_key_prefix : "";
+	ListCell   *lc;
+	int			i = 0;
+	MemoryContext old;
+
+	foreach(lc, transaction_prefixes)
+	{
+		if (strcmp((const char *) lfirst(lc), prefix) == 0)
+			return i;
+		i++;
+	}
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	transaction_prefixes = lappend(transaction_prefixes, pstrdup(prefix));
+	MemoryContextSwitchTo(old);
+	return i;
+}
+
+static void
+queue_item(const char *key, int len, bool is_pattern, int prefix_index)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
+	PendingItem *item;
+
+	if (pending == NULL || pending->nest_level < level)
+	{
+		PendingLevel *l = palloc(sizeof(PendingLevel));
+
+		l->nest_level = level;
+		l->items = NIL;
+		l->upper = pending;
+		pending = l;
+	}
+
+	/* rows of one statement often repeat the last key (UPDATE OLD = NEW) */
+	if (pending->items != NIL)
+	{
+		PendingItem *last = (PendingItem *) llast(pending->items);
+
+		if (last->len == len && last->is_pattern == is_pattern &&
+			last->prefix_index == prefix_index && memcmp(last->key, key, len) == 0)
+		{
+			MemoryContextSwitchTo(old);
+			return;
+		}
+	}
+
+	item = palloc(offsetof(PendingItem, key) + len + 1);
+	item->prefix_index = prefix_index;
+	item->is_pattern = is_pattern;
+	item->len = len;
+	memcpy(item->key, key, len);
+	item->key[len] = '\0';
+	pending->items = lappend(pending->items, item);
+	MemoryContextSwitchTo(old);
+}
+
+static void
+queue_row(KeyTemplate **templates, int ntemplates, HeapTuple tuple,
+		  TupleDesc tupdesc, int prefix_index, StringInfo buf)
+{
+	int			i;
+
+	for (i = 0; i < ntemplates; i++)
+	{
+		bool		is_pattern;
+
+		if (expand_template(templates[i], tuple, tupdesc, false, buf, &is_pattern))
+			queue_item(buf->data, buf->len, is_pattern, prefix_index);
+	}
+}
+
+/*
+ * cache_invalidate(): AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW, or
+ * AFTER TRUNCATE FOR EACH STATEMENT, with key templates as arguments.
+ */
+Datum
+cache_invalidate(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata;
+	Trigger    *trigger;
+	TupleDesc	tupdesc;
+	const char *relname;
+	KeyTemplate **templates;
+	int			i;
+	int			prefix_index;
+	StringInfoData buf;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("redis_cache: cache_invalidate() was not called by the trigger manager"),
+				 errhint("Use it in CREATE TRIGGER ... EXECUTE FUNCTION cache_invalidate('key:{column}'), or call cache_watch().")));
+
+	trigdata = (TriggerData *) fcinfo->context;
+	trigger = trigdata->tg_trigger;
+	tupdesc = RelationGetDescr(trigdata->tg_relation);
+	relname = RelationGetRelationName(trigdata->tg_relation);
+
+	if (!TRIGGER_FIRED_AFTER(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("redis_cache: trigger \"%s\" on \"%s\" must be an AFTER trigger",
+						trigger->tgname, relname),
+				 errhint("Invalidation is queued after the change and sent at commit.")));
+	if (TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event) &&
+		!TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("redis_cache: trigger \"%s\" on \"%s\" must be FOR EACH ROW",
+						trigger->tgname, relname),
+				 errhint("Only TRUNCATE uses a FOR EACH STATEMENT trigger.")));
+	if (trigger->tgnargs < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("redis_cache: trigger \"%s\" on \"%s\" has no key templates",
+						trigger->tgname, relname),
+				 errhint("Pass templates such as 'tenant:id:{id}' as trigger arguments.")));
+
+	templates = palloc(sizeof(KeyTemplate *) * trigger->tgnargs);
+	for (i = 0; i < trigger->tgnargs; i++)
+		templates[i] = parse_template(trigger->tgargs[i], tupdesc, relname);
+
+	prefix_index = prefix_index_for_current();
+	initStringInfo(&buf);
+
+	if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+	{
+		for (i = 0; i < trigger->tgnargs; i++)
+		{
+			bool		is_pattern;
+
+			expand_template(templates[i], NULL, tupdesc, true, &buf, &is_pattern);
+			queue_item(buf.data, buf.len, is_pattern, prefix_index);
+		}
+	}
+	else
+	{
+		if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ||
+			TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+			queue_row(templates, trigger->tgnargs, trigdata->tg_trigtuple,
+					  tupdesc, prefix_index, &buf);
+		if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+			queue_row(templates, trigger->tgnargs, trigdata->tg_newtuple,
+					  tupdesc, prefix_index, &buf);
+		if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+			queue_row(templates, trigger->tgnargs, trigdata->tg_trigtuple,
+					  tupdesc, prefix_index, &buf);
+	}
+
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * cache_check_templates(tbl regclass, templates text[]) RETURNS void:
+ * ERROR unless every template is valid for the table (used by cache_watch).
+ */
+Datum
+cache_check_templates(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(1);
+	Relation	rel;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			i;
+
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("redis_cache: at least one key template is required"),
+				 errhint("For example: SELECT cache_watch('tenants', 'tenant:id:{id}');")));
+	rel = relation_open(relid, AccessShareLock);
+	for (i = 0; i < n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("redis_cache: key templates must not be NULL")));
+		(void) parse_template(TextDatumGetCString(elems[i]),
+							  RelationGetDescr(rel), RelationGetRelationName(rel));
+	}
+	relation_close(rel, AccessShareLock);
+	PG_RETURN_VOID();
+}
+
+/* ---- transaction callbacks ---------------------------------------------- */
+
+static int
+compare_items(const void *a, const void *b)
+{
+	const PendingItem *x = *(PendingItem *const *) a;
+	const PendingItem *y = *(PendingItem *const *) b;
+	int			c;
+
+	if (x->prefix_index != y->prefix_index)
+		return x->prefix_index - y->prefix_index;
+	c = memcmp(x->key, y->key, Min(x->len, y->len));
+	if (c != 0)
+		return c;
+	return x->len - y->len;
+}
+
+/*
+ * PRE_COMMIT: everything the commit-time send needs, allocated now.
+ */
+static void
+prepare_commit_work(void)
+{
+	CommitWork *work;
+	List	   *items = NIL;
+	PendingLevel *l;
+	PendingItem **all;
+	int			nall = 0;
+	int			i;
+	ListCell   *lc;
+	MemoryContext old;
+
+	for (l = pending; l != NULL; l = l->upper)
+		items = list_concat(items, l->items);
+	if (items == NIL)
+		return;
+
+	work = MemoryContextAllocZero(TopMemoryContext, sizeof(CommitWork));
+	work->context = AllocSetContextCreate(TopMemoryContext,
+										  "redis_cache commit",
+										  ALLOCSET_DEFAULT_SIZES);
+	commit_work = work;
+	old = MemoryContextSwitchTo(work->context);
+
+	work->nprefixes = list_length(transaction_prefixes);
+	work->prefixes = palloc(sizeof(char *) * work->nprefixes);
+	work->namespace_index = palloc(sizeof(int) * work->nprefixes);
+	i = 0;
+	foreach(lc, transaction_prefixes)
+	{
+		work->prefixes[i] = pstrdup((const char *) lfirst(lc));
+		/* durable registration: may ERROR, which aborts cleanly here */
+		work->namespace_index[i] = redis_register_namespace(work->prefixes[i]);
+		i++;
+	}
+
+	all = palloc(sizeof(PendingItem *) * list_length(items));
+	foreach(lc, items)
+		all[nall++] = (PendingItem *) lfirst(lc);
+	qsort(all, nall, sizeof(PendingItem *), compare_items);
+
+	work->keys = palloc(sizeof(PendingItem *) * nall);
+	work->patterns = palloc(sizeof(PendingItem *) * nall);
+	for (i = 0; i < nall; i++)
+	{
+		PendingItem *item = all[i];
+		PendingItem *copy;
+
+		if (i > 0 && compare_items(&all[i - 1], &all[i]) == 0 &&
+			all[i - 1]->is_pattern == item->is_pattern)
+			continue;
+		copy = palloc(offsetof(PendingItem, key) + item->len + 1);
+		memcpy(copy, item, offsetof(PendingItem, key) + item->len + 1);
+		if (item->is_pattern)
+			work->patterns[work->npatterns++] = copy;
+		else
+			work->keys[work->nkeys++] = copy;
+	}
+
+	/* UNLINK prefix||key, RC_KEYS_PER_COMMAND keys per command */
+	work->ncommands = (work->nkeys + RC_KEYS_PER_COMMAND - 1) / RC_KEYS_PER_COMMAND;
+	work->commands = palloc0(sizeof(RedisCommand) * Max(work->ncommands, 1));
+	work->replies = palloc0(sizeof(RedisReply *) * Max(work->ncommands, 1));
+	for (i = 0; i < work->nkeys; i++)
+	{
+		int			c = i / RC_KEYS_PER_COMMAND;
+		RedisCommand *cmd = &work->commands[c];
+		PendingItem *item = work->keys[i];
+		const char *prefix = work->prefixes[item->prefix_index];
+		size_t		plen = strlen(prefix);
+		char	   *full;
+
+		if (cmd->argc == 0)
+		{
+			int			n = Min(RC_KEYS_PER_COMMAND, work->nkeys - c * RC_KEYS_PER_COMMAND);
+
+			cmd->argv = palloc(sizeof(char *) * (n + 1));
+			cmd->argvlen = palloc(sizeof(size_t) * (n + 1));
+			cmd->argv[0] = "UNLINK";
+			cmd->argvlen[0] = 6;
+			cmd->argc = 1;
+		}
+		full = palloc(plen + item->len + 1);
+		memcpy(full, prefix, plen);
+		memcpy(full + plen, item->key, item->len + 1);
+		cmd->argv[cmd->argc] = full;
+		cmd->argvlen[cmd->argc] = plen + item->len;
+		cmd->argc++;
+	}
+
+	/* room for replies and messages at COMMIT */
+	(void) palloc(64 * 1024);
+
+	MemoryContextSwitchTo(old);
+
+	if (redis_cache_shared)
+	{
+		pg_atomic_fetch_add_u32(&redis_cache_shared->in_flight, 1);
+		work->counted_in_flight = true;
+	}
+}
+
+static void
+hand_everything_to_worker(CommitWork *work)
+{
+	int			i;
+
+	for (i = 0; i < work->nprefixes; i++)
+		redis_mark_missed(work->namespace_index[i]);
+}
+
+static void
+warn_lost(CommitWork *work, const char *why)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (redis_cache_on_error == RC_ON_ERROR_SILENT)
+		return;
+	if (last_lost_warning != 0 &&
+		!TimestampDifferenceExceeds(last_lost_warning, now, 10000))
+		return;
+	last_lost_warning = now;
+	ereport(WARNING,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("redis_cache: %d cache invalidations of this transaction were not delivered: %s",
+					work->nkeys + work->npatterns, why),
+			 errhint("Add redis_cache to shared_preload_libraries so that missed invalidations are applied when Redis is back.")));
+}
+
+/*
+ * COMMIT: deliver.  Interrupts are held and an ERROR here would be a PANIC,
+ * so everything is caught and downgraded.
+ */
+static void
+send_commit_work(void)
+{
+	CommitWork *work = commit_work;
+	MemoryContext old;
+	bool		have_worker;
+
+	if (work == NULL)
+		return;
+	have_worker = redis_cache_shared != NULL &&
+		redis_cache_shared->worker_latch != NULL;
+
+	old = MemoryContextSwitchTo(work->context);
+	PG_TRY();
+	{
+		bool		delivered = true;
+		int			i;
+
+		if (work->ncommands > 0)
+			delivered = redis_execute(work->commands, work->ncommands,
+									  work->replies,
+									  RC_EXEC_NO_ERROR | RC_EXEC_INTERNAL |
+									  RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED);
+		if (!delivered)
+		{
+			if (have_worker)
+				hand_everything_to_worker(work);
+			else
+				warn_lost(work, "Redis is unreachable");
+		}
+		else
+		{
+			TimestampTz now = GetCurrentTimestamp();
+
+			for (i = 0; i < work->npatterns; i++)
+			{
+				PendingItem *p = work->patterns[i];
+
+				if (have_worker)
+					redis_queue_pattern(work->namespace_index[p->prefix_index], p->key);
+				else if (redis_unlink_pattern_until(work->prefixes[p->prefix_index], p->key,
+													TimestampTzPlusMilliseconds(now, redis_cache_command_timeout_ms)) < 0)
+				{
+					warn_lost(work, "a pattern invalidation did not finish within redis_cache.command_timeout_ms");
+					break;
+				}
+			}
+			if (have_worker && redis_cache_redelete_delay_ms > 0)
+			{
+				TimestampTz due = TimestampTzPlusMilliseconds(now, redis_cache_redelete_delay_ms);
+
+				for (i = 0; i < work->nkeys; i++)
+				{
+					PendingItem *k = work->keys[i];
+
+					redis_queue_redelete(work->namespace_index[k->prefix_index],
+										 k->key, k->len, due);
+				}
+			}
+		}
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(work->context);
+		FlushErrorState();
+		if (have_worker)
+			hand_everything_to_worker(work);
+		else
+			warn_lost(work, "an error occurred while sending");
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+}
+
+static void
+release_commit_work(void)
+{
+	CommitWork *work = commit_work;
+
+	commit_work = NULL;
+	if (work == NULL)
+		return;
+	if (work->counted_in_flight)
+		pg_atomic_fetch_sub_u32(&redis_cache_shared->in_flight, 1);
+	MemoryContextDelete(work->context);
+	pfree(work);
+}
+
+static void
+invalidation_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PARALLEL_PRE_COMMIT:
+			prepare_commit_work();
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			if (pending != NULL)
+			{
+				PendingLevel *l;
+
+				for (l = pending; l != NULL; l = l->upper)
+					if (l->items != NIL)
+						ereport(ERROR,
+								(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+								 errmsg("redis_cache: cannot PREPARE a transaction that has queued cache invalidations"),
+								 errdetail("Invalidations are sent when the transaction commits, which a prepared transaction does outside this session."),
+								 errhint("Commit the transaction directly, or invalidate with cache_delete() after COMMIT PREPARED.")));
+			}
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			send_commit_work();
+			release_commit_work();
+			pending = NULL;
+			transaction_prefixes = NIL;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			release_commit_work();
+			pending = NULL;
+			transaction_prefixes = NIL;
+			break;
+	}
+}
+
+static void
+invalidation_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+							  SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (pending == NULL || pending->nest_level < level)
+		return;
+
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		PendingLevel *child = pending;
+
+		if (child->upper != NULL && child->upper->nest_level == level - 1)
+		{
+			/* cells live on in the child's CurTransactionContext */
+			MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
+
+			child->upper->items = list_concat(child->upper->items, child->items);
+			MemoryContextSwitchTo(old);
+			pending = child->upper;
+		}
+		else
+			child->nest_level = level - 1;
+	}
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		/* its memory is released with the subtransaction */
+		pending = pending->upper;
+	}
+}
+
+void
+redis_invalidation_init(void)
+{
+	if (callbacks_registered)
+		return;
+	RegisterXactCallback(invalidation_xact_callback, NULL);
+	RegisterSubXactCallback(invalidation_subxact_callback, NULL);
+	callbacks_registered = true;
+}
