@@ -30,8 +30,8 @@ make -s with_llvm=no >/dev/null
 make -s with_llvm=no install >/dev/null
 
 . test/lib.sh
+trap stack_stop EXIT    # set first: also cleans up if stack_start fails
 stack_start
-trap stack_stop EXIT
 
 say() { printf '\n== %s\n' "$*"; }
 # psql echoing each statement; WARNINGs go to stderr, merged here.
