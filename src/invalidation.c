@@ -57,6 +57,7 @@ typedef struct TemplatePart
 	const char *text;			/* literal, or column name */
 	int			len;
 	AttrNumber	attnum;
+	FmgrInfo	output;			/* the column type's output function */
 } TemplatePart;
 
 typedef struct KeyTemplate
@@ -106,6 +107,22 @@ typedef struct CommitWork
 } CommitWork;
 
 static CommitWork *commit_work = NULL;
+
+/*
+ * Parsed templates of the trigger fired last, valid for the current
+ * transaction (TopTransactionContext): a bulk UPDATE parses them once, not
+ * once per row.  The tuple descriptor is part of the key, so DDL between
+ * statements of one transaction gets a fresh parse.
+ */
+typedef struct TemplateCache
+{
+	Oid			tgoid;
+	TupleDesc	tupdesc;
+	int			ntemplates;
+	KeyTemplate **templates;
+} TemplateCache;
+
+static TemplateCache *template_cache = NULL;
 
 static bool callbacks_registered = false;
 static TimestampTz last_lost_warning = 0;
@@ -162,6 +179,14 @@ parse_template(const char *source, TupleDesc tupdesc, const char *relname)
 								name, relname),
 						 errdetail("Key template \"%s\" refers to it.", source),
 						 errhint("Use the name of a column of \"%s\" between { and }.", relname)));
+			{
+				Oid			typoutput;
+				bool		typisvarlena;
+
+				getTypeOutputInfo(TupleDescAttr(tupdesc, part->attnum - 1)->atttypid,
+								  &typoutput, &typisvarlena);
+				fmgr_info(typoutput, &part->output);
+			}
 			p = end + 1;
 		}
 		else if (*p == '}')
@@ -232,10 +257,13 @@ expand_template(const KeyTemplate *tmpl, HeapTuple tuple, TupleDesc tupdesc,
 			appendStringInfoChar(out, '*');
 		else
 		{
-			char	   *value = SPI_getvalue(tuple, tupdesc, part->attnum);
+			bool		isnull;
+			Datum		datum = heap_getattr(tuple, part->attnum, tupdesc, &isnull);
+			char	   *value;
 
-			if (value == NULL)
+			if (isnull)
 				return false;
+			value = OutputFunctionCall((FmgrInfo *) &part->output, datum);
 			if (pattern)
 				append_glob_escaped(out, value, (int) strlen(value));
 			else
@@ -371,9 +399,24 @@ cache_invalidate(PG_FUNCTION_ARGS)
 						trigger->tgname, relname),
 				 errhint("Pass templates such as 'tenant:id:{id}' as trigger arguments.")));
 
-	templates = palloc(sizeof(KeyTemplate *) * trigger->tgnargs);
-	for (i = 0; i < trigger->tgnargs; i++)
-		templates[i] = parse_template(trigger->tgargs[i], tupdesc, relname);
+	if (template_cache != NULL && template_cache->tgoid == trigger->tgoid &&
+		template_cache->tupdesc == tupdesc)
+		templates = template_cache->templates;
+	else
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+		TemplateCache *cache = palloc0(sizeof(TemplateCache));
+
+		templates = palloc(sizeof(KeyTemplate *) * trigger->tgnargs);
+		for (i = 0; i < trigger->tgnargs; i++)
+			templates[i] = parse_template(pstrdup(trigger->tgargs[i]), tupdesc, relname);
+		cache->tgoid = trigger->tgoid;
+		cache->tupdesc = tupdesc;
+		cache->ntemplates = trigger->tgnargs;
+		cache->templates = templates;
+		template_cache = cache;
+		MemoryContextSwitchTo(old);
+	}
 
 	prefix_index = prefix_index_for_current();
 	initStringInfo(&buf);
@@ -710,6 +753,7 @@ invalidation_xact_callback(XactEvent event, void *arg)
 			release_commit_work();
 			pending = NULL;
 			transaction_prefixes = NIL;
+			template_cache = NULL;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
@@ -717,6 +761,7 @@ invalidation_xact_callback(XactEvent event, void *arg)
 			release_commit_work();
 			pending = NULL;
 			transaction_prefixes = NIL;
+			template_cache = NULL;
 			break;
 	}
 }

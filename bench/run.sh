@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# bench/run.sh: pgbench measurements of redis_cache against baselines
+# measured in the same run, on the embedded stack (temporary PostgreSQL
+# and redis-server on loopback).  Prints a table of tps and ratios;
+# RC_BENCH_CSV=file also writes CSV.  RC_BENCH_SECONDS (default 10) is the
+# length of each pgbench run; RC_BENCH_CLIENTS (default 2) its clients.
+#
+#   bash bench/run.sh            # everything
+#   bash bench/run.sh kv         # key-value functions only
+#   bash bench/run.sh invalidation
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RC_ROOT=$(pwd)
+export RC_ROOT
+SECONDS_PER_RUN=${RC_BENCH_SECONDS:-10}
+CLIENTS=${RC_BENCH_CLIENTS:-2}
+WHAT=${1:-all}
+
+make -s with_llvm=no >/dev/null && make -s with_llvm=no install >/dev/null || exit 1
+. test/lib.sh
+stack_start
+trap stack_stop EXIT
+durability() {  # durability on|off
+	if [ "$1" = on ]; then
+		q -c "ALTER SYSTEM SET fsync = on" -c "ALTER SYSTEM SET synchronous_commit = on" -c "SELECT pg_reload_conf()" >/dev/null
+	else
+		q -c "ALTER SYSTEM SET fsync = off" -c "ALTER SYSTEM SET synchronous_commit = off" -c "SELECT pg_reload_conf()" >/dev/null
+	fi
+	sleep 0.3
+}
+durability off
+
+q -c "CREATE EXTENSION redis_cache" \
+  -c "CREATE TABLE tenants (id int PRIMARY KEY, subdomain text UNIQUE, domain text, plan text, name text)" \
+  -c "INSERT INTO tenants SELECT g, 'sub' || g, 'd' || g || '.example', 'pro', 'name' || g FROM generate_series(1, 100000) g" \
+  -c "CREATE TABLE tenants_unwatched (LIKE tenants INCLUDING ALL)" \
+  -c "INSERT INTO tenants_unwatched SELECT * FROM tenants" \
+  -c "SELECT cache_watch('tenants', 'tenant:id:{id}', 'tenant:subdomain:{subdomain}', 'tenant:domain:{domain}')" \
+  -c "SELECT count(cache_set('bench:' || g, repeat('v', 100), 0)) FROM generate_series(1, 1000) g" \
+  -c "VACUUM ANALYZE" >/dev/null
+
+declare -A TPS
+results=()
+run() {  # run NAME SCRIPT-TEXT
+	local f="$RC_TMP/$1.sql" out tps
+	printf '%s\n' "$2" >"$f"
+	out=$(pgbench -n -M prepared -c "$CLIENTS" -j "$CLIENTS" -T "$SECONDS_PER_RUN" -f "$f" 2>&1)
+	tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
+	TPS[$1]=${tps:-0}
+	results+=("$1")
+	printf '  %-28s %12.1f tps\n' "$1" "${tps:-0}" >&2
+}
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('%.2f' % (a/b if b else 0))" "$1" "$2"; }
+
+echo "pgbench: $CLIENTS clients, ${SECONDS_PER_RUN} s per run" >&2
+run select_1 'SELECT 1;'
+
+if [ "$WHAT" = all ] || [ "$WHAT" = kv ]; then
+	run pk_lookup $'\\set id random(1, 100000)\nSELECT row_to_json(t) FROM tenants t WHERE id = :id;'
+	run cache_get_hit $'\\set id random(1, 1000)\nSELECT cache_get(\'bench:\' || (:id)::text);'
+	run cache_get_miss $'\\set id random(1, 1000)\nSELECT cache_get(\'nope:\' || (:id)::text);'
+	run cache_set $'\\set id random(1, 1000)\nSELECT cache_set(\'bench:set:\' || (:id)::text, \'value\', 60);'
+	run cache_mget_10 $'\\set id random(1, 990)\nSELECT cache_mget(ARRAY(SELECT \'bench:\' || g FROM generate_series(:id, :id + 9) g));'
+fi
+
+if [ "$WHAT" = all ] || [ "$WHAT" = invalidation ]; then
+	UW=$'\\set id random(1, 100000)\nUPDATE tenants_unwatched SET name = md5(:id::text) WHERE id = :id;'
+	W=$'\\set id random(1, 100000)\nUPDATE tenants SET name = md5(:id::text) WHERE id = :id;'
+	# alternate twice so drift in the machine's load hits both sides
+	run update_unwatched "$UW"; run update_watched "$W"
+	run update_unwatched_2 "$UW"; run update_watched_2 "$W"
+	durability on
+	run durable_update_unwatched "$UW"; run durable_update_watched "$W"
+	run durable_update_unwatched_2 "$UW"; run durable_update_watched_2 "$W"
+	durability off
+
+	# bulk: 100k rows, median of 3, alternating to share the machine's noise
+	bulk() {
+		q -c "\\timing on" -c "UPDATE $1 SET plan = md5(random()::text)" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
+	}
+	bw=(); bu=()
+	for i in 1 2 3; do
+		bu+=("$(bulk tenants_unwatched)")
+		bw+=("$(bulk tenants)")
+		q -c "VACUUM tenants, tenants_unwatched" >/dev/null
+	done
+	med() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+	BULK_U=$(med "${bu[@]}")
+	BULK_W=$(med "${bw[@]}")
+fi
+
+echo
+printf '%-28s %12s %10s\n' "benchmark" "tps" "vs SELECT 1"
+for r in "${results[@]}"; do
+	printf '%-28s %12.1f %10s\n' "$r" "${TPS[$r]}" "$(ratio "${TPS[$r]}" "${TPS[select_1]}")"
+done
+if [ -n "${TPS[update_watched]:-}" ]; then
+	w=$(python3 -c "print(${TPS[update_watched]} + ${TPS[update_watched_2]})")
+	u=$(python3 -c "print(${TPS[update_unwatched]} + ${TPS[update_unwatched_2]})")
+	echo
+	dw=$(python3 -c "print(${TPS[durable_update_watched]} + ${TPS[durable_update_watched_2]})")
+	du=$(python3 -c "print(${TPS[durable_update_unwatched]} + ${TPS[durable_update_unwatched_2]})")
+	echo "single-row UPDATE, watched / unwatched, fsync=off synchronous_commit=off: $(ratio "$w" "$u")x"
+	echo "single-row UPDATE, watched / unwatched, fsync=on synchronous_commit=on:   $(ratio "$dw" "$du")x  (target >= 0.85x)"
+	echo "100k-row UPDATE time, watched / unwatched: $(ratio "$BULK_W" "$BULK_U")x  (${BULK_W} ms vs ${BULK_U} ms, median of 3; target <= 2x)"
+fi
+if [ -n "${TPS[cache_get_hit]:-}" ]; then
+	echo "cache_get hit / primary-key lookup:      $(ratio "${TPS[cache_get_hit]}" "${TPS[pk_lookup]}")x"
+fi
+if [ -n "${RC_BENCH_CSV:-}" ]; then
+	{ echo "benchmark,tps,ratio_select_1"
+	  for r in "${results[@]}"; do echo "$r,${TPS[$r]},$(ratio "${TPS[$r]}" "${TPS[select_1]}")"; done
+	} >"$RC_BENCH_CSV"
+fi
