@@ -12,13 +12,14 @@ OBJS = \
 	src/commands.o \
 	src/version.o \
 	src/invalidation.o \
-	src/worker.o
+	src/worker.o \
+	src/stats.o
 
 HEADERS = src/redis_cache.h
 
 DATA = $(wildcard redis_cache--*.sql)
 
-REGRESS = upgrade basic bad_input degraded invalidation
+REGRESS = upgrade basic bad_input degraded invalidation stats
 REGRESS_OPTS = --inputdir=. --load-extension=redis_cache
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -99,3 +99,60 @@ $$;
 
 COMMENT ON FUNCTION cache_watches() IS
 'Lists the tables whose changes invalidate Redis keys, with their key templates';
+
+-- Statistics and health
+
+CREATE FUNCTION cache_stats(
+    OUT scope text,
+    OUT family text,
+    OUT hits bigint,
+    OUT misses bigint,
+    OUT sets bigint,
+    OUT deletes bigint,
+    OUT invalidations_sent bigint,
+    OUT invalidations_queued bigint,
+    OUT invalidations_retried bigint,
+    OUT errors_connect bigint,
+    OUT errors_timeout bigint,
+    OUT errors_io bigint,
+    OUT errors_protocol bigint,
+    OUT errors_reply bigint,
+    OUT bytes_out bigint,
+    OUT bytes_in bigint,
+    OUT circuit_opens bigint,
+    OUT flushes bigint,
+    OUT bypasses bigint,
+    OUT round_trips bigint,
+    OUT hit_ratio float8,
+    OUT latency_buckets bigint[],
+    OUT stats_reset timestamptz,
+    OUT circuit text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'cache_stats'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION cache_stats() IS
+'Cache statistics: one row of totals (family NULL) and one per key family; scope says whether they cover the server or this backend';
+
+CREATE VIEW cache_stats AS SELECT * FROM cache_stats();
+
+COMMENT ON VIEW cache_stats IS
+'Cache statistics; latency_buckets counts round trips under 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 100, 250 ms and above';
+
+CREATE FUNCTION cache_stats_reset()
+RETURNS void
+AS 'MODULE_PATHNAME', 'cache_stats_reset'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION cache_stats_reset() IS
+'Zeroes the cache statistics';
+
+REVOKE ALL ON FUNCTION cache_stats_reset() FROM PUBLIC;
+
+CREATE FUNCTION cache_health()
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'cache_health'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION cache_health() IS
+'Health of the Redis server: reachability, ping latency, version, memory, clients, keyspace hits/misses, evictions, run_id, circuit breaker state';

@@ -86,6 +86,15 @@ text_key_for_message(text *key)
 	return text_to_cstring(key);
 }
 
+/* Statistics of one read: hit or miss, totals and per key family. */
+static void
+count_read(text *key, bool hit)
+{
+	redis_stats_add(hit ? RC_STAT_HITS : RC_STAT_MISSES, 1);
+	redis_stats_family(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
+					   hit ? RC_FAM_HITS : RC_FAM_MISSES);
+}
+
 /*
  * cache_get(key text) RETURNS text
  */
@@ -102,6 +111,7 @@ cache_get(PG_FUNCTION_ARGS)
 
 	reply = redis_command(0, 2, argv, argvlen);
 	result = reply_to_text(reply, text_key_for_message(key));
+	count_read(key, result != NULL);
 	if (result == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(result);
@@ -176,6 +186,11 @@ cache_set(PG_FUNCTION_ARGS)
 								 psprintf("storing key \"%s\"", text_key_for_message(key)),
 								 0);
 		PG_RETURN_BOOL(false);
+	}
+	if (reply->type == RC_REPLY_STATUS)
+	{
+		redis_stats_add(RC_STAT_SETS, 1);
+		redis_stats_family(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), RC_FAM_SETS);
 	}
 	PG_RETURN_BOOL(reply->type == RC_REPLY_STATUS);
 }
@@ -280,6 +295,17 @@ cache_delete(PG_FUNCTION_ARGS)
 
 	nkeys = array_to_keys(arr, &keys, &lens, &nulls);
 	removed = unlink_keys(keys, lens, nulls, nkeys, 0);
+	if (removed > 0)
+	{
+		/* per family: the keys asked for (Redis only says how many existed) */
+		size_t		plen = strlen(redis_cache_key_prefix ? redis_cache_key_prefix : "");
+		int			i;
+
+		redis_stats_add(RC_STAT_DELETES, removed);
+		for (i = 0; i < nkeys; i++)
+			if (!nulls[i])
+				redis_stats_family(keys[i] + plen, lens[i] - plen, RC_FAM_DELETES);
+	}
 	PG_RETURN_INT64(removed < 0 ? 0 : removed);
 }
 
@@ -527,6 +553,7 @@ cache_mget(PG_FUNCTION_ARGS)
 						key_index++;
 					t = reply_to_text(reply->element[j],
 									  text_to_cstring(DatumGetTextPP(elems[key_index])));
+					count_read(DatumGetTextPP(elems[key_index]), t != NULL);
 					if (t != NULL)
 					{
 						values[key_index] = PointerGetDatum(t);
@@ -647,6 +674,7 @@ cache_delete_pattern(PG_FUNCTION_ARGS)
 		if (n < 0)
 			break;
 		removed += n;
+		redis_stats_add(RC_STAT_DELETES, n);
 	} while (strcmp(cursor, "0") != 0);
 
 	MemoryContextDelete(batch_context);

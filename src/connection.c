@@ -587,9 +587,30 @@ copy_reply(const redisReply *src)
  * one retry over a fresh connection).  May throw on interrupts or out of
  * memory; the caller drops the connection then.
  */
+static bool round_trip_io(RedisConnection *conn, const RedisCommand *commands,
+						  int ncommands, RedisReply **replies,
+						  TimestampTz deadline, bool *nothing_received);
+
+/*
+ * round_trip_io() with its statistics: count and latency.
+ */
 static bool
 round_trip(RedisConnection *conn, const RedisCommand *commands, int ncommands,
 		   RedisReply **replies, TimestampTz deadline, bool *nothing_received)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	bool		ok;
+
+	ok = round_trip_io(conn, commands, ncommands, replies, deadline,
+					   nothing_received);
+	redis_stats_add(RC_STAT_ROUND_TRIPS, 1);
+	redis_stats_latency(GetCurrentTimestamp() - start);
+	return ok;
+}
+
+static bool
+round_trip_io(RedisConnection *conn, const RedisCommand *commands, int ncommands,
+			  RedisReply **replies, TimestampTz deadline, bool *nothing_received)
 {
 	StringInfoData out;
 	size_t		sent = 0;
@@ -652,6 +673,7 @@ round_trip(RedisConnection *conn, const RedisCommand *commands, int ncommands,
 				  n < 0 ? strerror(errno) : "connection closed");
 		return false;
 	}
+	redis_stats_add(RC_STAT_BYTES_OUT, out.len);
 	pfree(out.data);
 
 	while (nreplies < ncommands)
@@ -715,6 +737,7 @@ round_trip(RedisConnection *conn, const RedisCommand *commands, int ncommands,
 				  n < 0 ? strerror(errno) : "server closed the connection");
 		return false;
 	}
+	redis_stats_add(RC_STAT_BYTES_IN, received);
 	return true;
 }
 
@@ -766,13 +789,32 @@ redis_circuit_state(void)
 	return "half-open";
 }
 
+/* Classify the fault in fault_message for the statistics. */
+static RedisCounter
+fault_counter(void)
+{
+	if (strncmp(fault_message, "timed out", 9) == 0)
+		return RC_STAT_ERRORS_TIMEOUT;
+	if (strstr(fault_message, "invalid reply") || strstr(fault_message, "exceeds"))
+		return RC_STAT_ERRORS_PROTOCOL;
+	if (strncmp(fault_message, "could not connect", 17) == 0 ||
+		strncmp(fault_message, "could not resolve", 17) == 0 ||
+		strstr(fault_message, "refused") || strstr(fault_message, "authentication") ||
+		strstr(fault_message, "password_file"))
+		return RC_STAT_ERRORS_CONNECT;
+	return RC_STAT_ERRORS_IO;
+}
+
 static void
 record_failure(void)
 {
+	redis_stats_add(fault_counter(), 1);
 	consecutive_failures++;
 	if (circuit_half_open ||
 		consecutive_failures >= redis_cache_circuit_failure_threshold)
 	{
+		if (circuit_half_open || circuit_open_until == 0)
+			redis_stats_add(RC_STAT_CIRCUIT_OPENS, 1);
 		circuit_open_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														 redis_cache_circuit_open_seconds * 1000);
 		if (!circuit_half_open)
@@ -852,6 +894,7 @@ redis_report_reply_error(const RedisReply *reply, const char *what, int flags)
 {
 	int			elevel = WARNING;
 
+	redis_stats_add(RC_STAT_ERRORS_REPLY, 1);
 	if (redis_cache_on_error == RC_ON_ERROR_ERROR && !(flags & RC_EXEC_NO_ERROR))
 		elevel = ERROR;
 	else if (redis_cache_on_error == RC_ON_ERROR_SILENT)
@@ -900,6 +943,7 @@ redis_execute(const RedisCommand *commands, int ncommands,
 		{
 			set_fault("circuit breaker open after %d consecutive failures; Redis is skipped for up to %d s",
 					  consecutive_failures, redis_cache_circuit_open_seconds);
+			redis_stats_add(RC_STAT_BYPASSES, 1);
 			report_fault(flags);
 			return false;
 		}
@@ -977,6 +1021,7 @@ redis_execute(const RedisCommand *commands, int ncommands,
 
 	if (bypass)
 	{
+		redis_stats_add(RC_STAT_BYPASSES, 1);
 		/* Redis answered: not a fault, but this namespace is not usable */
 		record_success();
 		return false;

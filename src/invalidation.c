@@ -610,6 +610,7 @@ hand_everything_to_worker(CommitWork *work)
 {
 	int			i;
 
+	redis_stats_add(RC_STAT_INVALIDATIONS_QUEUED, work->nkeys + work->npatterns);
 	for (i = 0; i < work->nprefixes; i++)
 		redis_mark_missed(work->namespace_index[i]);
 }
@@ -659,6 +660,8 @@ send_commit_work(void)
 									  work->replies,
 									  RC_EXEC_NO_ERROR | RC_EXEC_INTERNAL |
 									  RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED);
+		if (delivered)
+			redis_stats_add(RC_STAT_INVALIDATIONS_SENT, work->nkeys);
 		if (!delivered)
 		{
 			if (have_worker)
@@ -675,7 +678,10 @@ send_commit_work(void)
 				PendingItem *p = work->patterns[i];
 
 				if (have_worker)
+				{
 					redis_queue_pattern(work->namespace_index[p->prefix_index], p->key);
+					redis_stats_add(RC_STAT_INVALIDATIONS_QUEUED, 1);
+				}
 				else if (redis_unlink_pattern_until(work->prefixes[p->prefix_index], p->key,
 													TimestampTzPlusMilliseconds(now, redis_cache_command_timeout_ms)) < 0)
 				{

@@ -60,7 +60,7 @@ typedef struct RedisCommand
 /* Shared state of the invalidation worker (worker.c) */
 #define RC_MAX_NAMESPACES		16
 #define RC_MAX_PENDING_PATTERNS	256
-#define RC_MAX_REDELETES		4096
+#define RC_MAX_REDELETES		1024
 
 typedef struct RedisNamespace
 {
@@ -81,6 +81,58 @@ typedef struct RedisRedelete
 	char		key[RC_MAX_KEY_BYTES * 2 + 1];
 } RedisRedelete;
 
+/* Statistics (stats.c) */
+typedef enum RedisCounter
+{
+	RC_STAT_HITS,
+	RC_STAT_MISSES,
+	RC_STAT_SETS,
+	RC_STAT_DELETES,
+	RC_STAT_INVALIDATIONS_SENT,
+	RC_STAT_INVALIDATIONS_QUEUED,
+	RC_STAT_INVALIDATIONS_RETRIED,
+	RC_STAT_ERRORS_CONNECT,
+	RC_STAT_ERRORS_TIMEOUT,
+	RC_STAT_ERRORS_IO,
+	RC_STAT_ERRORS_PROTOCOL,
+	RC_STAT_ERRORS_REPLY,
+	RC_STAT_BYTES_OUT,
+	RC_STAT_BYTES_IN,
+	RC_STAT_CIRCUIT_OPENS,
+	RC_STAT_FLUSHES,
+	RC_STAT_BYPASSES,
+	RC_STAT_ROUND_TRIPS,
+	RC_NUM_COUNTERS
+} RedisCounter;
+
+typedef enum RedisFamilyCounter
+{
+	RC_FAM_HITS,
+	RC_FAM_MISSES,
+	RC_FAM_SETS,
+	RC_FAM_DELETES,
+	RC_NUM_FAMILY_COUNTERS
+} RedisFamilyCounter;
+
+#define RC_LATENCY_BUCKETS	11
+#define RC_MAX_FAMILIES		64
+#define RC_FAMILY_NAME_LEN	64
+
+typedef struct RedisFamilyStats
+{
+	char		name[RC_FAMILY_NAME_LEN];
+	pg_atomic_uint64 counters[RC_NUM_FAMILY_COUNTERS];
+} RedisFamilyStats;
+
+typedef struct RedisStats
+{
+	pg_atomic_uint64 counters[RC_NUM_COUNTERS];
+	pg_atomic_uint64 latency[RC_LATENCY_BUCKETS];
+	int			nfamilies;
+	RedisFamilyStats families[RC_MAX_FAMILIES];
+	TimestampTz reset_at;
+} RedisStats;
+
 typedef struct RedisCacheShared
 {
 	LWLock	   *lock;
@@ -94,6 +146,7 @@ typedef struct RedisCacheShared
 	int			redelete_head;
 	int			nredeletes;
 	RedisRedelete redeletes[RC_MAX_REDELETES];
+	RedisStats	stats;
 } RedisCacheShared;
 
 /* on_error values */
@@ -180,6 +233,14 @@ extern void redis_mark_missed(int namespace_index);
 extern void redis_queue_pattern(int namespace_index, const char *pattern);
 extern void redis_queue_redelete(int namespace_index, const char *key,
 								 size_t len, TimestampTz due);
+
+/* in stats.c */
+extern RedisStats *redis_stats(void);
+extern void redis_stats_init(RedisStats *stats);
+extern void redis_stats_add(RedisCounter counter, uint64 n);
+extern void redis_stats_latency(int64 us);
+extern void redis_stats_family(const char *key, size_t len,
+							   RedisFamilyCounter counter);
 
 /* in invalidation.c */
 extern void redis_invalidation_init(void);

@@ -435,6 +435,7 @@ run_check(void)
 		removed = unlink_matching(prefix, "*", 0);
 		if (removed < 0)
 			return RC_VERSION_FAULT;
+		redis_stats_add(RC_STAT_FLUSHES, 1);
 		if (strcmp(reason, "mismatch") == 0)
 			ereport(LOG,
 					(errmsg("redis_cache: cache version mismatch (stored %s, expected %s): flushing " INT64_FORMAT " keys",

@@ -93,6 +93,7 @@ redis_cache_shmem_startup(void)
 		memset(redis_cache_shared, 0, shared_size());
 		redis_cache_shared->lock = &(GetNamedLWLockTranche("redis_cache"))->lock;
 		pg_atomic_init_u32(&redis_cache_shared->in_flight, 0);
+		redis_stats_init(&redis_cache_shared->stats);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -346,6 +347,8 @@ process_pending(void)
 		removed = redis_flush_prefix(prefix);
 		if (removed < 0)
 			return false;
+		redis_stats_add(RC_STAT_FLUSHES, 1);
+		redis_stats_add(RC_STAT_INVALIDATIONS_RETRIED, 1);
 		ereport(LOG,
 				(errmsg("redis_cache: flushed " INT64_FORMAT " keys under prefix \"%s\" to apply invalidations missed while Redis was unreachable",
 						removed, prefix)));
@@ -375,6 +378,7 @@ process_pending(void)
 
 		if (redis_unlink_pattern(prefix, pattern) < 0)
 			return false;
+		redis_stats_add(RC_STAT_INVALIDATIONS_RETRIED, 1);
 
 		LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 		sh->npatterns--;
