@@ -16,10 +16,34 @@ SECONDS_PER_RUN=${RC_BENCH_SECONDS:-10}
 CLIENTS=${RC_BENCH_CLIENTS:-2}
 WHAT=${1:-all}
 
+if [ "$(id -u)" = 0 ] && [ -z "${RC_SKIP_APT:-}" ]; then
+	for p in postgresql-15-pgmemcache memcached; do
+		dpkg -s "$p" >/dev/null 2>&1 || NEED="${NEED:-} $p"
+	done
+	if [ -n "${NEED:-}" ]; then
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $NEED >/dev/null
+	fi
+fi
 make -s with_llvm=no >/dev/null && make -s with_llvm=no install >/dev/null || exit 1
 . test/lib.sh
 stack_start
-trap stack_stop EXIT
+MEMCACHED_PID=
+cleanup() { [ -n "$MEMCACHED_PID" ] && kill "$MEMCACHED_PID" 2>/dev/null; stack_stop; }
+trap cleanup EXIT
+
+# the peer: pgmemcache against a memcached on loopback, same key and value
+HAVE_PGMEMCACHE=
+if [ -f "$(pg_config --sharedir)/extension/pgmemcache.control" ] && command -v memcached >/dev/null; then
+	MEMCACHED_PORT=$(free_port 48000)
+	memcached -l 127.0.0.1 -p "$MEMCACHED_PORT" -U 0 -u nobody -m 64 &
+	MEMCACHED_PID=$!
+	cat >> "$RC_TMP/pgdata/postgresql.conf" <<CONF
+shared_preload_libraries = 'redis_cache,pgmemcache'
+pgmemcache.default_servers = '127.0.0.1:$MEMCACHED_PORT'
+CONF
+	pg_restart
+	HAVE_PGMEMCACHE=1
+fi
 durability() {  # durability on|off
 	if [ "$1" = on ]; then
 		q -c "ALTER SYSTEM SET fsync = on" -c "ALTER SYSTEM SET synchronous_commit = on" -c "SELECT pg_reload_conf()" >/dev/null
@@ -36,7 +60,7 @@ q -c "CREATE EXTENSION redis_cache" \
   -c "CREATE TABLE tenants_unwatched (LIKE tenants INCLUDING ALL)" \
   -c "INSERT INTO tenants_unwatched SELECT * FROM tenants" \
   -c "SELECT cache_watch('tenants', 'tenant:id:{id}', 'tenant:subdomain:{subdomain}', 'tenant:domain:{domain}')" \
-  -c "SELECT count(cache_set('bench:' || g, repeat('v', 100), 0)) FROM generate_series(1, 1000) g" \
+  -c "SELECT count(cache_set('bench:' || g, repeat('v', 100), 86400)) FROM generate_series(1, 1000) g" \
   -c "VACUUM ANALYZE" >/dev/null
 
 declare -A TPS
@@ -59,8 +83,35 @@ if [ "$WHAT" = all ] || [ "$WHAT" = kv ]; then
 	run pk_lookup $'\\set id random(1, 100000)\nSELECT row_to_json(t) FROM tenants t WHERE id = :id;'
 	run cache_get_hit $'\\set id random(1, 1000)\nSELECT cache_get(\'bench:\' || (:id)::text);'
 	run cache_get_miss $'\\set id random(1, 1000)\nSELECT cache_get(\'nope:\' || (:id)::text);'
-	run cache_set $'\\set id random(1, 1000)\nSELECT cache_set(\'bench:set:\' || (:id)::text, \'value\', 60);'
+	run cache_set $'\\set id random(1, 1000)\nSELECT cache_set(\'benchset:\' || (:id)::text, \'value\', 60);'
 	run cache_mget_10 $'\\set id random(1, 990)\nSELECT cache_mget(ARRAY(SELECT \'bench:\' || g FROM generate_series(:id, :id + 9) g));'
+	if [ -n "$HAVE_PGMEMCACHE" ]; then
+		q -c "CREATE EXTENSION pgmemcache" \
+		  -c "SELECT count(memcache_set('bench:' || g, repeat('v', 100))) FROM generate_series(1, 1000) g" >/dev/null
+		run memcache_get_hit $'\\set id random(1, 1000)\nSELECT memcache_get(\'bench:\' || (:id)::text);'
+	fi
+	run cache_get_hit_2 $'\\set id random(1, 1000)\nSELECT cache_get(\'bench:\' || (:id)::text);'
+
+	# memory: one backend, many calls, RSS early and at the end
+	MEM_CALLS=${RC_BENCH_MEM_CALLS:-1000000}
+	printf '%s\n' "SELECT count(cache_get('bench:' || (g % 1000 + 1)::text)) FROM generate_series(1, 10000) g;" >"$RC_TMP/mem.sql"
+	pgbench -n -c 1 -t $((MEM_CALLS / 10000)) -f "$RC_TMP/mem.sql" -P 1 >"$RC_TMP/mem.out" 2>&1 &
+	mem_bg=$!
+	pid=
+	for _ in $(seq 1 50); do
+		pid=$(q -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbench' LIMIT 1")
+		[ -n "$pid" ] && break
+		sleep 0.1
+	done
+	sleep 1
+	RSS_START=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+	RSS_END=$RSS_START
+	while kill -0 $mem_bg 2>/dev/null; do
+		r=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+		[ -n "$r" ] && RSS_END=$r
+		sleep 0.5
+	done
+	wait $mem_bg
 fi
 
 if [ "$WHAT" = all ] || [ "$WHAT" = invalidation ]; then
@@ -106,6 +157,11 @@ if [ -n "${TPS[update_watched]:-}" ]; then
 fi
 if [ -n "${TPS[cache_get_hit]:-}" ]; then
 	echo "cache_get hit / primary-key lookup:      $(ratio "${TPS[cache_get_hit]}" "${TPS[pk_lookup]}")x"
+	if [ -n "${TPS[memcache_get_hit]:-}" ]; then
+		hit=$(python3 -c "print((${TPS[cache_get_hit]} + ${TPS[cache_get_hit_2]}) / 2)")
+		echo "cache_get hit / pgmemcache memcache_get:  $(ratio "$hit" "${TPS[memcache_get_hit]}")x  (target >= 1.0x; cache_get averaged over the runs before and after)"
+	fi
+	echo "backend RSS over ${MEM_CALLS} cache_get calls: ${RSS_START} kB after the first second, ${RSS_END} kB at the end"
 fi
 if [ -n "${RC_BENCH_CSV:-}" ]; then
 	{ echo "benchmark,tps,ratio_select_1"

@@ -92,6 +92,7 @@ struct RedisConnection
 	bool		external_fd_acquired;
 	uint64		serial;			/* distinguishes successive connections */
 	char		run_id[64];		/* INFO server run_id; "" if unknown */
+	StringInfoData send_buffer; /* formatted commands, in TopMemoryContext */
 };
 
 static uint64 connection_serial = 0;
@@ -131,6 +132,16 @@ static bool round_trip(RedisConnection *conn, const RedisCommand *commands,
 					   int ncommands, RedisReply **replies,
 					   TimestampTz deadline, bool *nothing_received);
 static void report_fault(int flags);
+
+/* An empty StringInfo in TopMemoryContext (repalloc keeps it there). */
+static void
+init_long_lived_buffer(StringInfo buf)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	initStringInfo(buf);
+	MemoryContextSwitchTo(old);
+}
 
 static ssize_t
 plain_send(RedisConnection *conn, const char *buf, size_t len)
@@ -180,6 +191,8 @@ redis_disconnect(void)
 		FreeWaitEventSet(conn->wait_set);
 	if (conn->reader)
 		redisReaderFree(conn->reader);
+	if (conn->send_buffer.data)
+		pfree(conn->send_buffer.data);
 	conn->transport->close(conn);
 	if (conn->external_fd_acquired)
 		ReleaseExternalFD();
@@ -309,6 +322,7 @@ new_connection(void)
 	conn->transport = &plain_transport;
 	conn->config_generation = redis_cache_server_config_generation;
 	conn->external_fd_acquired = true;
+	init_long_lived_buffer(&conn->send_buffer);
 	/* published before anything can throw, so redis_disconnect() frees it */
 	connection = conn;
 	conn->wait_set = CreateWaitEventSet(TopMemoryContext, 3);
@@ -612,7 +626,8 @@ static bool
 round_trip_io(RedisConnection *conn, const RedisCommand *commands, int ncommands,
 			  RedisReply **replies, TimestampTz deadline, bool *nothing_received)
 {
-	StringInfoData out;
+	StringInfo	out;
+	bool		just_sent = true;
 	size_t		sent = 0;
 	size_t		received = 0;
 	size_t		budget;
@@ -622,7 +637,9 @@ round_trip_io(RedisConnection *conn, const RedisCommand *commands, int ncommands
 
 	*nothing_received = true;
 
-	initStringInfo(&out);
+	/* the connection's buffer: no allocation per command once warmed up */
+	out = &conn->send_buffer;
+	resetStringInfo(out);
 	for (i = 0; i < ncommands; i++)
 	{
 		char	   *formatted = NULL;
@@ -634,7 +651,7 @@ round_trip_io(RedisConnection *conn, const RedisCommand *commands, int ncommands
 			ereport(ERROR,
 					(errcode(ERRCODE_OUT_OF_MEMORY),
 					 errmsg("out of memory formatting a Redis command")));
-		appendBinaryStringInfo(&out, formatted, len);
+		appendBinaryStringInfo(out, formatted, len);
 		redisFreeCommand(formatted);
 	}
 
@@ -647,10 +664,10 @@ round_trip_io(RedisConnection *conn, const RedisCommand *commands, int ncommands
 		budget += ((size_t) redis_cache_max_value_bytes + RC_REPLY_SLACK_BYTES) *
 			(size_t) Min(Max(commands[i].argc - 1, 1), 64);
 
-	while (sent < (size_t) out.len)
+	while (sent < (size_t) out->len)
 	{
-		ssize_t		n = conn->transport->send(conn, out.data + sent,
-											  out.len - sent);
+		ssize_t		n = conn->transport->send(conn, out->data + sent,
+											  out->len - sent);
 
 		if (n > 0)
 		{
@@ -673,8 +690,13 @@ round_trip_io(RedisConnection *conn, const RedisCommand *commands, int ncommands
 				  n < 0 ? strerror(errno) : "connection closed");
 		return false;
 	}
-	redis_stats_add(RC_STAT_BYTES_OUT, out.len);
-	pfree(out.data);
+	redis_stats_add(RC_STAT_BYTES_OUT, out->len);
+	/* a large pipeline must not pin its buffer for the session */
+	if (out->maxlen > 64 * 1024)
+	{
+		pfree(out->data);
+		init_long_lived_buffer(out);
+	}
 
 	while (nreplies < ncommands)
 	{
@@ -703,6 +725,21 @@ round_trip_io(RedisConnection *conn, const RedisCommand *commands, int ncommands
 			continue;
 		}
 
+		/*
+		 * Right after sending, the reply is never there yet: wait first
+		 * instead of paying for a recv() that returns EAGAIN.
+		 */
+		if (just_sent)
+		{
+			just_sent = false;
+			if (!wait_for_socket(conn, WL_SOCKET_READABLE, deadline))
+			{
+				set_fault("timed out waiting for Redis at %s:%d after %d ms",
+						  redis_cache_host, redis_cache_port, current_timeout_ms);
+				*nothing_received = false;	/* slow, not dead: no retry */
+				return false;
+			}
+		}
 		n = conn->transport->recv(conn, buf, sizeof(buf));
 		if (n > 0)
 		{
