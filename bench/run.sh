@@ -16,16 +16,9 @@ SECONDS_PER_RUN=${RC_BENCH_SECONDS:-10}
 CLIENTS=${RC_BENCH_CLIENTS:-2}
 WHAT=${1:-all}
 
-if [ "$(id -u)" = 0 ] && [ -z "${RC_SKIP_APT:-}" ]; then
-	for p in postgresql-15-pgmemcache memcached; do
-		dpkg -s "$p" >/dev/null 2>&1 || NEED="${NEED:-} $p"
-	done
-	if [ -n "${NEED:-}" ]; then
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $NEED >/dev/null
-	fi
-fi
-make -s with_llvm=no >/dev/null && make -s with_llvm=no install >/dev/null || exit 1
 . test/lib.sh
+rc_install_packages postgresql-15-pgmemcache memcached
+rc_build_install || exit 1
 stack_start
 MEMCACHED_PID=
 cleanup() { [ -n "$MEMCACHED_PID" ] && kill "$MEMCACHED_PID" 2>/dev/null; stack_stop; }

@@ -11,25 +11,10 @@ cd "$(dirname "$0")/.."
 RC_ROOT=$(pwd)
 export RC_ROOT
 
-PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-contrib libhiredis-dev redis-server redis-tools make gcc python3"
-
-if [ "$(id -u)" = 0 ] && [ -z "${RC_SKIP_APT:-}" ]; then
-	missing=""
-	for p in $PACKAGES; do
-		dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
-	done
-	if [ -n "$missing" ]; then
-		echo "== installing:$missing"
-		apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-	fi
-fi
-
-echo "== build and install"
-make -s with_llvm=no >/dev/null
-make -s with_llvm=no install >/dev/null
-
 . test/lib.sh
+rc_install_packages
+echo "== build and install"
+rc_build_install
 trap stack_stop EXIT    # set first: also cleans up if stack_start fails
 stack_start
 

@@ -11,6 +11,27 @@
 RC_ROOT=${RC_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 PGBIN=${PGBIN:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
 
+RC_PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-contrib libhiredis-dev libkrb5-dev redis-server redis-tools make gcc python3"
+
+# Install the Debian packages the project needs (as root, once; skipped
+# with RC_SKIP_APT).  Extra package names may be given as arguments.
+rc_install_packages() {
+	local missing="" p
+	[ "$(id -u)" = 0 ] && [ -z "${RC_SKIP_APT:-}" ] || return 0
+	for p in $RC_PACKAGES "$@"; do
+		dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+	done
+	[ -n "$missing" ] || return 0
+	echo "== installing:$missing"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+}
+
+# Build and install the extension into the server's directories.
+rc_build_install() {
+	(cd "$RC_ROOT" && make -s with_llvm=no >/dev/null && make -s with_llvm=no install >/dev/null)
+}
+
 # Run a command as the OS user that owns the cluster.
 as_pg() {
 	if [ "$(id -u)" = 0 ]; then

@@ -14,30 +14,15 @@ cd "$(dirname "$0")/.."
 RC_ROOT=$(pwd)
 export RC_ROOT
 
-PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-contrib libhiredis-dev libkrb5-dev redis-server redis-tools make gcc python3"
-
-if [ "$(id -u)" = 0 ] && [ -z "${RC_SKIP_APT:-}" ]; then
-	missing=""
-	for p in $PACKAGES; do
-		dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
-	done
-	if [ -n "$missing" ]; then
-		echo "== installing:$missing"
-		apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-	fi
-	# the Debian package starts a system redis; ours runs on its own port
-fi
-
+. test/lib.sh
+rc_install_packages
 echo "== build and install"
-make -s with_llvm=no >/dev/null || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
-if ! make -s with_llvm=no install >/dev/null; then
-	echo "install failed (run as root or with write access to $(pg_config --pkglibdir))"
+if ! rc_build_install; then
+	echo "build or install failed (run as root or with write access to $(pg_config --pkglibdir))"
 	echo "0 passed, 1 failed"
 	exit 1
 fi
 
-. test/lib.sh
 stack_start
 trap stack_stop EXIT
 
