@@ -77,6 +77,13 @@ is "$(echo "$out" | grep -c 'miss|alive')" "4" "garbage, lying length, short and
 like "$out" "invalid reply from Redis|protocol error" "protocol garbage: WARNING names the problem"
 kill $fake 2>/dev/null; wait $fake 2>/dev/null
 
+# redis_cache.database: SELECT on connect, takes effect on the next command
+out=$(q -c "$P SELECT cache_set('db0', 'zero')" -c "SET redis_cache.database = 3" \
+	-c "$P SELECT cache_set('db3', 'three')" -c "$P SELECT coalesce(cache_get('db0'), 'miss')")
+is "$out" "$(printf 't\nt\nmiss')" "changing redis_cache.database switches databases at the next command"
+is "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" -n 3 get untrusted:db3)" "three" "the value is in Redis database 3"
+is "$(redis_cli get untrusted:db3)" "" "and not in database 0"
+
 # --- AUTH ----------------------------------------------------------------
 redis_cli config set requirepass s3cret-pw >/dev/null
 export REDISCLI_AUTH=s3cret-pw

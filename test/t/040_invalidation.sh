@@ -69,6 +69,18 @@ calls=$(redis_cli info commandstats | sed -n 's/^cmdstat_unlink:calls=\([0-9]*\)
 cmp_le "${calls:-999}" 200 "100k-row UPDATE: 200k keys sent in batched UNLINKs (one pipelined round trip)"
 is "$(redis_cli exists tenant:id:1 tenant:id:1999 tenant:id:2000)" "0" "100k-row UPDATE: keys gone at commit"
 
+# --- watches survive pg_dump and restore -----------------------------------
+q -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS rc_restored" -c "CREATE DATABASE rc_restored" >/dev/null
+pg_dump -d postgres -t tenants >"$RC_TMP/dump.sql" 2>"$RC_TMP/dump.err"
+q -d rc_restored -c "CREATE EXTENSION redis_cache" >/dev/null
+psql -X -q -d rc_restored -f "$RC_TMP/dump.sql" >/dev/null 2>&1
+out=$(q -d rc_restored -c "SELECT tbl, key_templates FROM cache_watches() WHERE trigger_name = 'redis_cache_invalidate'")
+is "$out" 'tenants|{"tenant:id:{id}","tenant:subdomain:{subdomain}"}' "watches survive pg_dump and restore"
+redis_cli set tenant:id:77 cached >/dev/null
+q -d rc_restored -c "UPDATE tenants SET name = 'x' WHERE id = 77" >/dev/null
+is "$(redis_cli exists tenant:id:77)" "0" "the restored trigger invalidates"
+q -c "DROP DATABASE rc_restored" >/dev/null
+
 # --- 30 s race: writers vs cache-aside readers through redis-cli ------------
 q -c "ALTER SYSTEM SET redis_cache.redelete_delay_ms = 1000" -c "SELECT pg_reload_conf()" >/dev/null
 redis_cli flushall >/dev/null
