@@ -53,13 +53,15 @@ static const char *unlock_script =
  * for messages.
  */
 static text *
-reply_to_text(const RedisReply *reply, const char *key)
+reply_to_text(const RedisReply *reply, text *key_text)
 {
+	char	   *key;
+
 	if (reply == NULL || reply->type == RC_REPLY_NIL)
 		return NULL;
 	if (reply->type == RC_REPLY_ERROR)
 	{
-		char	   *what = psprintf("reading key \"%s\"", key);
+		char	   *what = psprintf("reading key \"%s\"", text_to_cstring(key_text));
 
 		redis_report_reply_error(reply, what, 0);
 		return NULL;
@@ -68,6 +70,8 @@ reply_to_text(const RedisReply *reply, const char *key)
 		return NULL;
 	if (!pg_verifymbstr(reply->str, (int) reply->len, true))
 	{
+		/* the key is copied for messages only, off the hot path */
+		key = text_to_cstring(key_text);
 		if (redis_cache_on_error != RC_ON_ERROR_SILENT)
 			ereport(WARNING,
 					(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
@@ -110,7 +114,7 @@ cache_get(PG_FUNCTION_ARGS)
 	text	   *result;
 
 	reply = redis_command(0, 2, argv, argvlen);
-	result = reply_to_text(reply, text_key_for_message(key));
+	result = reply_to_text(reply, key);
 	count_read(key, result != NULL);
 	if (result == NULL)
 		PG_RETURN_NULL();
@@ -551,8 +555,7 @@ cache_mget(PG_FUNCTION_ARGS)
 
 					while (nulls[key_index])
 						key_index++;
-					t = reply_to_text(reply->element[j],
-									  text_to_cstring(DatumGetTextPP(elems[key_index])));
+					t = reply_to_text(reply->element[j], DatumGetTextPP(elems[key_index]));
 					count_read(DatumGetTextPP(elems[key_index]), t != NULL);
 					if (t != NULL)
 					{
