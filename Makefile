@@ -13,13 +13,16 @@ OBJS = \
 	src/version.o \
 	src/invalidation.o \
 	src/worker.o \
-	src/stats.o
+	src/stats.o \
+	src/query_format.o \
+	src/query_deps.o \
+	src/query_cache.o
 
-HEADERS = src/redis_cache.h
+HEADERS = src/redis_cache.h src/query_format.h
 
 DATA = $(wildcard redis_cache--*.sql)
 
-REGRESS = upgrade basic bad_input degraded invalidation stats
+REGRESS = upgrade basic bad_input degraded invalidation stats query
 REGRESS_OPTS = --inputdir=. --load-extension=redis_cache
 
 PG_CPPFLAGS = -I$(srcdir)/src

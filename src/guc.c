@@ -43,6 +43,7 @@ int			redis_cache_circuit_open_seconds = 5;
 
 char	   *redis_cache_version = NULL;
 int			redis_cache_redelete_delay_ms = 0;
+int			redis_cache_query_lock_timeout_ms = 5000;
 
 uint64		redis_cache_server_config_generation = 0;
 uint64		redis_cache_version_generation = 0;
@@ -285,6 +286,15 @@ redis_cache_define_gucs(void)
 							&redis_cache_redelete_delay_ms,
 							0, 0, 3600000,
 							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("redis_cache.query_lock_timeout_ms",
+							gettext_noop("Sets how long cache_query() waits for another session that is computing the same result."),
+							gettext_noop("After this time the waiting session runs the query itself. 0 disables the stampede lock."),
+							&redis_cache_query_lock_timeout_ms,
+							5000, 0, 600000,
+							PGC_USERSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 

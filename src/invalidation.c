@@ -68,10 +68,15 @@ typedef struct KeyTemplate
 	bool		is_pattern;		/* ends in '*' */
 } KeyTemplate;
 
-/* A queued invalidation: key or glob pattern, after key_prefix. */
+/*
+ * A queued invalidation: key or glob pattern after key_prefix, or the
+ * generation of a table ("<db oid>:<table oid>", or "ddl") whose cached
+ * query results it ends (query_deps.c).
+ */
 typedef struct PendingItem
 {
 	int			prefix_index;	/* into transaction_prefixes */
+	bool		is_generation;
 	bool		is_pattern;
 	int			len;
 	char		key[FLEXIBLE_ARRAY_MEMBER];
@@ -103,6 +108,9 @@ typedef struct CommitWork
 	PendingItem **patterns;
 	int			nkeys;
 	PendingItem **keys;
+	int			ngenerations;
+	PendingItem **generations;
+	int			first_generation_command;	/* EVALs follow the UNLINKs */
 	bool		counted_in_flight;
 } CommitWork;
 
@@ -298,7 +306,8 @@ prefix_index_for_current(void)
 }
 
 static void
-queue_item(const char *key, int len, bool is_pattern, int prefix_index)
+queue_any_item(const char *key, int len, bool is_pattern, bool is_generation,
+			   int prefix_index)
 {
 	int			level = GetCurrentTransactionNestLevel();
 	MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
@@ -320,6 +329,7 @@ queue_item(const char *key, int len, bool is_pattern, int prefix_index)
 		PendingItem *last = (PendingItem *) llast(pending->items);
 
 		if (last->len == len && last->is_pattern == is_pattern &&
+			last->is_generation == is_generation &&
 			last->prefix_index == prefix_index && memcmp(last->key, key, len) == 0)
 		{
 			MemoryContextSwitchTo(old);
@@ -330,11 +340,30 @@ queue_item(const char *key, int len, bool is_pattern, int prefix_index)
 	item = palloc(offsetof(PendingItem, key) + len + 1);
 	item->prefix_index = prefix_index;
 	item->is_pattern = is_pattern;
+	item->is_generation = is_generation;
 	item->len = len;
 	memcpy(item->key, key, len);
 	item->key[len] = '\0';
 	pending->items = lappend(pending->items, item);
 	MemoryContextSwitchTo(old);
+}
+
+static void
+queue_item(const char *key, int len, bool is_pattern, int prefix_index)
+{
+	queue_any_item(key, len, is_pattern, false, prefix_index);
+}
+
+/*
+ * Queue the bump of a query result generation (query_deps.c), sent at
+ * commit to every namespace known to hold cached query results.
+ */
+void
+redis_queue_generation_bump(const char *item, int len)
+{
+	/* generations are not per prefix: note the prefix, queue under 0 */
+	(void) prefix_index_for_current();
+	queue_any_item(item, len, false, true, 0);
 }
 
 static void
@@ -392,12 +421,11 @@ cache_invalidate(PG_FUNCTION_ARGS)
 				 errmsg("redis_cache: trigger \"%s\" on \"%s\" must be FOR EACH ROW",
 						trigger->tgname, relname),
 				 errhint("Only TRUNCATE uses a FOR EACH STATEMENT trigger.")));
-	if (trigger->tgnargs < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("redis_cache: trigger \"%s\" on \"%s\" has no key templates",
-						trigger->tgname, relname),
-				 errhint("Pass templates such as 'tenant:id:{id}' as trigger arguments.")));
+
+	/* cached query results that read this table end with this change */
+	redis_query_note_trigger_write(RelationGetRelid(trigdata->tg_relation));
+	if (trigger->tgnargs == 0)
+		return PointerGetDatum(NULL);
 
 	if (template_cache != NULL && template_cache->tgoid == trigger->tgoid &&
 		template_cache->tupdesc == tupdesc)
@@ -492,6 +520,8 @@ compare_items(const void *a, const void *b)
 	const PendingItem *y = *(PendingItem *const *) b;
 	int			c;
 
+	if (x->is_generation != y->is_generation)
+		return (int) x->is_generation - (int) y->is_generation;
 	if (x->prefix_index != y->prefix_index)
 		return x->prefix_index - y->prefix_index;
 	c = memcmp(x->key, y->key, Min(x->len, y->len));
@@ -527,9 +557,10 @@ prepare_commit_work(void)
 	commit_work = work;
 	old = MemoryContextSwitchTo(work->context);
 
+	/* room for the namespaces of other sessions, for generations */
 	work->nprefixes = list_length(transaction_prefixes);
-	work->prefixes = palloc(sizeof(char *) * work->nprefixes);
-	work->namespace_index = palloc(sizeof(int) * work->nprefixes);
+	work->prefixes = palloc(sizeof(char *) * (work->nprefixes + RC_MAX_NAMESPACES));
+	work->namespace_index = palloc(sizeof(int) * (work->nprefixes + RC_MAX_NAMESPACES));
 	i = 0;
 	foreach(lc, transaction_prefixes)
 	{
@@ -546,6 +577,7 @@ prepare_commit_work(void)
 
 	work->keys = palloc(sizeof(PendingItem *) * nall);
 	work->patterns = palloc(sizeof(PendingItem *) * nall);
+	work->generations = palloc(sizeof(PendingItem *) * nall);
 	for (i = 0; i < nall; i++)
 	{
 		PendingItem *item = all[i];
@@ -556,14 +588,45 @@ prepare_commit_work(void)
 			continue;
 		copy = palloc(offsetof(PendingItem, key) + item->len + 1);
 		memcpy(copy, item, offsetof(PendingItem, key) + item->len + 1);
-		if (item->is_pattern)
+		if (item->is_generation)
+			work->generations[work->ngenerations++] = copy;
+		else if (item->is_pattern)
 			work->patterns[work->npatterns++] = copy;
 		else
 			work->keys[work->nkeys++] = copy;
 	}
 
+	/*
+	 * Sessions with another key_prefix may have cached results of these
+	 * tables: bump the generations in every namespace the worker knows.
+	 */
+	if (work->ngenerations > 0 && redis_cache_shared != NULL)
+	{
+		LWLockAcquire(redis_cache_shared->lock, LW_SHARED);
+		for (i = 0; i < redis_cache_shared->nnamespaces; i++)
+		{
+			const char *ns = redis_cache_shared->namespaces[i].prefix;
+			int			j;
+
+			for (j = 0; j < work->nprefixes; j++)
+				if (strcmp(work->prefixes[j], ns) == 0)
+					break;
+			if (j == work->nprefixes)
+			{
+				work->prefixes[work->nprefixes] = pstrdup(ns);
+				work->namespace_index[work->nprefixes] = i;
+				work->nprefixes++;
+			}
+		}
+		LWLockRelease(redis_cache_shared->lock);
+	}
+
 	/* UNLINK prefix||key, RC_KEYS_PER_COMMAND keys per command */
 	work->ncommands = (work->nkeys + RC_KEYS_PER_COMMAND - 1) / RC_KEYS_PER_COMMAND;
+	work->first_generation_command = work->ncommands;
+	if (work->ngenerations > 0)
+		work->ncommands += work->nprefixes *
+			((work->ngenerations + RC_KEYS_PER_COMMAND - 1) / RC_KEYS_PER_COMMAND);
 	work->commands = palloc0(sizeof(RedisCommand) * Max(work->ncommands, 1));
 	work->replies = palloc0(sizeof(RedisReply *) * Max(work->ncommands, 1));
 	for (i = 0; i < work->nkeys; i++)
@@ -593,6 +656,38 @@ prepare_commit_work(void)
 		cmd->argc++;
 	}
 
+	/* EVAL <invalidate script> 0 prefix||"query:" generation... */
+	if (work->ngenerations > 0)
+	{
+		int			c = work->first_generation_command;
+		int			p;
+
+		for (p = 0; p < work->nprefixes; p++)
+		{
+			for (i = 0; i < work->ngenerations; i += RC_KEYS_PER_COMMAND)
+			{
+				RedisCommand *cmd = &work->commands[c++];
+				int			n = Min(RC_KEYS_PER_COMMAND, work->ngenerations - i);
+				int			j;
+
+				cmd->argv = palloc(sizeof(char *) * (n + 4));
+				cmd->argvlen = palloc(sizeof(size_t) * (n + 4));
+				cmd->argv[0] = "EVAL";
+				cmd->argv[1] = redis_query_invalidate_script;
+				cmd->argv[2] = "0";
+				cmd->argv[3] = psprintf("%squery:", work->prefixes[p]);
+				for (j = 0; j < 4; j++)
+					cmd->argvlen[j] = strlen(cmd->argv[j]);
+				for (j = 0; j < n; j++)
+				{
+					cmd->argv[4 + j] = work->generations[i + j]->key;
+					cmd->argvlen[4 + j] = work->generations[i + j]->len;
+				}
+				cmd->argc = n + 4;
+			}
+		}
+	}
+
 	/* room for replies and messages at COMMIT */
 	(void) palloc(64 * 1024);
 
@@ -610,7 +705,8 @@ hand_everything_to_worker(CommitWork *work)
 {
 	int			i;
 
-	redis_stats_add(RC_STAT_INVALIDATIONS_QUEUED, work->nkeys + work->npatterns);
+	redis_stats_add(RC_STAT_INVALIDATIONS_QUEUED,
+					work->nkeys + work->npatterns + work->ngenerations);
 	for (i = 0; i < work->nprefixes; i++)
 		redis_mark_missed(work->namespace_index[i]);
 }
@@ -629,7 +725,7 @@ warn_lost(CommitWork *work, const char *why)
 	ereport(WARNING,
 			(errcode(ERRCODE_CONNECTION_FAILURE),
 			 errmsg("redis_cache: %d cache invalidations of this transaction were not delivered: %s",
-					work->nkeys + work->npatterns, why),
+					work->nkeys + work->npatterns + work->ngenerations, why),
 			 errhint("Add redis_cache to shared_preload_libraries so that missed invalidations are applied when Redis is back.")));
 }
 
@@ -660,8 +756,12 @@ send_commit_work(void)
 									  work->replies,
 									  RC_EXEC_NO_ERROR | RC_EXEC_INTERNAL |
 									  RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED);
+		/* a script that failed half way (foreign data): flush instead */
+		for (i = work->first_generation_command; delivered && i < work->ncommands; i++)
+			if (work->replies[i] == NULL || work->replies[i]->type == RC_REPLY_ERROR)
+				delivered = false;
 		if (delivered)
-			redis_stats_add(RC_STAT_INVALIDATIONS_SENT, work->nkeys);
+			redis_stats_add(RC_STAT_INVALIDATIONS_SENT, work->nkeys + work->ngenerations);
 		if (!delivered)
 		{
 			if (have_worker)

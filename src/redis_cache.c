@@ -31,6 +31,7 @@ _PG_init(void)
 {
 	redis_cache_define_gucs();
 	redis_invalidation_init();
+	redis_query_hooks_init();
 
 	if (process_shared_preload_libraries_in_progress)
 	{

@@ -15,6 +15,7 @@
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -133,6 +134,15 @@ typedef struct RedisStats
 	TimestampTz reset_at;
 } RedisStats;
 
+/*
+ * Tables some cached query result depends on (query_deps.c): one bit per
+ * hash of (database, table).  Writers skip the commit-time generation bump
+ * for tables whose bit is clear.  Bits are never cleared; a collision only
+ * costs a needless bump.
+ */
+#define RC_QUERY_TABLE_BITS		65536
+#define RC_QUERY_TABLE_WORDS	(RC_QUERY_TABLE_BITS / 64)
+
 typedef struct RedisCacheShared
 {
 	LWLock	   *lock;
@@ -147,6 +157,8 @@ typedef struct RedisCacheShared
 	int			nredeletes;
 	RedisRedelete redeletes[RC_MAX_REDELETES];
 	RedisStats	stats;
+	pg_atomic_uint32 query_tables_any;	/* any bit set */
+	pg_atomic_uint64 query_tables[RC_QUERY_TABLE_WORDS];
 } RedisCacheShared;
 
 /* on_error values */
@@ -191,6 +203,7 @@ extern int	redis_cache_circuit_failure_threshold;
 extern int	redis_cache_circuit_open_seconds;
 extern char *redis_cache_version;
 extern int	redis_cache_redelete_delay_ms;
+extern int	redis_cache_query_lock_timeout_ms;
 extern uint64 redis_cache_server_config_generation;
 extern uint64 redis_cache_version_generation;
 extern void redis_cache_define_gucs(void);
@@ -244,6 +257,31 @@ extern void redis_stats_family(const char *key, size_t len,
 
 /* in invalidation.c */
 extern void redis_invalidation_init(void);
+extern void redis_queue_generation_bump(const char *item, int len);
+
+/* in query_deps.c */
+#define RC_DDL_GENERATION	"ddl"
+
+typedef struct QueryDependencies
+{
+	int			nrelids;
+	Oid		   *relids;			/* sorted, read directly or through views */
+	const char *not_cacheable;	/* why the result must not be cached */
+} QueryDependencies;
+
+extern void redis_query_hooks_init(void);
+extern void redis_query_dependencies(List *query_list, Oid cache_function,
+									 QueryDependencies *deps);
+extern bool redis_query_xact_has_writes(void);
+extern bool redis_query_xact_wrote_any(const QueryDependencies *deps);
+extern void redis_query_note_trigger_write(Oid relid);
+extern void redis_query_register_tables(const QueryDependencies *deps);
+extern void redis_query_tables_load(void);
+extern void redis_query_tables_save(void);
+extern char *redis_query_generation_item(Oid relid);
+
+/* in query_cache.c */
+extern const char *redis_query_invalidate_script;
 
 /* in keys.c */
 extern void redis_validate_key(const char *key, size_t len, const char *what);

@@ -94,6 +94,10 @@ redis_cache_shmem_startup(void)
 		redis_cache_shared->lock = &(GetNamedLWLockTranche("redis_cache"))->lock;
 		pg_atomic_init_u32(&redis_cache_shared->in_flight, 0);
 		redis_stats_init(&redis_cache_shared->stats);
+		pg_atomic_init_u32(&redis_cache_shared->query_tables_any, 0);
+		for (int i = 0; i < RC_QUERY_TABLE_WORDS; i++)
+			pg_atomic_init_u64(&redis_cache_shared->query_tables[i], 0);
+		redis_query_tables_load();
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -487,6 +491,8 @@ worker_shutdown(void)
 	for (i = 0; i < sh->nnamespaces; i++)
 		if (sh->namespaces[i].missed)
 			clean = false;
+	/* before "clean": the next start relies on it */
+	redis_query_tables_save();
 	write_state_file(clean);
 	sh->worker_latch = NULL;
 	LWLockRelease(sh->lock);

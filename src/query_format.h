@@ -1,0 +1,84 @@
+/*-------------------------------------------------------------------------
+ *
+ * query_format.h
+ *		  The stored format of cached query results (query_format.c).
+ *
+ * Kept free of PostgreSQL headers so that the decoder can be built alone
+ * into the fuzzing harness under test/fuzz (define RCQ_STANDALONE).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef QUERY_FORMAT_H
+#define QUERY_FORMAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* "meta" field of an entry: "redis_cache/1 <kind> <bytes> <crc32c hex>" */
+#define RCQ_META_TAG		"redis_cache/1"
+#define RCQ_META_MAX		64
+
+/* A cell length meaning SQL NULL. */
+#define RCQ_NULL_LENGTH		0xFFFFFFFFu
+
+/* Columns a rows entry may have (MaxTupleAttributeNumber). */
+#define RCQ_MAX_COLUMNS		1664
+
+typedef enum RcqKind
+{
+	RCQ_KIND_ROWS,				/* binary rows: cache_query() */
+	RCQ_KIND_JSON				/* JSON array text: cache_query_json() */
+} RcqKind;
+
+typedef enum RcqStatus
+{
+	RCQ_OK,
+	RCQ_BAD_META,				/* not our format, or another version */
+	RCQ_BAD_LENGTH,				/* data is not as long as meta says */
+	RCQ_BAD_CHECKSUM,			/* data changed after it was written */
+	RCQ_BAD_STRUCTURE			/* rows do not parse */
+} RcqStatus;
+
+/*
+ * A validated rows entry.  rcq_rows_open() walked every cell, so reading
+ * them with rcq_next_cell() in order cannot go out of bounds.
+ */
+typedef struct RcqRows
+{
+	uint32_t	ncolumns;
+	const unsigned char *types; /* ncolumns big-endian type OIDs */
+	uint32_t	nrows;
+	const unsigned char *cells; /* first cell */
+	const unsigned char *end;
+} RcqRows;
+
+extern uint32_t rcq_crc32c(const void *data, size_t len);
+extern size_t rcq_format_meta(char *buf, size_t bufsize, RcqKind kind,
+							  const void *data, size_t len);
+extern RcqStatus rcq_check_meta(const char *meta, size_t metalen,
+								const void *data, size_t datalen,
+								RcqKind *kind);
+extern RcqStatus rcq_rows_open(const void *data, size_t len, RcqRows *rows);
+extern uint32_t rcq_column_type(const RcqRows *rows, uint32_t column);
+extern int	rcq_next_cell(const unsigned char **pos, const char **value,
+						  uint32_t *len);
+extern const char *rcq_status_message(RcqStatus status);
+
+/* Big-endian helpers shared with the encoder. */
+static inline void
+rcq_put_u32(unsigned char *p, uint32_t v)
+{
+	p[0] = (unsigned char) (v >> 24);
+	p[1] = (unsigned char) (v >> 16);
+	p[2] = (unsigned char) (v >> 8);
+	p[3] = (unsigned char) v;
+}
+
+static inline uint32_t
+rcq_get_u32(const unsigned char *p)
+{
+	return ((uint32_t) p[0] << 24) | ((uint32_t) p[1] << 16) |
+		((uint32_t) p[2] << 8) | (uint32_t) p[3];
+}
+
+#endif							/* QUERY_FORMAT_H */

@@ -1,0 +1,83 @@
+/*
+ * Writes seed inputs for fuzz_query_format: valid entries of both paths,
+ * so the fuzzer starts from the real format rather than from nothing.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "query_format.h"
+
+static size_t
+rows_entry(unsigned char *buf)
+{
+	unsigned char *p = buf;
+	const char *cells[] = {"42", NULL, "acme", ""};
+	int			i;
+
+	rcq_put_u32(p, 2);
+	rcq_put_u32(p + 4, 23);
+	rcq_put_u32(p + 8, 25);
+	rcq_put_u32(p + 12, 2);
+	p += 16;
+	for (i = 0; i < 4; i++)
+	{
+		if (cells[i] == NULL)
+		{
+			rcq_put_u32(p, RCQ_NULL_LENGTH);
+			p += 4;
+			continue;
+		}
+		rcq_put_u32(p, (uint32_t) strlen(cells[i]));
+		memcpy(p + 4, cells[i], strlen(cells[i]));
+		p += 4 + strlen(cells[i]);
+	}
+	return (size_t) (p - buf);
+}
+
+static void
+write_file(const char *path, const unsigned char *buf, size_t len)
+{
+	FILE	   *f = fopen(path, "wb");
+
+	if (f == NULL)
+	{
+		perror(path);
+		return;
+	}
+	fwrite(buf, 1, len, f);
+	fclose(f);
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *dir = argc > 1 ? argv[1] : ".";
+	unsigned char rows[256];
+	unsigned char input[512];
+	char		meta[RCQ_META_MAX + 1];
+	char		path[1024];
+	size_t		len = rows_entry(rows);
+	size_t		mlen;
+	const char *json = "[{\"id\":42,\"name\":\"acme\"}]";
+
+	input[0] = 1;
+	memcpy(input + 1, rows, len);
+	snprintf(path, sizeof(path), "%s/rows_raw", dir);
+	write_file(path, input, len + 1);
+
+	mlen = rcq_format_meta(meta, sizeof(meta), RCQ_KIND_ROWS, rows, len);
+	input[0] = 0;
+	input[1] = (unsigned char) mlen;
+	memcpy(input + 2, meta, mlen);
+	memcpy(input + 2 + mlen, rows, len);
+	snprintf(path, sizeof(path), "%s/rows_checked", dir);
+	write_file(path, input, 2 + mlen + len);
+
+	mlen = rcq_format_meta(meta, sizeof(meta), RCQ_KIND_JSON, json, strlen(json));
+	input[1] = (unsigned char) mlen;
+	memcpy(input + 2, meta, mlen);
+	memcpy(input + 2 + mlen, json, strlen(json));
+	snprintf(path, sizeof(path), "%s/json_checked", dir);
+	write_file(path, input, 2 + mlen + strlen(json));
+	return 0;
+}
