@@ -59,6 +59,8 @@ main(int argc, char **argv)
 	size_t		len = rows_entry(rows);
 	size_t		mlen;
 	const char *json = "[{\"id\":42,\"name\":\"acme\"}]";
+	RcqRows		decoded;
+	RcqKind		kind;
 
 	input[0] = 1;
 	memcpy(input + 1, rows, len);
@@ -66,6 +68,15 @@ main(int argc, char **argv)
 	write_file(path, input, len + 1);
 
 	mlen = rcq_format_meta(meta, sizeof(meta), RCQ_KIND_ROWS, rows, len);
+	/* the seeds must pass every check, or the fuzzer starts from nothing */
+	if (rcq_check_meta(meta, mlen, rows, len, &kind) != RCQ_OK ||
+		kind != RCQ_KIND_ROWS ||
+		rcq_rows_open(rows, len, &decoded) != RCQ_OK ||
+		decoded.ncolumns != 2 || decoded.nrows != 2)
+	{
+		fprintf(stderr, "seed rows entry does not decode\n");
+		return 1;
+	}
 	input[0] = 0;
 	input[1] = (unsigned char) mlen;
 	memcpy(input + 2, meta, mlen);

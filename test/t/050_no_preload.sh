@@ -38,6 +38,22 @@ like "$out" "cache invalidations of this transaction were not delivered" "withou
 like "$out" "shared_preload_libraries" "the WARNING recommends preloading"
 is "$(q -c "SELECT name FROM products WHERE id = 7")" "anvil3" "the commit itself succeeded"
 
+# cache_query: only results over watched tables are cached
+q -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS np_q" -c "DROP SEQUENCE IF EXISTS np_runs" \
+  -c "CREATE TABLE np_q (id int, v int)" -c "INSERT INTO np_q VALUES (1, 1)" -c "CREATE SEQUENCE np_runs" >/dev/null
+Q="SELECT v, nextval(''np_runs'') AS run FROM np_q"
+a=$(q -c "SELECT cache_query_json('$Q')")
+b=$(q -c "SELECT cache_query_json('$Q')")
+[ "$a" != "$b" ] && ok "without preloading results over an unwatched table are not cached ($a, $b)" \
+	|| not_ok "without preloading results over an unwatched table are not cached" "$a = $b"
+q -c "SELECT cache_watch('np_q')" >/dev/null
+a=$(q -c "SELECT cache_query_json('$Q')")
+b=$(q -c "SELECT cache_query_json('$Q')")
+is "$b" "$a" "after cache_watch(table) its results are cached"
+q -c "UPDATE np_q SET v = 2" >/dev/null
+like "$(q -c "SELECT cache_query_json('$Q')")" '"v": 2' "the watch trigger of another session ends them at commit"
+q -c "DROP TABLE np_q" -c "DROP SEQUENCE np_runs" >/dev/null
+
 q -c "ALTER SYSTEM RESET shared_preload_libraries" -c "DROP TABLE products" >/dev/null
 pg_restart
 is "$(q -c "SELECT scope FROM cache_stats WHERE family IS NULL")" "server" "with preloading cache_stats covers the server"
