@@ -7,6 +7,7 @@
 #
 #   bash bench/run.sh            # everything
 #   bash bench/run.sh kv         # key-value functions only
+#   bash bench/run.sh query        # cache_query only
 #   bash bench/run.sh invalidation
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -107,6 +108,24 @@ if [ "$WHAT" = all ] || [ "$WHAT" = kv ]; then
 	wait $mem_bg
 fi
 
+if [ "$WHAT" = all ] || [ "$WHAT" = query ]; then
+	# an aggregate over 100k rows, a 1-row lookup, a 1,000-row result
+	AGG="SELECT region, count(*) AS n, sum(amount) AS total, avg(customer)::numeric(12,2) AS customers FROM bench_orders GROUP BY region ORDER BY region"
+	ROWS1000="SELECT id, customer, amount, region FROM bench_orders WHERE id <= 1000 ORDER BY id"
+	q -c "CREATE TABLE bench_orders (id int PRIMARY KEY, customer int, amount numeric(12,2), region text)" \
+	  -c "INSERT INTO bench_orders SELECT g, g % 5000, (g % 1000) / 7.0, 'r' || (g % 8) FROM generate_series(1, 100000) g" \
+	  -c "VACUUM ANALYZE bench_orders" \
+	  -c "SELECT count(*) FROM cache_query('$AGG') AS t(region text, n bigint, total numeric, customers numeric)" \
+	  -c "SELECT count(*) FROM cache_query('$ROWS1000') AS t(id int, customer int, amount numeric, region text)" \
+	  -c "SELECT count(cache_query_json('SELECT * FROM tenants WHERE id = \$1', ARRAY[g::text], 3600)) FROM generate_series(1, 1000) g" >/dev/null
+	run agg_direct "$AGG;"
+	run agg_cache_query_hit "SELECT * FROM cache_query('$AGG') AS t(region text, n bigint, total numeric, customers numeric);"
+	run row1_direct_json $'\\set id random(1, 1000)\nSELECT row_to_json(t) FROM tenants t WHERE id = :id;'
+	run row1_cache_query_json_hit $'\\set id random(1, 1000)\nSELECT cache_query_json(\'SELECT * FROM tenants WHERE id = $1\', ARRAY[(:id)::text], 3600);'
+	run rows1000_direct "$ROWS1000;"
+	run rows1000_cache_query_hit "SELECT * FROM cache_query('$ROWS1000') AS t(id int, customer int, amount numeric, region text);"
+fi
+
 if [ "$WHAT" = all ] || [ "$WHAT" = invalidation ]; then
 	UW=$'\\set id random(1, 100000)\nUPDATE tenants_unwatched SET name = md5(:id::text) WHERE id = :id;'
 	W=$'\\set id random(1, 100000)\nUPDATE tenants SET name = md5(:id::text) WHERE id = :id;'
@@ -155,6 +174,11 @@ if [ -n "${TPS[cache_get_hit]:-}" ]; then
 		echo "cache_get hit / pgmemcache memcache_get:  $(ratio "$hit" "${TPS[memcache_get_hit]}")x  (target >= 1.0x; cache_get averaged over the runs before and after)"
 	fi
 	echo "backend RSS over ${MEM_CALLS} cache_get calls: ${RSS_START} kB after the first second, ${RSS_END} kB at the end"
+fi
+if [ -n "${TPS[agg_cache_query_hit]:-}" ]; then
+	echo "cache_query hit / 100k-row aggregate run directly: $(ratio "${TPS[agg_cache_query_hit]}" "${TPS[agg_direct]}")x  (target >= 50x; the aggregate alone takes $(python3 -c "print('%.1f' % (1000.0 * $CLIENTS / ${TPS[agg_direct]}))") ms)"
+	echo "cache_query_json 1-row hit / SELECT row_to_json(t) ... WHERE id = \$1: $(ratio "${TPS[row1_cache_query_json_hit]}" "${TPS[row1_direct_json]}")x"
+	echo "cache_query 1,000-row hit / the query run directly: $(ratio "${TPS[rows1000_cache_query_hit]}" "${TPS[rows1000_direct]}")x  (hit decodes $(python3 -c "print('%.0f' % (1000 * ${TPS[rows1000_cache_query_hit]}))") rows/s, direct returns $(python3 -c "print('%.0f' % (1000 * ${TPS[rows1000_direct]}))") rows/s)"
 fi
 if [ -n "${RC_BENCH_CSV:-}" ]; then
 	{ echo "benchmark,tps,ratio_select_1"
