@@ -14,6 +14,9 @@
  *   subtransaction commit hands its items to the parent; an abort drops
  *   them, and its memory goes with it.
  *
+ * - The same queue carries query result generation bumps (query_deps.c),
+ *   which become one EVAL of the invalidate script per known namespace.
+ *
  * - XACT_EVENT_PRE_COMMIT deduplicates the keys, builds the pipelined UNLINK
  *   commands in a context of our own (nothing is allocated later), and
  *   registers the namespace with the worker, durably (may ERROR: the
