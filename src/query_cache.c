@@ -160,12 +160,15 @@ static const char *unlock_script =
 /*
  * Invalidate: ARGV base, generation items.  Bumps each generation, deletes
  * the results recorded as reading it; returns how many were deleted.
+ * A generation that does not exist is left alone: no stored result can
+ * match it (the generations script creates it before any fill reads it).
  * Also sent at commit by invalidation.c.
  */
 const char *redis_query_invalidate_script =
 "local n = 0 "
 "for i = 2, #ARGV do "
-"  redis.call('INCR', ARGV[1] .. 'gen:' .. ARGV[i]) "
+"  local g = ARGV[1] .. 'gen:' .. ARGV[i] "
+"  if redis.call('EXISTS', g) == 1 then redis.call('INCR', g) end "
 "  local s = ARGV[1] .. 'deps:' .. ARGV[i] "
 "  local m = redis.call('SMEMBERS', s) "
 "  for j = 1, #m, 1000 do "

@@ -347,6 +347,11 @@ utility_is_harmless(Node *parsetree)
 		case T_ConstraintsSetStmt:
 		case T_CommentStmt:
 		case T_SecLabelStmt:
+		case T_AlterSystemStmt:
+		case T_CreateRoleStmt:
+		case T_AlterRoleSetStmt:
+		case T_AlterDatabaseSetStmt:
+		case T_CreatedbStmt:
 			return true;
 		case T_CopyStmt:
 			return !((CopyStmt *) parsetree)->is_from;
