@@ -60,7 +60,6 @@
 #include "redis_cache.h"
 
 /* Seconds between two fault WARNINGs of one backend. */
-#define RC_WARNING_INTERVAL_MS	10000
 
 /* Reply bytes allowed per command on top of max_value_bytes. */
 #define RC_REPLY_SLACK_BYTES	(64 * 1024)
@@ -875,7 +874,6 @@ record_success(void)
 static void
 report_fault(int flags)
 {
-	TimestampTz now;
 
 	if (redis_cache_on_error == RC_ON_ERROR_ERROR && !(flags & RC_EXEC_NO_ERROR))
 		ereport(ERROR,
@@ -898,15 +896,12 @@ report_fault(int flags)
 		return;
 	}
 
-	now = GetCurrentTimestamp();
-	if (last_warning_at != 0 &&
-		!TimestampDifferenceExceeds(last_warning_at, now, RC_WARNING_INTERVAL_MS))
+	if (!redis_warning_due(&last_warning_at))
 	{
 		suppressed_warnings++;
 		elog(DEBUG1, "redis_cache: %s", fault_message);
 		return;
 	}
-	last_warning_at = now;
 	if (suppressed_warnings > 0)
 		ereport(WARNING,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
@@ -941,6 +936,26 @@ redis_report_reply_error(const RedisReply *reply, const char *what, int flags)
 			(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 			 errmsg("redis_cache: Redis rejected %s", what),
 			 errdetail("Redis replied: %s", reply->str ? reply->str : "(no message)")));
+}
+
+/*
+ * Whether a rate-limited WARNING may be given now (and note that it is):
+ * not with on_error = 'silent', and at most once per RC_WARNING_INTERVAL_MS
+ * for the caller's *last_warning.
+ */
+bool
+redis_warning_due(TimestampTz *last_warning)
+{
+	TimestampTz now;
+
+	if (redis_cache_on_error == RC_ON_ERROR_SILENT)
+		return false;
+	now = GetCurrentTimestamp();
+	if (*last_warning != 0 &&
+		!TimestampDifferenceExceeds(*last_warning, now, RC_WARNING_INTERVAL_MS))
+		return false;
+	*last_warning = now;
+	return true;
 }
 
 /*

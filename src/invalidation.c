@@ -717,14 +717,8 @@ hand_everything_to_worker(CommitWork *work)
 static void
 warn_lost(CommitWork *work, const char *why)
 {
-	TimestampTz now = GetCurrentTimestamp();
-
-	if (redis_cache_on_error == RC_ON_ERROR_SILENT)
+	if (!redis_warning_due(&last_lost_warning))
 		return;
-	if (last_lost_warning != 0 &&
-		!TimestampDifferenceExceeds(last_lost_warning, now, 10000))
-		return;
-	last_lost_warning = now;
 	ereport(WARNING,
 			(errcode(ERRCODE_CONNECTION_FAILURE),
 			 errmsg("redis_cache: %d cache invalidations of this transaction were not delivered: %s",

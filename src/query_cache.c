@@ -651,15 +651,9 @@ release_lock(QueryCall *call)
 static void
 warn_undecodable(QueryCall *call, const char *why)
 {
-	TimestampTz now = GetCurrentTimestamp();
-
 	redis_stats_add(RC_STAT_ERRORS_PROTOCOL, 1);
-	if (redis_cache_on_error == RC_ON_ERROR_SILENT)
+	if (!redis_warning_due(&last_decode_warning))
 		return;
-	if (last_decode_warning != 0 &&
-		!TimestampDifferenceExceeds(last_decode_warning, now, 10000))
-		return;
-	last_decode_warning = now;
 	ereport(WARNING,
 			(errcode(ERRCODE_DATA_CORRUPTED),
 			 errmsg("redis_cache: cached query result \"%s\" is unusable: %s",

@@ -221,6 +221,10 @@ extern uint64 redis_connection_serial(void);
 extern const char *redis_connection_run_id(void);
 extern void redis_disconnect(void);
 extern const char *redis_circuit_state(void);
+extern bool redis_warning_due(TimestampTz *last_warning);
+
+/* Faults of one kind give at most one WARNING per this interval. */
+#define RC_WARNING_INTERVAL_MS	10000
 
 /* in version.c */
 extern RedisVersionStatus redis_version_verify(int flags);
