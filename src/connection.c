@@ -874,7 +874,6 @@ record_success(void)
 static void
 report_fault(int flags)
 {
-
 	if (redis_cache_on_error == RC_ON_ERROR_ERROR && !(flags & RC_EXEC_NO_ERROR))
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
