@@ -137,6 +137,20 @@ SET ROLE regress_query_a;
 SELECT cache_query_json('SELECT v FROM qt_secret');
 SELECT cached('SELECT v FROM qt_secret', '{}', 'json');
 RESET ROLE;
+-- search_path is part of the key: the same text, other tables
+CREATE SCHEMA qt_s1;
+CREATE SCHEMA qt_s2;
+CREATE TABLE qt_s1.site (name text);
+CREATE TABLE qt_s2.site (name text);
+INSERT INTO qt_s1.site VALUES ('one');
+INSERT INTO qt_s2.site VALUES ('two');
+SET search_path = qt_s1, public;
+SELECT cache_query_json('SELECT name FROM site');
+SET search_path = qt_s2, public;
+SELECT cache_query_json('SELECT name FROM site');
+RESET search_path;
+DROP TABLE qt_s1.site, qt_s2.site;
+DROP SCHEMA qt_s1, qt_s2;
 -- temporary tables are never shared
 CREATE TEMP TABLE qt_temp AS SELECT 1 AS v;
 SELECT cache_query_json('SELECT v FROM qt_temp');
