@@ -220,19 +220,6 @@ parse_template(const char *source, TupleDesc tupdesc, const char *relname)
 	return tmpl;
 }
 
-static void
-append_glob_escaped(StringInfo buf, const char *str, int len)
-{
-	int			i;
-
-	for (i = 0; i < len; i++)
-	{
-		if (strchr("*?[]\\^", str[i]) != NULL)
-			appendStringInfoChar(buf, '\\');
-		appendStringInfoChar(buf, str[i]);
-	}
-}
-
 /*
  * Expand a template for one row.  Returns false when a column is NULL (no
  * key).  For pattern templates, literal text and values are glob-escaped and
@@ -258,11 +245,11 @@ expand_template(const KeyTemplate *tmpl, HeapTuple tuple, TupleDesc tupdesc,
 			else if (tmpl->is_pattern && i == tmpl->nparts - 1)
 			{
 				/* the trailing '*' stays a wildcard */
-				append_glob_escaped(out, part->text, part->len - 1);
+				redis_append_glob_escaped(out, part->text, part->len - 1);
 				appendStringInfoChar(out, '*');
 			}
 			else
-				append_glob_escaped(out, part->text, part->len);
+				redis_append_glob_escaped(out, part->text, part->len);
 		}
 		else if (all_columns_wild)
 			appendStringInfoChar(out, '*');
@@ -276,7 +263,7 @@ expand_template(const KeyTemplate *tmpl, HeapTuple tuple, TupleDesc tupdesc,
 				return false;
 			value = OutputFunctionCall((FmgrInfo *) &part->output, datum);
 			if (pattern)
-				append_glob_escaped(out, value, (int) strlen(value));
+				redis_append_glob_escaped(out, value, (int) strlen(value));
 			else
 				appendStringInfoString(out, value);
 			pfree(value);

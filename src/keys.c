@@ -78,25 +78,34 @@ redis_make_key(text *key, size_t *len)
 }
 
 /*
- * Backslash-escape glob metacharacters so that str matches only itself in
- * a SCAN MATCH pattern (used for key_prefix).
+ * Append str to buf with glob metacharacters backslash-escaped, so that it
+ * matches only itself in a SCAN MATCH pattern.
+ */
+void
+redis_append_glob_escaped(StringInfo buf, const char *str, size_t len)
+{
+	size_t		i;
+
+	for (i = 0; i < len; i++)
+	{
+		if (str[i] != '\0' && strchr("*?[]\\^", str[i]) != NULL)
+			appendStringInfoChar(buf, '\\');
+		appendStringInfoChar(buf, str[i]);
+	}
+}
+
+/*
+ * str escaped as a glob, palloc'd (used for key_prefix).
  */
 char *
 redis_escape_glob(const char *str, size_t len, size_t *outlen)
 {
-	char	   *result = palloc(len * 2 + 1);
-	size_t		i,
-				j = 0;
+	StringInfoData buf;
 
-	for (i = 0; i < len; i++)
-	{
-		if (strchr("*?[]\\^", str[i]) != NULL)
-			result[j++] = '\\';
-		result[j++] = str[i];
-	}
-	result[j] = '\0';
-	*outlen = j;
-	return result;
+	initStringInfo(&buf);
+	redis_append_glob_escaped(&buf, str, len);
+	*outlen = buf.len;
+	return buf.data;
 }
 
 /*

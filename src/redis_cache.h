@@ -292,6 +292,8 @@ extern void redis_validate_key(const char *key, size_t len, const char *what);
 extern char *redis_make_key(text *key, size_t *len);
 extern char *redis_make_key_cstring(const char *key, size_t keylen,
 									size_t *len);
+extern void redis_append_glob_escaped(StringInfo buf, const char *str,
+									  size_t len);
 extern char *redis_escape_glob(const char *str, size_t len, size_t *outlen);
 extern void redis_check_ttl(int ttl_seconds);
 
