@@ -44,9 +44,6 @@ static const char *unlock_script =
 "if redis.call('GET', KEYS[1]) == ARGV[1] then "
 "return redis.call('DEL', KEYS[1]) else return 0 end";
 
-/* SCAN batch size for cache_delete_pattern(). */
-#define RC_SCAN_COUNT "1000"
-
 /*
  * Turn a bulk-string reply into text, or NULL when it is a miss, not a
  * string, or not valid in the database encoding.  "key" is the user's key,
@@ -584,103 +581,14 @@ cache_delete_pattern(PG_FUNCTION_ARGS)
 {
 	text	   *pattern = PG_GETARG_TEXT_PP(0);
 	const char *prefix = redis_cache_key_prefix ? redis_cache_key_prefix : "";
-	size_t		plen = VARSIZE_ANY_EXHDR(pattern);
-	size_t		escaped_len;
-	char	   *escaped;
-	char	   *match;
-	size_t		match_len;
-	char	   *cursor = pstrdup("0");
-	int64		removed = 0;
-	MemoryContext batch_context;
-	MemoryContext old_context;
+	bool		failed;
+	int64		removed;
 
-	redis_validate_key(VARDATA_ANY(pattern), plen, "pattern");
-	escaped = redis_escape_glob(prefix, strlen(prefix), &escaped_len);
-	match_len = escaped_len + plen;
-	match = palloc(match_len + 1);
-	memcpy(match, escaped, escaped_len);
-	memcpy(match + escaped_len, VARDATA_ANY(pattern), plen);
-	match[match_len] = '\0';
-
-	batch_context = AllocSetContextCreate(CurrentMemoryContext,
-										  "redis_cache delete_pattern batch",
-										  ALLOCSET_DEFAULT_SIZES);
-	do
-	{
-		const char *argv[6];
-		size_t		argvlen[6];
-		RedisReply *reply;
-		RedisReply *keys;
-		char	  **batch;
-		size_t	   *lens;
-		size_t		i;
-		int			nbatch;
-		int64		n;
-
-		CHECK_FOR_INTERRUPTS();
-		old_context = MemoryContextSwitchTo(batch_context);
-
-		argv[0] = "SCAN";
-		argvlen[0] = 4;
-		argv[1] = cursor;
-		argvlen[1] = strlen(cursor);
-		argv[2] = "MATCH";
-		argvlen[2] = 5;
-		argv[3] = match;
-		argvlen[3] = match_len;
-		argv[4] = "COUNT";
-		argvlen[4] = 5;
-		argv[5] = RC_SCAN_COUNT;
-		argvlen[5] = strlen(RC_SCAN_COUNT);
-
-		reply = redis_command(0, 6, argv, argvlen);
-		if (reply == NULL)
-		{
-			MemoryContextSwitchTo(old_context);
-			break;
-		}
-		if (reply->type == RC_REPLY_ERROR)
-		{
-			redis_report_reply_error(reply, "SCAN", 0);
-			MemoryContextSwitchTo(old_context);
-			break;
-		}
-		if (reply->type != RC_REPLY_ARRAY || reply->elements != 2 ||
-			reply->element[0]->type != RC_REPLY_STRING ||
-			reply->element[1]->type != RC_REPLY_ARRAY)
-		{
-			MemoryContextSwitchTo(old_context);
-			break;
-		}
-		keys = reply->element[1];
-		batch = palloc(sizeof(char *) * Max(keys->elements, 1));
-		lens = palloc(sizeof(size_t) * Max(keys->elements, 1));
-		nbatch = 0;
-		for (i = 0; i < keys->elements; i++)
-		{
-			RedisReply *k = keys->element[i];
-
-			/* the cache version bookkeeping is not the caller's to remove */
-			if (k->type != RC_REPLY_STRING ||
-				redis_is_control_key(k->str, k->len, prefix, strlen(prefix)))
-				continue;
-			batch[nbatch] = k->str;
-			lens[nbatch] = k->len;
-			nbatch++;
-		}
-		n = nbatch > 0 ? unlink_keys(batch, lens, NULL, nbatch, 0) : 0;
-
-		MemoryContextSwitchTo(old_context);
-		pfree(cursor);
-		cursor = pstrdup(reply->element[0]->str);
-		MemoryContextReset(batch_context);
-		if (n < 0)
-			break;
-		removed += n;
-		redis_stats_add(RC_STAT_DELETES, n);
-	} while (strcmp(cursor, "0") != 0);
-
-	MemoryContextDelete(batch_context);
+	redis_validate_key(VARDATA_ANY(pattern), VARSIZE_ANY_EXHDR(pattern), "pattern");
+	/* on a fault: what was removed until then, the fault already reported */
+	removed = redis_scan_unlink(prefix, VARDATA_ANY(pattern),
+								VARSIZE_ANY_EXHDR(pattern), 0, 0, &failed);
+	redis_stats_add(RC_STAT_DELETES, removed);
 	PG_RETURN_INT64(removed);
 }
 

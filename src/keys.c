@@ -95,20 +95,6 @@ redis_append_glob_escaped(StringInfo buf, const char *str, size_t len)
 }
 
 /*
- * str escaped as a glob, palloc'd (used for key_prefix).
- */
-char *
-redis_escape_glob(const char *str, size_t len, size_t *outlen)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	redis_append_glob_escaped(&buf, str, len);
-	*outlen = buf.len;
-	return buf.data;
-}
-
-/*
  * ERROR unless ttl_seconds is a usable expiry.
  */
 void

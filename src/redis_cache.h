@@ -235,6 +235,9 @@ extern bool redis_is_control_key(const char *key, size_t len,
 								 const char *prefix, size_t prefixlen);
 
 /* in version.c (flushing, shared with the worker) */
+extern int64 redis_scan_unlink(const char *prefix, const char *pattern,
+							   size_t patternlen, int flags,
+							   TimestampTz deadline, bool *failed);
 extern int64 redis_flush_prefix(const char *prefix);
 extern int64 redis_unlink_pattern(const char *prefix, const char *pattern);
 extern int64 redis_unlink_pattern_until(const char *prefix,
@@ -294,7 +297,6 @@ extern char *redis_make_key_cstring(const char *key, size_t keylen,
 									size_t *len);
 extern void redis_append_glob_escaped(StringInfo buf, const char *str,
 									  size_t len);
-extern char *redis_escape_glob(const char *str, size_t len, size_t *outlen);
 extern void redis_check_ttl(int ttl_seconds);
 
 #endif							/* REDIS_CACHE_H */

@@ -180,90 +180,115 @@ redis_is_control_key(const char *key, size_t len, const char *prefix,
 }
 
 /*
- * Remove every key under the prefix except the control keys.  Returns the
- * number removed, or -1 on a fault (the marker then expires and another
- * backend resumes the flush).
+ * One round trip for redis_scan_unlink(): internal ones (inside a version
+ * check, or the worker) skip the connection layer's retries and reporting.
  */
-static int64
-unlink_matching(const char *prefix, const char *pattern, TimestampTz deadline)
+static bool
+scan_round_trip(RedisCommand *cmd, RedisReply **reply, int flags,
+				const char *what)
+{
+	if (flags & RC_EXEC_INTERNAL)
+		return redis_internal_round_trip(cmd, 1, reply);
+	if (!redis_execute(cmd, 1, reply, flags))
+		return false;
+	if ((*reply)->type == RC_REPLY_ERROR)
+	{
+		redis_report_reply_error(*reply, what, flags);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * SCAN MATCH prefix||pattern and UNLINK what it finds, except the cache
+ * version's control keys.  pattern is a glob whose literal parts are
+ * already escaped; the prefix is escaped here.  Returns the number of keys
+ * removed; on a fault (or when deadline, if not 0, passes between two SCAN
+ * rounds) sets *failed and returns what was removed until then.  flags:
+ * RC_EXEC_INTERNAL for the version check and the worker, else the caller's
+ * redis_execute() flags (faults reported per on_error).
+ */
+int64
+redis_scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
+				  int flags, TimestampTz deadline, bool *failed)
 {
 	size_t		prefixlen = strlen(prefix);
-	size_t		escaped_len;
-	char	   *escaped = redis_escape_glob(prefix, prefixlen, &escaped_len);
-	char	   *match = psprintf("%s%s", escaped, pattern);
+	StringInfoData match;
 	char	   *cursor = pstrdup("0");
 	int64		removed = 0;
 	MemoryContext batch_context;
 	MemoryContext old_context;
 
+	*failed = false;
+	initStringInfo(&match);
+	redis_append_glob_escaped(&match, prefix, prefixlen);
+	appendBinaryStringInfo(&match, pattern, (int) patternlen);
+
 	batch_context = AllocSetContextCreate(CurrentMemoryContext,
-										  "redis_cache flush batch",
+										  "redis_cache scan batch",
 										  ALLOCSET_DEFAULT_SIZES);
 	do
 	{
-		const char *argv[6] = {"SCAN", cursor, "MATCH", match, "COUNT", "1000"};
+		const char *argv[6] = {"SCAN", cursor, "MATCH", match.data, "COUNT", "1000"};
 		size_t		argvlen[6];
 		RedisCommand cmd;
+		RedisCommand unlink_cmd;
 		RedisReply *reply;
+		RedisReply *unlink_reply;
 		RedisReply *keys;
 		size_t		i;
-		int			n = 0;
 
 		CHECK_FOR_INTERRUPTS();
 		if (deadline != 0 && GetCurrentTimestamp() >= deadline)
 		{
-			MemoryContextDelete(batch_context);
-			return -1;
+			*failed = true;
+			break;
 		}
 		old_context = MemoryContextSwitchTo(batch_context);
 		for (i = 0; i < 6; i++)
 			argvlen[i] = strlen(argv[i]);
+		argvlen[3] = match.len;
 		cmd.argc = 6;
 		cmd.argv = argv;
 		cmd.argvlen = argvlen;
-		if (!redis_internal_round_trip(&cmd, 1, &reply) ||
+		if (!scan_round_trip(&cmd, &reply, flags, "SCAN") ||
 			reply->type != RC_REPLY_ARRAY || reply->elements != 2 ||
 			reply->element[0]->type != RC_REPLY_STRING ||
 			reply->element[1]->type != RC_REPLY_ARRAY)
 		{
 			MemoryContextSwitchTo(old_context);
-			MemoryContextDelete(batch_context);
-			return -1;
+			*failed = true;
+			break;
 		}
+
 		keys = reply->element[1];
-		if (keys->elements > 0)
+		unlink_cmd.argv = palloc(sizeof(char *) * (keys->elements + 1));
+		unlink_cmd.argvlen = palloc(sizeof(size_t) * (keys->elements + 1));
+		unlink_cmd.argv[0] = "UNLINK";
+		unlink_cmd.argvlen[0] = 6;
+		unlink_cmd.argc = 1;
+		for (i = 0; i < keys->elements; i++)
 		{
-			RedisCommand unlink_cmd;
-			RedisReply *unlink_reply;
+			RedisReply *k = keys->element[i];
 
-			unlink_cmd.argv = palloc(sizeof(char *) * (keys->elements + 1));
-			unlink_cmd.argvlen = palloc(sizeof(size_t) * (keys->elements + 1));
-			unlink_cmd.argv[0] = "UNLINK";
-			unlink_cmd.argvlen[0] = 6;
-			n = 1;
-			for (i = 0; i < keys->elements; i++)
+			/* the cache version bookkeeping is never removed */
+			if (k->type != RC_REPLY_STRING ||
+				redis_is_control_key(k->str, k->len, prefix, prefixlen))
+				continue;
+			unlink_cmd.argv[unlink_cmd.argc] = k->str;
+			unlink_cmd.argvlen[unlink_cmd.argc] = k->len;
+			unlink_cmd.argc++;
+		}
+		if (unlink_cmd.argc > 1)
+		{
+			if (!scan_round_trip(&unlink_cmd, &unlink_reply, flags, "deleting keys"))
 			{
-				RedisReply *k = keys->element[i];
-
-				if (k->type != RC_REPLY_STRING ||
-					redis_is_control_key(k->str, k->len, prefix, prefixlen))
-					continue;
-				unlink_cmd.argv[n] = k->str;
-				unlink_cmd.argvlen[n] = k->len;
-				n++;
+				MemoryContextSwitchTo(old_context);
+				*failed = true;
+				break;
 			}
-			unlink_cmd.argc = n;
-			if (n > 1)
-			{
-				if (!redis_internal_round_trip(&unlink_cmd, 1, &unlink_reply))
-				{
-					MemoryContextSwitchTo(old_context);
-					MemoryContextDelete(batch_context);
-					return -1;
-				}
-				if (unlink_reply->type == RC_REPLY_INTEGER)
-					removed += unlink_reply->integer;
-			}
+			if (unlink_reply->type == RC_REPLY_INTEGER)
+				removed += unlink_reply->integer;
 		}
 		MemoryContextSwitchTo(old_context);
 		pfree(cursor);
@@ -272,7 +297,19 @@ unlink_matching(const char *prefix, const char *pattern, TimestampTz deadline)
 	} while (strcmp(cursor, "0") != 0);
 
 	MemoryContextDelete(batch_context);
+	pfree(match.data);
 	return removed;
+}
+
+/* The worker's and the version check's form: -1 on any fault. */
+static int64
+unlink_matching(const char *prefix, const char *pattern, TimestampTz deadline)
+{
+	bool		failed;
+	int64		removed = redis_scan_unlink(prefix, pattern, strlen(pattern),
+											RC_EXEC_INTERNAL, deadline, &failed);
+
+	return failed ? -1 : removed;
 }
 
 /*
