@@ -95,6 +95,13 @@ redis_stats_latency(int64 us)
 	pg_atomic_fetch_add_u64(&redis_stats()->latency[i], 1);
 }
 
+/* Whether family is named name (len bytes, len < RC_FAMILY_NAME_LEN). */
+static inline bool
+family_is(const RedisFamilyStats *family, const char *name, size_t len)
+{
+	return memcmp(family->name, name, len) == 0 && family->name[len] == '\0';
+}
+
 /*
  * Count a hit/miss/set/delete for the family of key (user key, without
  * key_prefix).
@@ -124,8 +131,7 @@ redis_stats_family(const char *key, size_t len, RedisFamilyCounter counter)
 	/* families are only ever added: a racy read finds at most fewer */
 	for (i = 0; i < stats->nfamilies; i++)
 	{
-		if (strlen(stats->families[i].name) == flen &&
-			memcmp(stats->families[i].name, key, flen) == 0)
+		if (family_is(&stats->families[i], key, flen))
 		{
 			found = i;
 			break;
@@ -137,8 +143,7 @@ redis_stats_family(const char *key, size_t len, RedisFamilyCounter counter)
 			LWLockAcquire(lock, LW_EXCLUSIVE);
 		for (i = 0; i < stats->nfamilies; i++)
 		{
-			if (strlen(stats->families[i].name) == flen &&
-				memcmp(stats->families[i].name, key, flen) == 0)
+			if (family_is(&stats->families[i], key, flen))
 				break;
 		}
 		if (i == stats->nfamilies && stats->nfamilies < RC_MAX_FAMILIES - 1)
