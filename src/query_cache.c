@@ -664,6 +664,37 @@ warn_undecodable(QueryCall *call, const char *why)
 /* ---- rows: encode and decode -------------------------------------------------- */
 
 /*
+ * Types stored in their binary send format: parsing them is the bulk of a
+ * hit's decoding otherwise.  Only types whose receive function validates
+ * its input and does not convert from client_encoding (text-like types
+ * do) qualify.
+ */
+static bool
+use_binary_encoding(Oid type)
+{
+	switch (type)
+	{
+		case BOOLOID:
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case OIDOID:
+		case FLOAT4OID:
+		case FLOAT8OID:
+		case NUMERICOID:
+		case DATEOID:
+		case TIMEOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+		case INTERVALOID:
+		case UUIDOID:
+			return true;
+		default:
+			return false;
+	}
+}
+
+/*
  * Encode SPI's result as rows data; false when it exceeds max_value_bytes.
  */
 static bool
@@ -671,6 +702,7 @@ encode_rows(SPITupleTable *table, uint64 nrows, StringInfo out)
 {
 	TupleDesc	desc = table->tupdesc;
 	FmgrInfo   *output = palloc(sizeof(FmgrInfo) * desc->natts);
+	bool	   *binary = palloc(sizeof(bool) * desc->natts);
 	unsigned char word[4];
 	MemoryContext row_context;
 	MemoryContext old;
@@ -683,12 +715,19 @@ encode_rows(SPITupleTable *table, uint64 nrows, StringInfo out)
 	appendBinaryStringInfo(out, (char *) word, 4);
 	for (c = 0; c < desc->natts; c++)
 	{
+		Oid			type = TupleDescAttr(desc, c)->atttypid;
 		Oid			typoutput;
 		bool		varlena;
 
-		getTypeOutputInfo(TupleDescAttr(desc, c)->atttypid, &typoutput, &varlena);
+		binary[c] = use_binary_encoding(type);
+		if (binary[c])
+			getTypeBinaryOutputInfo(type, &typoutput, &varlena);
+		else
+			getTypeOutputInfo(type, &typoutput, &varlena);
 		fmgr_info(typoutput, &output[c]);
-		rcq_put_u32(word, TupleDescAttr(desc, c)->atttypid);
+		rcq_put_u32(word, type);
+		appendBinaryStringInfo(out, (char *) word, 4);
+		rcq_put_u32(word, binary[c] ? RCQ_ENCODING_BINARY : RCQ_ENCODING_TEXT);
 		appendBinaryStringInfo(out, (char *) word, 4);
 	}
 	rcq_put_u32(word, (uint32) nrows);
@@ -714,8 +753,18 @@ encode_rows(SPITupleTable *table, uint64 nrows, StringInfo out)
 				appendBinaryStringInfo(out, (char *) word, 4);
 				continue;
 			}
-			str = OutputFunctionCall(&output[c], value);
-			len = strlen(str);
+			if (binary[c])
+			{
+				bytea	   *bytes = SendFunctionCall(&output[c], value);
+
+				str = VARDATA(bytes);
+				len = VARSIZE(bytes) - VARHDRSZ;
+			}
+			else
+			{
+				str = OutputFunctionCall(&output[c], value);
+				len = strlen(str);
+			}
 			rcq_put_u32(word, (uint32) len);
 			appendBinaryStringInfo(out, (char *) word, 4);
 			appendBinaryStringInfo(out, str, len);
@@ -746,6 +795,7 @@ decode_rows(QueryCall *call, const char *data, size_t len,
 	RcqRows		rows;
 	RcqStatus	status = rcq_rows_open(data, len, &rows);
 	FmgrInfo   *input;
+	bool	   *binary;
 	Oid		   *ioparams;
 	Datum	   *values;
 	bool	   *nulls;
@@ -760,20 +810,31 @@ decode_rows(QueryCall *call, const char *data, size_t len,
 		return rcq_status_message(status);
 	if (rows.ncolumns != (uint32) desc->natts)
 		return "shape";
+	binary = palloc(sizeof(bool) * desc->natts);
 	for (c = 0; c < rows.ncolumns; c++)
-		if (rcq_column_type(&rows, c) != TupleDescAttr(desc, c)->atttypid)
+	{
+		Oid			type = TupleDescAttr(desc, c)->atttypid;
+
+		if (rcq_column_type(&rows, c) != type)
 			return "shape";
+		binary[c] = rcq_column_encoding(&rows, c) == RCQ_ENCODING_BINARY;
+		if (binary[c] != use_binary_encoding(type))
+			return "a column is not in the encoding its type uses";
+	}
 
 	/* text must be valid before any input function sees it */
 	pos = rows.cells;
-	for (r = 0; r < rows.nrows * rows.ncolumns; r++)
+	for (r = 0; r < rows.nrows; r++)
 	{
-		const char *value;
-		uint32		vlen;
+		for (c = 0; c < rows.ncolumns; c++)
+		{
+			const char *value;
+			uint32		vlen;
 
-		if (!rcq_next_cell(&pos, &value, &vlen) &&
-			!pg_verifymbstr(value, (int) vlen, true))
-			return "a value is not valid text in the database encoding";
+			if (!rcq_next_cell(&pos, &value, &vlen) && !binary[c] &&
+				!pg_verifymbstr(value, (int) vlen, true))
+				return "a value is not valid text in the database encoding";
+		}
 	}
 
 	input = palloc(sizeof(FmgrInfo) * desc->natts);
@@ -784,7 +845,10 @@ decode_rows(QueryCall *call, const char *data, size_t len,
 	{
 		Oid			typinput;
 
-		getTypeInputInfo(TupleDescAttr(desc, c)->atttypid, &typinput, &ioparams[c]);
+		if (binary[c])
+			getTypeBinaryInputInfo(TupleDescAttr(desc, c)->atttypid, &typinput, &ioparams[c]);
+		else
+			getTypeInputInfo(TupleDescAttr(desc, c)->atttypid, &typinput, &ioparams[c]);
 		fmgr_info(typinput, &input[c]);
 	}
 
@@ -803,12 +867,25 @@ decode_rows(QueryCall *call, const char *data, size_t len,
 			nulls[c] = rcq_next_cell(&pos, &value, &vlen) != 0;
 			if (nulls[c])
 			{
-				values[c] = InputFunctionCall(&input[c], NULL, ioparams[c], -1);
+				values[c] = binary[c] ?
+					ReceiveFunctionCall(&input[c], NULL, ioparams[c], -1) :
+					InputFunctionCall(&input[c], NULL, ioparams[c], -1);
 				continue;
 			}
 			resetStringInfo(&cell);
 			appendBinaryStringInfo(&cell, value, (int) vlen);
-			values[c] = InputFunctionCall(&input[c], cell.data, ioparams[c], -1);
+			if (!binary[c])
+			{
+				values[c] = InputFunctionCall(&input[c], cell.data, ioparams[c], -1);
+				continue;
+			}
+			/* as exec_bind_message() does: every byte must be consumed */
+			values[c] = ReceiveFunctionCall(&input[c], &cell, ioparams[c], -1);
+			if (cell.cursor != cell.len)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_CORRUPTED),
+						 errmsg("redis_cache: cached query result \"%s\" has a malformed binary value in column %u",
+								call->entry_key.data, c + 1)));
 		}
 		tuplestore_putvalues(store, desc, values, nulls);
 		MemoryContextSwitchTo(old);

@@ -11,10 +11,13 @@
  *
  * "rows" data, all integers big-endian:
  *
- *		uint32 ncolumns, ncolumns x uint32 type OID, uint32 nrows,
- *		nrows x ncolumns cells: uint32 length (0xFFFFFFFF = NULL), bytes
+ *		uint32 ncolumns, ncolumns x (uint32 type OID, uint32 encoding),
+ *		uint32 nrows, nrows x ncolumns cells: uint32 length (0xFFFFFFFF =
+ *		NULL), bytes
  *
- * where the bytes are the column type's text output.  "json" data is the
+ * where the bytes are the type's binary send output (encoding 1, for types
+ * whose receive function does not depend on client_encoding) or its text
+ * output (encoding 0).  "json" data is the
  * JSON array text itself, so applications can read it with HGET.
  *
  * Everything read from Redis is untrusted.  The checks run in order of
@@ -167,10 +170,17 @@ rcq_rows_open(const void *data, size_t len, RcqRows *rows)
 	rows->ncolumns = rcq_get_u32(p);
 	p += 4;
 	if (rows->ncolumns == 0 || rows->ncolumns > RCQ_MAX_COLUMNS ||
-		(size_t) (end - p) < (size_t) rows->ncolumns * 4 + 4)
+		(size_t) (end - p) < (size_t) rows->ncolumns * 8 + 4)
 		return RCQ_BAD_STRUCTURE;
-	rows->types = p;
-	p += (size_t) rows->ncolumns * 4;
+	rows->columns = p;
+	for (i = 0; i < rows->ncolumns; i++)
+	{
+		uint32_t	encoding = rcq_get_u32(p + i * 8 + 4);
+
+		if (encoding != RCQ_ENCODING_TEXT && encoding != RCQ_ENCODING_BINARY)
+			return RCQ_BAD_STRUCTURE;
+	}
+	p += (size_t) rows->ncolumns * 8;
 	rows->nrows = rcq_get_u32(p);
 	p += 4;
 	rows->cells = p;
@@ -202,7 +212,13 @@ rcq_rows_open(const void *data, size_t len, RcqRows *rows)
 uint32_t
 rcq_column_type(const RcqRows *rows, uint32_t column)
 {
-	return rcq_get_u32(rows->types + (size_t) column * 4);
+	return rcq_get_u32(rows->columns + (size_t) column * 8);
+}
+
+uint32_t
+rcq_column_encoding(const RcqRows *rows, uint32_t column)
+{
+	return rcq_get_u32(rows->columns + (size_t) column * 8 + 4);
 }
 
 /*

@@ -18,6 +18,10 @@
 #define RCQ_META_TAG		"redis_cache/1"
 #define RCQ_META_MAX		64
 
+/* How a column's values are stored. */
+#define RCQ_ENCODING_TEXT	0	/* the type's text output */
+#define RCQ_ENCODING_BINARY	1	/* the type's binary send output */
+
 /* A cell length meaning SQL NULL. */
 #define RCQ_NULL_LENGTH		0xFFFFFFFFu
 
@@ -46,7 +50,7 @@ typedef enum RcqStatus
 typedef struct RcqRows
 {
 	uint32_t	ncolumns;
-	const unsigned char *types; /* ncolumns big-endian type OIDs */
+	const unsigned char *columns;	/* ncolumns x (type OID, encoding) */
 	uint32_t	nrows;
 	const unsigned char *cells; /* first cell */
 	const unsigned char *end;
@@ -60,6 +64,7 @@ extern RcqStatus rcq_check_meta(const char *meta, size_t metalen,
 								RcqKind *kind);
 extern RcqStatus rcq_rows_open(const void *data, size_t len, RcqRows *rows);
 extern uint32_t rcq_column_type(const RcqRows *rows, uint32_t column);
+extern uint32_t rcq_column_encoding(const RcqRows *rows, uint32_t column);
 extern int	rcq_next_cell(const unsigned char **pos, const char **value,
 						  uint32_t *len);
 extern const char *rcq_status_message(RcqStatus status);

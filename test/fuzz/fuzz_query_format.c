@@ -34,7 +34,7 @@ read_all_cells(const RcqRows *rows)
 	uint32_t	c;
 
 	for (c = 0; c < rows->ncolumns; c++)
-		sum += rcq_column_type(rows, c);
+		sum += rcq_column_type(rows, c) + rcq_column_encoding(rows, c);
 	for (i = 0; i < ncells; i++)
 	{
 		const char *value;

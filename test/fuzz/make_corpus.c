@@ -11,14 +11,17 @@ static size_t
 rows_entry(unsigned char *buf)
 {
 	unsigned char *p = buf;
-	const char *cells[] = {"42", NULL, "acme", ""};
+	const char *cells[] = {"\x00\x00\x00\x2a", NULL, "acme", ""};
+	size_t		cell_lens[] = {4, 0, 4, 0};
 	int			i;
 
 	rcq_put_u32(p, 2);
-	rcq_put_u32(p + 4, 23);
-	rcq_put_u32(p + 8, 25);
-	rcq_put_u32(p + 12, 2);
-	p += 16;
+	rcq_put_u32(p + 4, 23);		/* int4, binary */
+	rcq_put_u32(p + 8, RCQ_ENCODING_BINARY);
+	rcq_put_u32(p + 12, 25);	/* text, text */
+	rcq_put_u32(p + 16, RCQ_ENCODING_TEXT);
+	rcq_put_u32(p + 20, 2);
+	p += 24;
 	for (i = 0; i < 4; i++)
 	{
 		if (cells[i] == NULL)
@@ -27,9 +30,9 @@ rows_entry(unsigned char *buf)
 			p += 4;
 			continue;
 		}
-		rcq_put_u32(p, (uint32_t) strlen(cells[i]));
-		memcpy(p + 4, cells[i], strlen(cells[i]));
-		p += 4 + strlen(cells[i]);
+		rcq_put_u32(p, (uint32_t) cell_lens[i]);
+		memcpy(p + 4, cells[i], cell_lens[i]);
+		p += 4 + cell_lens[i];
 	}
 	return (size_t) (p - buf);
 }
