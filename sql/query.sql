@@ -114,6 +114,9 @@ SELECT cache_query_invalidate('qt_orders_eu') >= 0 AS no_error;
 BEGIN;
 INSERT INTO qt_tenants VALUES (7, 'wayne', 'pro');
 SELECT tenant_count();
+-- and stores nothing, even for queries that name none of its tables
+SELECT cache_query_json('SELECT 7 AS seven');
+SELECT cached('SELECT 7 AS seven', '{}', 'json');
 ROLLBACK;
 SELECT tenant_count();
 -- REPEATABLE READ neither reads nor fills
@@ -159,7 +162,17 @@ SELECT cache_query_json('SELECT name FROM site');
 RESET search_path;
 DROP TABLE qt_s1.site, qt_s2.site;
 DROP SCHEMA qt_s1, qt_s2;
--- temporary tables are never shared
+-- temporary tables are never shared, and never shadowed by a cached result
+SELECT cache_query_json('SELECT count(*) AS n FROM qt_tenants');
+CREATE TEMP TABLE qt_tenants (id int);
+SELECT cache_query_json('SELECT count(*) AS n FROM qt_tenants');
+DROP TABLE pg_temp.qt_tenants;
+CREATE TABLE qt_parent (v int);
+CREATE TEMP TABLE qt_child () INHERITS (qt_parent);
+INSERT INTO qt_child VALUES (1);
+SELECT cache_query_json('SELECT count(*) AS n FROM qt_parent');
+SELECT cached('SELECT count(*) AS n FROM qt_parent', '{}', 'json');
+DROP TABLE qt_child, qt_parent;
 CREATE TEMP TABLE qt_temp AS SELECT 1 AS v;
 SELECT cache_query_json('SELECT v FROM qt_temp');
 SELECT cached('SELECT v FROM qt_temp', '{}', 'json');

@@ -714,6 +714,44 @@ warn_lost(CommitWork *work, const char *why)
 }
 
 /*
+ * COMMIT: keep only the generation bumps some cached result may need
+ * (decided now, after the transaction became visible; query_deps.c), in
+ * place, without allocating.
+ */
+static void
+drop_unneeded_generations(CommitWork *work)
+{
+	int			keep = work->first_generation_command;
+	int			chunks = (work->ngenerations + RC_KEYS_PER_COMMAND - 1) / RC_KEYS_PER_COMMAND;
+	int			needed = 0;
+	int			c;
+
+	for (c = work->first_generation_command; c < work->ncommands; c++)
+	{
+		RedisCommand *cmd = &work->commands[c];
+		int			n = 4;
+		int			j;
+
+		for (j = 4; j < cmd->argc; j++)
+		{
+			if (!redis_query_generation_needed(cmd->argv[j], (int) cmd->argvlen[j]))
+				continue;
+			cmd->argv[n] = cmd->argv[j];
+			cmd->argvlen[n] = cmd->argvlen[j];
+			n++;
+		}
+		cmd->argc = n;
+		/* the same items for every prefix: count the first prefix's */
+		if (c < work->first_generation_command + chunks)
+			needed += n - 4;
+		if (n > 4)
+			work->commands[keep++] = *cmd;
+	}
+	work->ncommands = keep;
+	work->ngenerations = needed;
+}
+
+/*
  * COMMIT: deliver.  Interrupts are held and an ERROR here would be a PANIC,
  * so everything is caught and downgraded.
  */
@@ -734,6 +772,8 @@ send_commit_work(void)
 	{
 		bool		delivered = true;
 		int			i;
+
+		drop_unneeded_generations(work);
 
 		if (work->ncommands > 0)
 			delivered = redis_execute(work->commands, work->ncommands,

@@ -57,7 +57,8 @@
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
-#include "parser/parse_param.h"
+#include "parser/analyze.h"
+#include "parser/parser.h"
 #include "pgstat.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -354,6 +355,12 @@ make_keys(QueryCall *call)
 	StringInfoData input;
 	uint8		sha[PG_SHA256_DIGEST_LENGTH];
 	char		hex[PG_SHA256_DIGEST_LENGTH * 2 + 1];
+	static const char *const settings[] = {
+		"TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits",
+		"bytea_output", "standard_conforming_strings", "lc_monetary",
+		"lc_numeric", "lc_time", "default_text_search_config",
+		"timezone_abbreviations", "array_nulls"
+	};
 	List	   *path = fetch_search_path(true);
 	ListCell   *lc;
 	int			i;
@@ -365,13 +372,22 @@ make_keys(QueryCall *call)
 		Oid			nsp = lfirst_oid(lc);
 
 		appendBinaryStringInfo(&input, (const char *) &nsp, sizeof(nsp));
+
+		/*
+		 * This session's temporary schema: pg_temp_N is reused by later
+		 * sessions, whose temporary tables may shadow other ones.  Such
+		 * keys are this session's own.
+		 */
+		if (isTempNamespace(nsp))
+		{
+			appendBinaryStringInfo(&input, (const char *) &MyProcPid, sizeof(MyProcPid));
+			appendBinaryStringInfo(&input, (const char *) &MyStartTime, sizeof(MyStartTime));
+		}
 	}
 	list_free(path);
 	appendStringInfoChar(&input, '\0');
-	hash_append_setting(&input, "TimeZone");
-	hash_append_setting(&input, "DateStyle");
-	hash_append_setting(&input, "IntervalStyle");
-	hash_append_setting(&input, "extra_float_digits");
+	for (i = 0; i < lengthof(settings); i++)
+		hash_append_setting(&input, settings[i]);
 	hash_append(&input, call->query, strlen(call->query));
 	for (i = 0; i < call->nparams; i++)
 	{
@@ -437,18 +453,25 @@ read_arguments(FunctionCallInfo fcinfo, RcqKind kind, bool has_ttl,
 
 /* ---- preparing and running the query -------------------------------------- */
 
-typedef struct ParamTypes
-{
-	Oid		   *types;
-	int			count;
-} ParamTypes;
-
+/*
+ * Infer the types of $1..$n as the extended query protocol does (a first
+ * analysis with variable parameters, in our memory), so that the query can
+ * then be prepared with fixed types.
+ */
 static void
-setup_parameters(struct ParseState *pstate, void *arg)
+infer_parameter_types(const char *query, Oid **types, int *count)
 {
-	ParamTypes *p = (ParamTypes *) arg;
+	List	   *statements = raw_parser(query, RAW_PARSE_DEFAULT);
 
-	setup_parse_variable_parameters(pstate, &p->types, &p->count);
+	if (list_length(statements) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("redis_cache: cache_query accepts exactly one SQL statement"),
+				 errdetail("The text contains %d statements.", list_length(statements))));
+	*types = NULL;
+	*count = 0;
+	(void) parse_analyze_varparams(linitial_node(RawStmt, statements), query,
+								   types, count, NULL);
 }
 
 static const char *
@@ -537,27 +560,30 @@ static PreparedQuery *
 prepare_query(QueryCall *call, Oid cache_function)
 {
 	PreparedQuery *pq = palloc0(sizeof(PreparedQuery));
-	SPIPrepareOptions options;
-	ParamTypes	types = {NULL, 0};
+	Oid		   *types;
+	int			ntypes;
 	int			i;
 
-	memset(&options, 0, sizeof(options));
-	options.parserSetup = setup_parameters;
-	options.parserSetupArg = &types;
-	options.parseMode = RAW_PARSE_DEFAULT;
-	pq->plan = SPI_prepare_extended(call->query, &options);
-	if (pq->plan == NULL)
-		elog(ERROR, "SPI_prepare_extended failed: %s", SPI_result_code_string(SPI_result));
-
-	check_statement(call, pq->plan);
-
-	if (types.count != call->nparams)
+	infer_parameter_types(call->query, &types, &ntypes);
+	if (ntypes != call->nparams)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg_plural("redis_cache: the query uses %d parameter but %d values were given",
 							   "redis_cache: the query uses %d parameters but %d values were given",
-							   types.count, types.count, call->nparams),
+							   ntypes, ntypes, call->nparams),
 				 errhint("Pass one array element for each of $1, $2, ...")));
+	for (i = 0; i < ntypes; i++)
+		if (types[i] == InvalidOid || types[i] == UNKNOWNOID)
+			ereport(ERROR,
+					(errcode(ERRCODE_INDETERMINATE_DATATYPE),
+					 errmsg("redis_cache: could not determine data type of parameter $%d", i + 1),
+					 errhint("Add a cast, such as $%d::text.", i + 1)));
+
+	pq->plan = SPI_prepare(call->query, ntypes, types);
+	if (pq->plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	check_statement(call, pq->plan);
+
 	pq->params = makeParamList(call->nparams);
 	for (i = 0; i < call->nparams; i++)
 	{
@@ -565,13 +591,8 @@ prepare_query(QueryCall *call, Oid cache_function)
 		Oid			typinput;
 		Oid			typioparam;
 
-		if (types.types[i] == InvalidOid || types.types[i] == UNKNOWNOID)
-			ereport(ERROR,
-					(errcode(ERRCODE_INDETERMINATE_DATATYPE),
-					 errmsg("redis_cache: could not determine data type of parameter $%d", i + 1),
-					 errhint("Add a cast, such as $%d::text.", i + 1)));
-		getTypeInputInfo(types.types[i], &typinput, &typioparam);
-		prm->ptype = types.types[i];
+		getTypeInputInfo(types[i], &typinput, &typioparam);
+		prm->ptype = types[i];
 		prm->pflags = PARAM_FLAG_CONST;
 		prm->isnull = call->param_nulls[i];
 		prm->value = prm->isnull ? (Datum) 0 :
@@ -645,7 +666,8 @@ release_lock(QueryCall *call)
 	if (!call->holds_lock)
 		return;
 	call->holds_lock = false;
-	(void) run_script(&unlock_sha, 1, 2, args, lens, RC_EXEC_NO_ERROR);
+	(void) run_script(&unlock_sha, 1, 2, args, lens,
+					  RC_EXEC_NO_ERROR | RC_EXEC_FAST_CONNECT);
 }
 
 static void
@@ -1118,7 +1140,8 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 	MemoryContext caller_context = CurrentMemoryContext;
 	Oid			cache_function = fcinfo->flinfo->fn_oid;
 	bool		use_cache = redis_cache_enabled && !IsolationUsesXactSnapshot();
-	bool		may_store = !RecoveryInProgress();
+	/* a result may read this transaction's uncommitted rows (functions) */
+	bool		may_store = !RecoveryInProgress() && !redis_query_xact_has_writes();
 	PreparedQuery *pq = NULL;
 	RedisReply *hit = NULL;
 	LookupOutcome outcome = LOOKUP_FAULT;
@@ -1258,9 +1281,12 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 		/* let the sessions waiting for this result go on at once */
 		if (call->holds_lock)
 		{
+			MemoryContext error_context = MemoryContextSwitchTo(caller_context);
+
 			HOLD_INTERRUPTS();
 			release_lock(call);
 			RESUME_INTERRUPTS();
+			MemoryContextSwitchTo(error_context);
 		}
 		PG_RE_THROW();
 	}

@@ -92,17 +92,43 @@ table_bit(Oid dbid, Oid relid)
 	return (uint32) ((relid * 2654435761u) ^ (dbid * 40503u)) % RC_QUERY_TABLE_BITS;
 }
 
-static bool
-table_registered(Oid relid)
+/*
+ * At XACT_EVENT_COMMIT, after the transaction became visible: whether a
+ * queued bump (item "<db>:<table>" or "ddl") must be sent.  The bitmap is
+ * read this late on purpose.  A reader sets its bits (a full barrier)
+ * before it reads generations and takes its snapshot; a writer ends its
+ * transaction (ProcArrayLock) before reading the bits.  So either the
+ * writer sees the bit and bumps, or the reader's snapshot sees the write.
+ * No allocation, no ERROR.  Without the bitmap (not preloaded) every bump
+ * queued is sent: only watch triggers queue them then.
+ */
+bool
+redis_query_generation_needed(const char *item, int len)
 {
 	RedisCacheShared *sh = redis_cache_shared;
+	uint64		parts[2] = {0, 0};
+	int			part = 0;
+	int			i;
 	uint32		bit;
 
 	if (sh == NULL)
-		return false;
+		return true;
+	pg_memory_barrier();
 	if (pg_atomic_read_u32(&sh->query_tables_any) == 0)
 		return false;
-	bit = table_bit(MyDatabaseId, relid);
+	if (len == (int) strlen(RC_DDL_GENERATION) &&
+		memcmp(item, RC_DDL_GENERATION, len) == 0)
+		return true;
+	for (i = 0; i < len; i++)
+	{
+		if (item[i] == ':' && part == 0)
+			part = 1;
+		else if (item[i] >= '0' && item[i] <= '9')
+			parts[part] = parts[part] * 10 + (uint64) (item[i] - '0');
+		else
+			return true;		/* not ours to judge: send it */
+	}
+	bit = table_bit((Oid) parts[0], (Oid) parts[1]);
 	return (pg_atomic_read_u64(&sh->query_tables[bit / 64]) &
 			(UINT64CONST(1) << (bit % 64))) != 0;
 }
@@ -163,9 +189,10 @@ redis_query_tables_load(void)
 }
 
 /*
- * Worker, at a clean stop, before the state file says "clean".
+ * Worker, at a clean stop, before the state file says "clean" (which it
+ * must not say when this fails: the next start would trust the bitmap).
  */
-void
+bool
 redis_query_tables_save(void)
 {
 	RedisCacheShared *sh = redis_cache_shared;
@@ -182,7 +209,7 @@ redis_query_tables_save(void)
 		ereport(WARNING,
 				(errcode_for_file_access(),
 				 errmsg("redis_cache: could not create \"%s\": %m", RC_TABLES_TMP)));
-		return;
+		return false;
 	}
 	if (write(fd, &magic, sizeof(magic)) != sizeof(magic) ||
 		write(fd, words, sizeof(words)) != sizeof(words) ||
@@ -192,10 +219,10 @@ redis_query_tables_save(void)
 				(errcode_for_file_access(),
 				 errmsg("redis_cache: could not write \"%s\": %m", RC_TABLES_TMP)));
 		CloseTransientFile(fd);
-		return;
+		return false;
 	}
 	CloseTransientFile(fd);
-	(void) durable_rename(RC_TABLES_TMP, RC_TABLES_FILE, WARNING);
+	return durable_rename(RC_TABLES_TMP, RC_TABLES_FILE, WARNING) == 0;
 }
 
 /* ---- writes --------------------------------------------------------------- */
@@ -230,7 +257,8 @@ queue_bump(Oid relid, bool registered_only)
 	char		item[32];
 	int			len;
 
-	if (registered_only && !table_registered(relid))
+	/* the bitmap is read at COMMIT, not now: see redis_query_generation_needed */
+	if (registered_only && redis_cache_shared == NULL)
 		return;
 	len = snprintf(item, sizeof(item), "%u:%u", MyDatabaseId, relid);
 	redis_queue_generation_bump(item, len);
@@ -238,9 +266,10 @@ queue_bump(Oid relid, bool registered_only)
 
 /*
  * relid was written: remember it and queue the bumps of it and, for a
- * partition, of its ancestors.  registered_only: bump only tables in the
- * shared bitmap, hence nothing without shared_preload_libraries (the hooks);
- * otherwise bump always (the trigger of a watched table).
+ * partition, of its ancestors.  registered_only: only tables in the shared
+ * bitmap are bumped, hence nothing without shared_preload_libraries (the
+ * hooks); otherwise the bump is sent whatever the bitmap (the trigger of a
+ * watched table).
  */
 static void
 table_written(Oid relid, bool registered_only)
@@ -279,7 +308,7 @@ redis_query_note_trigger_write(Oid relid)
 	if (relid == last_relid && subxact == last_subxact &&
 		command == last_command && MyProc->lxid == last_xact)
 		return;
-	table_written(relid, redis_cache_shared != NULL);
+	table_written(relid, false);
 	last_relid = relid;
 	last_subxact = subxact;
 	last_command = command;
@@ -419,7 +448,7 @@ note_utility_writes(Node *parsetree)
 
 	/* DDL or privileges: every cached result of every database */
 	xact_wrote_everything = true;
-	if (preloaded && pg_atomic_read_u32(&redis_cache_shared->query_tables_any) != 0)
+	if (preloaded)
 		redis_queue_generation_bump(RC_DDL_GENERATION, strlen(RC_DDL_GENERATION));
 }
 
@@ -542,7 +571,9 @@ has_watch_trigger(Oid relid, Oid cache_function)
 		Trigger    *trigger = &rel->trigdesc->triggers[i];
 		char	   *name;
 
-		if (trigger->tgenabled == TRIGGER_DISABLED ||
+		/* 'R' (replica) triggers do not fire in ordinary sessions */
+		if ((trigger->tgenabled != TRIGGER_FIRES_ON_ORIGIN &&
+			 trigger->tgenabled != TRIGGER_FIRES_ALWAYS) ||
 			!TRIGGER_FOR_ROW(trigger->tgtype))
 			continue;
 		name = get_func_name(trigger->tgfoid);
@@ -580,41 +611,48 @@ redis_query_dependencies(List *query_list, Oid cache_function,
 	foreach(lc, query_list)
 		(void) collect_relations_walker(lfirst(lc), &direct);
 
+	/* with the children a parent reads and the parents of a partition */
 	foreach(lc, direct)
 	{
 		Oid			relid = lfirst_oid(lc);
-		HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+
+		all = list_append_unique_oid(all, relid);
+		if (get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE ||
+			has_subclass(relid))
+			all = list_concat_unique_oid(all, find_all_inheritors(relid, NoLock, NULL));
+		if (get_rel_relispartition(relid))
+			all = list_concat_unique_oid(all, get_partition_ancestors(relid));
+	}
+
+	/* every one of them must be shareable, not only those named */
+	foreach(lc, all)
+	{
+		Oid			relid = lfirst_oid(lc);
+		HeapTuple	tuple;
 		Form_pg_class form;
 		char	   *relname;
 
+		if (deps->not_cacheable != NULL)
+			break;
+		tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 		if (!HeapTupleIsValid(tuple))
 			elog(ERROR, "cache lookup failed for relation %u", relid);
 		form = (Form_pg_class) GETSTRUCT(tuple);
 		relname = quote_qualified_identifier(get_namespace_name(form->relnamespace),
 											 NameStr(form->relname));
-
-		if (deps->not_cacheable == NULL)
-		{
-			if (form->relpersistence == RELPERSISTENCE_TEMP)
-				deps->not_cacheable = psprintf("it reads the temporary table %s", relname);
-			else if (form->relrowsecurity)
-				deps->not_cacheable = psprintf("row-level security is enabled on %s", relname);
-			else if (form->relkind == RELKIND_FOREIGN_TABLE)
-				deps->not_cacheable = psprintf("it reads the foreign table %s", relname);
-			else if (redis_cache_shared == NULL &&
-					 (form->relkind == RELKIND_RELATION ||
-					  form->relkind == RELKIND_PARTITIONED_TABLE ||
-					  form->relkind == RELKIND_MATVIEW) &&
-					 (form->relkind == RELKIND_MATVIEW ||
-					  !has_watch_trigger(relid, cache_function)))
-				deps->not_cacheable = psprintf("%s is not watched (cache_watch) and redis_cache is not in shared_preload_libraries", relname);
-		}
-
-		all = list_append_unique_oid(all, relid);
-		if (form->relhassubclass)
-			all = list_concat_unique_oid(all, find_all_inheritors(relid, NoLock, NULL));
-		if (form->relispartition)
-			all = list_concat_unique_oid(all, get_partition_ancestors(relid));
+		if (form->relpersistence == RELPERSISTENCE_TEMP)
+			deps->not_cacheable = psprintf("it reads the temporary table %s", relname);
+		else if (form->relrowsecurity)
+			deps->not_cacheable = psprintf("row-level security is enabled on %s", relname);
+		else if (form->relkind == RELKIND_FOREIGN_TABLE)
+			deps->not_cacheable = psprintf("it reads the foreign table %s", relname);
+		else if (redis_cache_shared == NULL &&
+				 (form->relkind == RELKIND_RELATION ||
+				  form->relkind == RELKIND_PARTITIONED_TABLE ||
+				  form->relkind == RELKIND_MATVIEW) &&
+				 (form->relkind == RELKIND_MATVIEW ||
+				  !has_watch_trigger(relid, cache_function)))
+			deps->not_cacheable = psprintf("%s is not watched (cache_watch) and redis_cache is not in shared_preload_libraries", relname);
 		ReleaseSysCache(tuple);
 	}
 

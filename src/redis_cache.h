@@ -283,8 +283,9 @@ extern bool redis_query_xact_has_writes(void);
 extern bool redis_query_xact_wrote_any(const QueryDependencies *deps);
 extern void redis_query_note_trigger_write(Oid relid);
 extern void redis_query_register_tables(const QueryDependencies *deps);
+extern bool redis_query_generation_needed(const char *item, int len);
 extern void redis_query_tables_load(void);
-extern void redis_query_tables_save(void);
+extern bool redis_query_tables_save(void);
 extern char *redis_query_generation_item(Oid relid);
 
 /* in query_cache.c */

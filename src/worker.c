@@ -492,7 +492,8 @@ worker_shutdown(void)
 		if (sh->namespaces[i].missed)
 			clean = false;
 	/* before "clean": the next start relies on it */
-	redis_query_tables_save();
+	if (!redis_query_tables_save())
+		clean = false;
 	write_state_file(clean);
 	sh->worker_latch = NULL;
 	LWLockRelease(sh->lock);
