@@ -867,14 +867,21 @@ invalidation_xact_callback(XactEvent event, void *arg)
 			if (pending != NULL)
 			{
 				PendingLevel *l;
+				ListCell   *lc;
 
+				/*
+				 * Generation bumps are not needed: COMMIT PREPARED bumps
+				 * the DDL generation, which ends every cached result
+				 * (query_deps.c).  Key deletes are.
+				 */
 				for (l = pending; l != NULL; l = l->upper)
-					if (l->items != NIL)
-						ereport(ERROR,
-								(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-								 errmsg("redis_cache: cannot PREPARE a transaction that has queued cache invalidations"),
-								 errdetail("Invalidations are sent when the transaction commits, which a prepared transaction does outside this session."),
-								 errhint("Commit the transaction directly, or invalidate with cache_delete() after COMMIT PREPARED.")));
+					foreach(lc, l->items)
+						if (!((PendingItem *) lfirst(lc))->is_generation)
+							ereport(ERROR,
+									(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+									 errmsg("redis_cache: cannot PREPARE a transaction that has queued cache invalidations"),
+									 errdetail("Invalidations are sent when the transaction commits, which a prepared transaction does outside this session."),
+									 errhint("Commit the transaction directly, or invalidate with cache_delete() after COMMIT PREPARED.")));
 			}
 			break;
 		case XACT_EVENT_COMMIT:

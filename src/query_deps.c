@@ -401,6 +401,12 @@ note_utility_writes(Node *parsetree)
 
 	switch (nodeTag(parsetree))
 	{
+		case T_TransactionStmt:
+			/* what the prepared transaction wrote is not known here */
+			if (((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED &&
+				preloaded)
+				redis_queue_generation_bump(RC_DDL_GENERATION, strlen(RC_DDL_GENERATION));
+			return;
 		case T_CopyStmt:
 			{
 				CopyStmt   *copy = (CopyStmt *) parsetree;

@@ -153,4 +153,16 @@ like "$(psql -X -At -c "SET ROLE regress_qc" -c "SELECT cache_query_json('SELECT
 	"permission denied" "after REVOKE the role's cached result is not served"
 q -c "DROP ROLE regress_qc" >/dev/null
 
+# ---- two-phase commit ------------------------------------------------------------
+q -c "ALTER SYSTEM SET max_prepared_transactions = 5" >/dev/null
+pg_restart
+is "$(q -c "SELECT cache_query_json('SELECT v FROM qc WHERE id = 9')")" '[{"v": 1}]' "a result is cached before a prepared transaction"
+out=$(psql -X -q -At -c "BEGIN" -c "UPDATE qc SET v = 90 WHERE id = 9" -c "PREPARE TRANSACTION 'rc_2pc'" 2>&1)
+is "$out" "" "PREPARE TRANSACTION of a write to an unwatched table works with preloading"
+is "$(q -c "SELECT cache_query_json('SELECT v FROM qc WHERE id = 9')")" '[{"v": 1}]' "before COMMIT PREPARED the old result is right"
+q -c "COMMIT PREPARED 'rc_2pc'" >/dev/null
+is "$(q -c "SELECT cache_query_json('SELECT v FROM qc WHERE id = 9')")" '[{"v": 90}]' "COMMIT PREPARED ends the cached result"
+q -c "ALTER SYSTEM RESET max_prepared_transactions" >/dev/null
+pg_restart
+
 if grep -q "terminated by signal" "$LOG"; then not_ok "no backend crashed"; else ok "no backend crashed"; fi
