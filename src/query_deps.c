@@ -28,12 +28,15 @@
  * A written partition bumps its ancestors as well, so that routing a row
  * from one partition to another invalidates readers of either.
  *
- * To keep writes free for tables no cached query reads, bumps are queued
- * only for tables whose bit is set in a shared bitmap; a result's tables
- * are registered there before its generations are read, so a writer that
- * commits after that point will bump.  The bitmap survives clean restarts
- * in the file redis_cache.tables; after a crash every namespace is flushed
- * anyway (worker.c).
+ * To keep writes free of Redis traffic for tables no cached query reads,
+ * a bump is sent only for tables whose bit is set in a shared bitmap.  A
+ * result's tables are registered there before its generations are read;
+ * writers queue every bump and consult the bitmap at XACT_EVENT_COMMIT,
+ * after their transaction became visible (redis_query_generation_needed).
+ * The bitmap survives clean restarts in the file redis_cache.tables; after
+ * a crash every namespace is flushed anyway (worker.c).  COMMIT PREPARED
+ * bumps the DDL generation: what the prepared transaction wrote is not
+ * known to the session that commits it.
  *
  * The hooks also remember, per transaction, which tables it wrote, so that
  * cache_query() can bypass the cache for a transaction reading its own
