@@ -231,18 +231,11 @@ static void warn_undecodable(QueryCall *call, const char *why);
 
 /* ---- Redis scripts -------------------------------------------------------- */
 
+/* bytes as lower-case hex into out (2n + 1 bytes), NUL-terminated */
 static void
 hex_encode_bytes(const uint8 *bytes, int n, char *out)
 {
-	static const char hex[] = "0123456789abcdef";
-	int			i;
-
-	for (i = 0; i < n; i++)
-	{
-		out[i * 2] = hex[bytes[i] >> 4];
-		out[i * 2 + 1] = hex[bytes[i] & 15];
-	}
-	out[n * 2] = '\0';
+	out[hex_encode((const char *) bytes, n, out)] = '\0';
 }
 
 static void
@@ -607,6 +600,18 @@ prepare_query(QueryCall *call, Oid cache_function)
 
 /* ---- lookups ----------------------------------------------------------------- */
 
+/* The first three script arguments: KEYS entry and lock, then ARGV base. */
+static void
+set_key_arguments(QueryCall *call, const char **args, size_t *lens)
+{
+	args[0] = call->entry_key.data;
+	lens[0] = call->entry_key.len;
+	args[1] = call->lock_key.data;
+	lens[1] = call->lock_key.len;
+	args[2] = call->base.data;
+	lens[2] = call->base.len;
+}
+
 static LookupOutcome
 lookup(QueryCall *call, const char *mode, RedisReply **hit)
 {
@@ -616,12 +621,7 @@ lookup(QueryCall *call, const char *mode, RedisReply **hit)
 	RedisReply *reply;
 
 	snprintf(lock_ms, sizeof(lock_ms), "%d", Max(redis_cache_query_lock_timeout_ms, 1));
-	args[0] = call->entry_key.data;
-	lens[0] = call->entry_key.len;
-	args[1] = call->lock_key.data;
-	lens[1] = call->lock_key.len;
-	args[2] = call->base.data;
-	lens[2] = call->base.len;
+	set_key_arguments(call, args, lens);
 	args[3] = mode;
 	lens[3] = strlen(mode);
 	args[4] = call->token;
@@ -1100,12 +1100,7 @@ store(QueryCall *call, const char *deps, StringInfo data)
 	RedisReply *reply;
 
 	snprintf(ttl, sizeof(ttl), "%d", call->ttl);
-	args[0] = call->entry_key.data;
-	lens[0] = call->entry_key.len;
-	args[1] = call->lock_key.data;
-	lens[1] = call->lock_key.len;
-	args[2] = call->base.data;
-	lens[2] = call->base.len;
+	set_key_arguments(call, args, lens);
 	args[3] = call->token;
 	lens[3] = strlen(call->token);
 	args[4] = ttl;

@@ -74,7 +74,14 @@
 
 #define RC_TABLES_FILE		"redis_cache.tables"
 #define RC_TABLES_TMP		"redis_cache.tables.tmp"
-#define RC_TABLES_MAGIC		0x52435431	/* "RCT1" */
+#define RC_TABLES_MAGIC		0x52435432	/* "RCT2": TablesFile */
+
+/* The file redis_cache.tables: the bitmap as it is in memory. */
+typedef struct TablesFile
+{
+	uint32		magic;
+	uint64		words[RC_QUERY_TABLE_WORDS];
+} TablesFile;
 
 /* More written tables than this in one transaction: assume it wrote all. */
 #define RC_MAX_TRACKED_WRITES	64
@@ -168,27 +175,29 @@ void
 redis_query_tables_load(void)
 {
 	RedisCacheShared *sh = redis_cache_shared;
-	uint32		magic;
-	uint64		words[RC_QUERY_TABLE_WORDS];
+	TablesFile *file = palloc(sizeof(TablesFile));
 	int			fd;
 	int			i;
 	bool		any = false;
 
 	fd = OpenTransientFile(RC_TABLES_FILE, O_RDONLY | PG_BINARY);
 	if (fd < 0)
+	{
+		pfree(file);
 		return;
-	if (read(fd, &magic, sizeof(magic)) == sizeof(magic) &&
-		magic == RC_TABLES_MAGIC &&
-		read(fd, words, sizeof(words)) == sizeof(words))
+	}
+	if (read(fd, file, sizeof(TablesFile)) == sizeof(TablesFile) &&
+		file->magic == RC_TABLES_MAGIC)
 	{
 		for (i = 0; i < RC_QUERY_TABLE_WORDS; i++)
 		{
-			pg_atomic_write_u64(&sh->query_tables[i], words[i]);
-			any |= words[i] != 0;
+			pg_atomic_write_u64(&sh->query_tables[i], file->words[i]);
+			any |= file->words[i] != 0;
 		}
 		pg_atomic_write_u32(&sh->query_tables_any, any ? 1 : 0);
 	}
 	CloseTransientFile(fd);
+	pfree(file);
 }
 
 /*
@@ -199,33 +208,17 @@ bool
 redis_query_tables_save(void)
 {
 	RedisCacheShared *sh = redis_cache_shared;
-	uint32		magic = RC_TABLES_MAGIC;
-	uint64		words[RC_QUERY_TABLE_WORDS];
-	int			fd;
+	TablesFile *file = palloc0(sizeof(TablesFile));
+	bool		saved;
 	int			i;
 
+	file->magic = RC_TABLES_MAGIC;
 	for (i = 0; i < RC_QUERY_TABLE_WORDS; i++)
-		words[i] = pg_atomic_read_u64(&sh->query_tables[i]);
-	fd = OpenTransientFile(RC_TABLES_TMP, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
-	if (fd < 0)
-	{
-		ereport(WARNING,
-				(errcode_for_file_access(),
-				 errmsg("redis_cache: could not create \"%s\": %m", RC_TABLES_TMP)));
-		return false;
-	}
-	if (write(fd, &magic, sizeof(magic)) != sizeof(magic) ||
-		write(fd, words, sizeof(words)) != sizeof(words) ||
-		pg_fsync(fd) != 0)
-	{
-		ereport(WARNING,
-				(errcode_for_file_access(),
-				 errmsg("redis_cache: could not write \"%s\": %m", RC_TABLES_TMP)));
-		CloseTransientFile(fd);
-		return false;
-	}
-	CloseTransientFile(fd);
-	return durable_rename(RC_TABLES_TMP, RC_TABLES_FILE, WARNING) == 0;
+		file->words[i] = pg_atomic_read_u64(&sh->query_tables[i]);
+	saved = redis_write_file_durably(RC_TABLES_TMP, RC_TABLES_FILE,
+									 file, sizeof(TablesFile));
+	pfree(file);
+	return saved;
 }
 
 /* ---- writes --------------------------------------------------------------- */
@@ -257,14 +250,14 @@ remember_write(Oid relid)
 static void
 queue_bump(Oid relid, bool registered_only)
 {
-	char		item[32];
-	int			len;
+	char	   *item;
 
 	/* the bitmap is read at COMMIT, not now: see redis_query_generation_needed */
 	if (registered_only && redis_cache_shared == NULL)
 		return;
-	len = snprintf(item, sizeof(item), "%u:%u", MyDatabaseId, relid);
-	redis_queue_generation_bump(item, len);
+	item = redis_query_generation_item(relid);
+	redis_queue_generation_bump(item, strlen(item));
+	pfree(item);
 }
 
 /*

@@ -247,6 +247,8 @@ extern bool redis_unlink_raw(const char *key);
 
 /* in worker.c */
 extern RedisCacheShared *redis_cache_shared;
+extern bool redis_write_file_durably(const char *tmp, const char *path,
+									 const void *data, size_t len);
 extern void redis_worker_init(void);
 extern int	redis_register_namespace(const char *prefix);
 extern void redis_mark_missed(int namespace_index);

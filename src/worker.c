@@ -103,8 +103,38 @@ redis_cache_shmem_startup(void)
 }
 
 /*
- * Write the state file atomically (temp file, fsync, rename).  Caller holds
- * the lock.  Returns false (after a WARNING) on I/O errors; never throws.
+ * Replace path with data atomically: write tmp, fsync, durable rename.
+ * Returns false (after a WARNING) on I/O errors; never throws.
+ */
+bool
+redis_write_file_durably(const char *tmp, const char *path,
+						 const void *data, size_t len)
+{
+	int			fd;
+
+	fd = OpenTransientFile(tmp, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
+	if (fd < 0)
+	{
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("redis_cache: could not create \"%s\": %m", tmp)));
+		return false;
+	}
+	if (write(fd, data, len) != (ssize_t) len || pg_fsync(fd) != 0)
+	{
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("redis_cache: could not write \"%s\": %m", tmp)));
+		CloseTransientFile(fd);
+		return false;
+	}
+	CloseTransientFile(fd);
+	return durable_rename(tmp, path, WARNING) == 0;
+}
+
+/*
+ * Write the state file atomically.  Caller holds the lock.  Returns false
+ * (after a WARNING) on I/O errors; never throws.
  */
 static bool
 write_state_file(bool clean)
@@ -112,7 +142,6 @@ write_state_file(bool clean)
 	RedisCacheShared *sh = redis_cache_shared;
 	char		buf[RC_MAX_NAMESPACES * (RC_MAX_KEY_BYTES + 16) + 16];
 	int			len = 0;
-	int			fd;
 	int			i;
 
 	for (i = 0; i < sh->nnamespaces; i++)
@@ -121,27 +150,7 @@ write_state_file(bool clean)
 						sh->namespaces[i].prefix);
 	if (clean)
 		len += snprintf(buf + len, sizeof(buf) - len, "clean\n");
-
-	fd = OpenTransientFile(RC_STATE_TMP, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
-	if (fd < 0)
-	{
-		ereport(WARNING,
-				(errcode_for_file_access(),
-				 errmsg("redis_cache: could not create \"%s\": %m", RC_STATE_TMP)));
-		return false;
-	}
-	if (write(fd, buf, len) != len || pg_fsync(fd) != 0)
-	{
-		ereport(WARNING,
-				(errcode_for_file_access(),
-				 errmsg("redis_cache: could not write \"%s\": %m", RC_STATE_TMP)));
-		CloseTransientFile(fd);
-		return false;
-	}
-	CloseTransientFile(fd);
-	if (durable_rename(RC_STATE_TMP, RC_STATE_FILE, WARNING) != 0)
-		return false;
-	return true;
+	return redis_write_file_durably(RC_STATE_TMP, RC_STATE_FILE, buf, len);
 }
 
 /*

@@ -108,7 +108,10 @@ redis_cli hset "$JKEY" data '[{"v": 1' >/dev/null
 out=$(json_call)
 like "$out" "unusable: truncated" "a damaged JSON value is a miss with a WARNING"
 like "$out" '\[\{"v": 1\}\]' "and the right JSON is returned"
-redis_cli hset "$JKEY" deps "" >/dev/null
+# a well-formed entry of another result (valid checksum) without dependencies
+q -c "SELECT cache_query_json('SELECT 7 AS v')" >/dev/null
+K7=$(q -c "SELECT cache_query_key('SELECT 7 AS v')")
+redis_cli hset "$JKEY" meta "$(redis_cli hget "$K7" meta)" data "$(redis_cli hget "$K7" data)" deps "" >/dev/null
 like "$(json_call)" '^\[\{"v": 1\}\]$' "an entry without dependencies is never served (silent miss)"
 
 # ---- Redis stopped and paused ---------------------------------------------------
