@@ -22,22 +22,35 @@ HEADERS = src/redis_cache.h src/query_format.h
 
 DATA = $(wildcard redis_cache--*.sql)
 
+# Tests (see README, Testing): pg_regress under test/sql and test/expected,
+# isolation specs under test/specs, TAP tests in test/t/*.pl with our Perl
+# module in test/perl.  `make installcheck` runs all three against the
+# installed extension; pg_regress and isolation need a live server with
+# redis_cache configured, the TAP tests start their own servers.
 REGRESS = upgrade basic bad_input degraded invalidation stats query
-REGRESS_OPTS = --inputdir=. --load-extension=redis_cache
+REGRESS_OPTS = --inputdir=test --load-extension=redis_cache
+ISOLATION = commit_registration stale_fill own_writes stampede
+ISOLATION_OPTS = --inputdir=test --load-extension=redis_cache
+TAP_TESTS = 1
+PROVE_TESTS ?= $(wildcard test/t/*.pl)
 
 PG_CPPFLAGS = -I$(srcdir)/src
 SHLIB_LINK = -lhiredis
 
-EXTRA_CLEAN = results regression.diffs regression.out
+EXTRA_CLEAN = results regression.diffs regression.out output_iso tmp_check
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# after Makefile.global, which resets it
+PROVE_FLAGS += -I ./test/perl
+
 .PHONY: test demo
 
 # Everything, on a fresh Debian bookworm machine: packages, build, install,
-# a temporary PostgreSQL and redis-server, pg_regress and the fault tests.
+# a temporary PostgreSQL and redis-server for pg_regress and isolation, and
+# the TAP tests (which start their own servers).
 test:
 	bash test/run.sh
 

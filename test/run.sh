@@ -2,12 +2,16 @@
 # test/run.sh: the one test command (also `make test`, and what .ci/run
 # calls).  On a fresh Debian bookworm machine it installs the packages,
 # builds and installs the extension, starts a temporary PostgreSQL (as a
-# non-root user) and redis-server on loopback, runs pg_regress and every
-# test/t/*.sh fault/concurrency test, stops everything and ends with
-# "N passed, N failed".  Exit status is non-zero on any failure.
+# non-root user) and redis-server on loopback for pg_regress and the
+# isolation specs, then runs `make installcheck` in three parts: pg_regress
+# (test/sql), pg_isolation_regress (test/specs) and prove (test/t/*.pl,
+# which start their own PostgreSQL clusters and redis-servers).  It ends
+# with "N passed, N failed" over all three; the exit status is non-zero on
+# any failure.
 #
 # RC_SKIP_APT=1 skips the package step; RC_KEEP_TMP=1 keeps data and logs;
-# test/run.sh t/010_outage.sh runs only the named test scripts.
+# test/run.sh test/t/010_outage.pl runs only the named TAP tests (and no
+# pg_regress or isolation).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -26,46 +30,73 @@ fi
 stack_start
 trap stack_stop EXIT
 
+# The tests run as the OS user that owns the clusters: PostgreSQL refuses
+# root, and the TAP tests initdb their own clusters.  They run in a copy of
+# the tree that user owns (tmp_check/, results/ and output_iso/ go there).
+SRC="$RC_TMP/src"
+mkdir -p "$SRC"
+tar -C "$RC_ROOT" --exclude=.git --exclude=tmp_check --exclude=results \
+	--exclude=output_iso -cf - . | tar -C "$SRC" -xf -
+chown -R "$RC_PG_OS_USER" "$SRC" 2>/dev/null || true
+
+run_make() {
+	as_pg env PATH="$PATH" PGHOST="$PGHOST" PGPORT="$PGPORT" PGUSER="$PGUSER" \
+		PGDATABASE="$PGDATABASE" HOME="$SRC" \
+		make -s -C "$SRC" with_llvm=no "$@"
+}
+
 passed=0
 failed=0
 
-echo "== pg_regress (make installcheck)"
-make -s with_llvm=no installcheck >"$RC_TMP/installcheck.out" 2>&1
-cat "$RC_TMP/installcheck.out" | grep -E '^(ok|not ok|test| +[a-z_]+ +\.\.\.)|\.\.\. ' || true
-n_ok=$(grep -cE '\.\.\. ok' "$RC_TMP/installcheck.out")
-n_bad=$(grep -cE '\.\.\. FAILED|\.\.\. failed' "$RC_TMP/installcheck.out")
-if [ "$n_ok" = 0 ] && [ "$n_bad" = 0 ]; then
-	cat "$RC_TMP/installcheck.out"
-	n_bad=1
-fi
-if [ "$n_bad" != 0 ] && [ -f regression.diffs ]; then
-	head -200 regression.diffs
-fi
-passed=$((passed + n_ok))
-failed=$((failed + n_bad))
+# count_pg_regress FILE: pg_regress and pg_isolation_regress print one
+# "test NAME ... ok|FAILED" line per test.
+count_pg_regress() {
+	local ok bad
+	ok=$(grep -cE '^(ok|test| ).* \.\.\. +ok' "$1")
+	bad=$(grep -cE '\.\.\. +(FAILED|failed)|^not ok' "$1")
+	if [ "$ok" = 0 ] && [ "$bad" = 0 ]; then bad=1; fi
+	passed=$((passed + ok))
+	failed=$((failed + bad))
+}
 
-if [ $# -gt 0 ]; then
-	tests=("$@")
+if [ $# -eq 0 ]; then
+	echo "== pg_regress"
+	run_make installcheck ISOLATION= TAP_TESTS= >"$RC_TMP/regress.out" 2>&1
+	grep -E '\.\.\.|^(ok|not ok)' "$RC_TMP/regress.out" || cat "$RC_TMP/regress.out"
+	count_pg_regress "$RC_TMP/regress.out"
+	[ -f "$SRC/regression.diffs" ] && head -200 "$SRC/regression.diffs"
+
+	echo "== isolation"
+	run_make installcheck REGRESS= TAP_TESTS= >"$RC_TMP/isolation.out" 2>&1
+	grep -E '\.\.\.|^(ok|not ok)' "$RC_TMP/isolation.out" || cat "$RC_TMP/isolation.out"
+	count_pg_regress "$RC_TMP/isolation.out"
+	[ -f "$SRC/output_iso/regression.diffs" ] && head -200 "$SRC/output_iso/regression.diffs"
+	tests=""
 else
-	tests=(test/t/*.sh)
+	tests="$*"
 fi
-for t in "${tests[@]}"; do
-	[ -f "$t" ] || t="test/$t"
-	[ -f "$t" ] || continue
-	echo "== $t"
-	out="$RC_TMP/$(basename "$t").out"
-	timeout 600 bash "$t" >"$out" 2>&1
-	rc=$?
-	cat "$out"
-	t_ok=$(grep -c '^ok' "$out")
-	t_bad=$(grep -c '^not ok' "$out")
-	if [ $rc != 0 ] && [ "$t_bad" = 0 ]; then
-		echo "not ok - $t exited with status $rc"
-		t_bad=1
-	fi
-	passed=$((passed + t_ok))
-	failed=$((failed + t_bad))
-done
+
+echo "== TAP (prove)"
+run_make installcheck REGRESS= ISOLATION= ${tests:+PROVE_TESTS="$tests"} \
+	PROVE_FLAGS="-I ./test/perl --timer" 2>&1 | tee "$RC_TMP/tap.out"
+tap_rc=${PIPESTATUS[0]}
+# prove's summary: "Files=7, Tests=156, ..." and, per failing file,
+# "Failed N/M subtests"
+tap_total=$(sed -n 's/^Files=[0-9]*, Tests=\([0-9]*\),.*/\1/p' "$RC_TMP/tap.out")
+tap_bad=$(sed -n 's/.*Failed \([0-9]*\)\/[0-9]* subtests.*/\1/p' "$RC_TMP/tap.out" | awk '{s += $1} END {print s + 0}')
+tap_total=${tap_total:-0}
+tap_bad=${tap_bad:-0}
+if [ "$tap_rc" != 0 ] && [ "$tap_bad" = 0 ]; then
+	tap_bad=1   # a script died or exited non-zero without a failing assertion
+fi
+passed=$((passed + tap_total - tap_bad))
+failed=$((failed + tap_bad))
+if [ "$tap_bad" != 0 ]; then
+	for f in "$SRC"/tmp_check/log/regress_log_*; do
+		[ -f "$f" ] && grep -q 'not ok\|died\|Dubious' "$f" && { echo "---- $f"; tail -80 "$f"; }
+	done
+	if [ -n "${RC_KEEP_TMP:-}" ]; then echo "logs in $SRC/tmp_check/log"; fi
+fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
