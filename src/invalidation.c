@@ -44,6 +44,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -137,6 +138,14 @@ static TemplateCache *template_cache = NULL;
 
 static bool callbacks_registered = false;
 static TimestampTz last_lost_warning = 0;
+
+/*
+ * Test hook (test/specs): a session-level advisory lock key that a
+ * committing transaction waits for after its PRE_COMMIT work is built, so
+ * an isolation spec can run another session between PRE_COMMIT and COMMIT,
+ * as PostgreSQL 17's injection points would.  0 (the default) is off.
+ */
+static int	debug_pre_commit_lock = 0;
 
 /*
  * Parse a template against the relation's columns.  ERROR on a malformed
@@ -854,6 +863,14 @@ release_commit_work(void)
 	pfree(work);
 }
 
+/* Wait until the test's advisory lock is free (interruptible). */
+static void
+pause_for_test(int key)
+{
+	DirectFunctionCall1(pg_advisory_lock_int8, Int64GetDatum(key));
+	DirectFunctionCall1(pg_advisory_unlock_int8, Int64GetDatum(key));
+}
+
 static void
 invalidation_xact_callback(XactEvent event, void *arg)
 {
@@ -862,6 +879,8 @@ invalidation_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PRE_COMMIT:
 		case XACT_EVENT_PARALLEL_PRE_COMMIT:
 			prepare_commit_work();
+			if (debug_pre_commit_lock != 0 && commit_work != NULL)
+				pause_for_test(debug_pre_commit_lock);
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			if (pending != NULL)
@@ -943,4 +962,11 @@ redis_invalidation_init(void)
 	RegisterXactCallback(invalidation_xact_callback, NULL);
 	RegisterSubXactCallback(invalidation_subxact_callback, NULL);
 	callbacks_registered = true;
+
+	DefineCustomIntVariable("redis_cache.debug_pre_commit_lock",
+							"Test hook: advisory lock key a commit waits for between PRE_COMMIT and COMMIT.",
+							"For isolation tests only; 0 disables.",
+							&debug_pre_commit_lock, 0, 0, INT_MAX,
+							PGC_SUSET, GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							NULL, NULL, NULL);
 }
