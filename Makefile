@@ -1,22 +1,30 @@
 # redis_cache: cache query results in Redis from inside PostgreSQL
 
 EXTENSION = redis_cache
-EXTVERSION = 1.0
+EXTVERSION = 1.3
 
 MODULE_big = redis_cache
 OBJS = \
-	src/redis_cache.o \
-	src/guc.o \
-	src/connection.o \
-	src/keys.o \
-	src/commands.o \
-	src/version.o \
-	src/invalidation.o \
-	src/worker.o \
+	src/module.o \
 	src/stats.o \
-	src/query_format.o \
+	src/state_file.o \
+	src/keys.o \
+	src/guc.o \
+	src/transport.o \
+	src/connection.o \
+	src/scripts.o \
+	src/flush.o \
+	src/version.o \
+	src/query_tables.o \
+	src/worker.o \
+	src/invalidation.o \
 	src/query_deps.o \
-	src/query_cache.o
+	src/triggers.o \
+	src/query_format.o \
+	src/query_rows.o \
+	src/query_cache.o \
+	src/commands.o \
+	src/monitor.o
 
 HEADERS = src/redis_cache.h src/query_format.h
 

@@ -587,7 +587,7 @@ cache_delete_pattern(PG_FUNCTION_ARGS)
 	redis_validate_key(VARDATA_ANY(pattern), VARSIZE_ANY_EXHDR(pattern), "pattern");
 	/* on a fault: what was removed until then, the fault already reported */
 	removed = redis_scan_unlink(prefix, VARDATA_ANY(pattern),
-								VARSIZE_ANY_EXHDR(pattern), 0, 0, &failed);
+								VARSIZE_ANY_EXHDR(pattern), 0, NULL, 0, &failed);
 	redis_stats_add(RC_STAT_DELETES, removed);
 	PG_RETURN_INT64(removed);
 }

@@ -1,76 +1,50 @@
 /*-------------------------------------------------------------------------
  *
  * invalidation.c
- *		  Row-change invalidation: the cache_invalidate() trigger, the
- *		  per-transaction queue and the commit-time send.
+ *		  The commit pipeline: the per-transaction queue of invalidations,
+ *		  the PRE_COMMIT build, the COMMIT send and the hand-off to the
+ *		  worker.
  *
- * The trigger turns key templates such as 'tenant:subdomain:{subdomain}'
- * into keys from the OLD and NEW rows and queues them.  Nothing is sent
- * before the transaction commits, and nothing of a rolled-back transaction
- * or subtransaction is ever sent:
+ * Items (keys and patterns from the watch triggers of triggers.c, and query
+ * result generation bumps from query_deps.c) are queued during the
+ * transaction.  Nothing is sent before the transaction commits, and nothing
+ * of a rolled-back transaction or subtransaction is ever sent:
  *
  * - Items are allocated in CurTransactionContext and kept in one list per
  *   subtransaction nesting level (as async.c does for NOTIFY).  A
  *   subtransaction commit hands its items to the parent; an abort drops
  *   them, and its memory goes with it.
  *
- * - The same queue carries query result generation bumps (query_deps.c),
- *   which become one EVAL of the invalidate script per known namespace.
- *
  * - XACT_EVENT_PRE_COMMIT deduplicates the keys, builds the pipelined UNLINK
- *   commands in a context of our own (nothing is allocated later), and
- *   registers the namespace with the worker, durably (may ERROR: the
- *   transaction then aborts cleanly).  PREPARE TRANSACTION with queued
- *   items is refused at XACT_EVENT_PRE_PREPARE.
+ *   commands and the generation bump scripts (one per namespace known to
+ *   hold query results) in a context of our own (nothing is allocated
+ *   later), and registers the namespace with the worker, durably (may
+ *   ERROR: the transaction then aborts cleanly).  PREPARE TRANSACTION with
+ *   queued keys is refused at XACT_EVENT_PRE_PREPARE.
  *
- * - XACT_EVENT_COMMIT runs with interrupts held and must not fail: it sends
- *   everything in one round trip bounded by command_timeout_ms (a new
- *   connection too), inside PG_TRY, downgrading any problem to a WARNING.
- *   What could not be delivered is handed to the worker (worker.c), which
- *   flushes the namespace once Redis is back.  Pattern invalidations (a
- *   template ending in '*', TRUNCATE) need SCAN and go to the worker; without
+ * - XACT_EVENT_COMMIT runs with interrupts held and must not fail: it drops
+ *   the generation bumps no cached result needs (query_tables.c, decided
+ *   only now), sends everything in one round trip bounded by
+ *   command_timeout_ms (a new connection too), inside PG_TRY, downgrading
+ *   any problem to a WARNING.  What could not be delivered is handed to the
+ *   worker (worker.c), which flushes the namespace once Redis is back.
+ *   Pattern invalidations need SCAN and go to the worker; without
  *   shared_preload_libraries they run at commit within command_timeout_ms.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include "access/htup_details.h"
-#include "access/relation.h"
+#include <limits.h>
+
 #include "access/xact.h"
-#include "catalog/pg_type.h"
-#include "commands/trigger.h"
-#include "executor/spi.h"
 #include "miscadmin.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/rel.h"
 
 #include "redis_cache.h"
 
-PG_FUNCTION_INFO_V1(cache_invalidate);
-PG_FUNCTION_INFO_V1(cache_check_templates);
-
-/* One parsed piece of a template: literal text or a column. */
-typedef struct TemplatePart
-{
-	bool		is_column;
-	const char *text;			/* literal, or column name */
-	int			len;
-	AttrNumber	attnum;
-	FmgrInfo	output;			/* the column type's output function */
-} TemplatePart;
-
-typedef struct KeyTemplate
-{
-	const char *source;
-	int			nparts;
-	TemplatePart *parts;
-	bool		is_pattern;		/* ends in '*' */
-} KeyTemplate;
 
 /*
  * A queued invalidation: key or glob pattern after key_prefix, or the
@@ -120,21 +94,8 @@ typedef struct CommitWork
 
 static CommitWork *commit_work = NULL;
 
-/*
- * Parsed templates of the trigger fired last, valid for the current
- * transaction (TopTransactionContext): a bulk UPDATE parses them once, not
- * once per row.  The tuple descriptor is part of the key, so DDL between
- * statements of one transaction gets a fresh parse.
- */
-typedef struct TemplateCache
-{
-	Oid			tgoid;
-	TupleDesc	tupdesc;
-	int			ntemplates;
-	KeyTemplate **templates;
-} TemplateCache;
-
-static TemplateCache *template_cache = NULL;
+/* redis_cache.redelete_delay_ms */
+static int	redelete_delay_ms = 0;
 
 static bool callbacks_registered = false;
 static TimestampTz last_lost_warning = 0;
@@ -147,145 +108,14 @@ static TimestampTz last_lost_warning = 0;
  */
 static int	debug_pre_commit_lock = 0;
 
-/*
- * Parse a template against the relation's columns.  ERROR on a malformed
- * template or an unknown column.
- */
-static KeyTemplate *
-parse_template(const char *source, TupleDesc tupdesc, const char *relname)
-{
-	KeyTemplate *tmpl = palloc0(sizeof(KeyTemplate));
-	size_t		srclen = strlen(source);
-	const char *p = source;
-	int			maxparts = (int) srclen + 1;
-
-	tmpl->source = source;
-	tmpl->parts = palloc0(sizeof(TemplatePart) * maxparts);
-
-	if (srclen == 0 || srclen > RC_MAX_KEY_BYTES)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("redis_cache: invalid key template \"%s\"", source),
-				 errdetail("A template is 1 to %d bytes long.", RC_MAX_KEY_BYTES),
-				 errhint("Write templates like 'tenant:id:{id}' or 'product:variants:{id}:*'.")));
-	redis_validate_key(source, srclen, "key template");
-	tmpl->is_pattern = source[srclen - 1] == '*';
-
-	while (*p)
-	{
-		TemplatePart *part = &tmpl->parts[tmpl->nparts];
-
-		if (*p == '{')
-		{
-			const char *end = strchr(p + 1, '}');
-			const char *nested = strchr(p + 1, '{');
-			char	   *name;
-
-			if (end == NULL || (nested != NULL && nested < end) || end == p + 1)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("redis_cache: invalid key template \"%s\"", source),
-						 errdetail("A placeholder is a column name between { and }."),
-						 errhint("Write templates like 'tenant:subdomain:{subdomain}'.")));
-			name = pnstrdup(p + 1, end - p - 1);
-			part->is_column = true;
-			part->text = name;
-			part->len = (int) (end - p - 1);
-			part->attnum = SPI_fnumber(tupdesc, name);
-			if (part->attnum <= 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_UNDEFINED_COLUMN),
-						 errmsg("redis_cache: column \"%s\" of relation \"%s\" does not exist",
-								name, relname),
-						 errdetail("Key template \"%s\" refers to it.", source),
-						 errhint("Use the name of a column of \"%s\" between { and }.", relname)));
-			{
-				Oid			typoutput;
-				bool		typisvarlena;
-
-				getTypeOutputInfo(TupleDescAttr(tupdesc, part->attnum - 1)->atttypid,
-								  &typoutput, &typisvarlena);
-				fmgr_info(typoutput, &part->output);
-			}
-			p = end + 1;
-		}
-		else if (*p == '}')
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("redis_cache: invalid key template \"%s\"", source),
-					 errdetail("Unbalanced \"}\".")));
-		else
-		{
-			const char *start = p;
-
-			while (*p && *p != '{' && *p != '}')
-				p++;
-			part->is_column = false;
-			part->text = start;
-			part->len = (int) (p - start);
-		}
-		tmpl->nparts++;
-	}
-	return tmpl;
-}
-
-/*
- * Expand a template for one row.  Returns false when a column is NULL (no
- * key).  For pattern templates, literal text and values are glob-escaped and
- * the final '*' kept.  With all_columns_wild (TRUNCATE), every placeholder
- * becomes '*'.
- */
-static bool
-expand_template(const KeyTemplate *tmpl, HeapTuple tuple, TupleDesc tupdesc,
-				bool all_columns_wild, StringInfo out, bool *is_pattern)
-{
-	bool		pattern = tmpl->is_pattern || all_columns_wild;
-	int			i;
-
-	resetStringInfo(out);
-	for (i = 0; i < tmpl->nparts; i++)
-	{
-		const TemplatePart *part = &tmpl->parts[i];
-
-		if (!part->is_column)
-		{
-			if (!pattern)
-				appendBinaryStringInfo(out, part->text, part->len);
-			else if (tmpl->is_pattern && i == tmpl->nparts - 1)
-			{
-				/* the trailing '*' stays a wildcard */
-				redis_append_glob_escaped(out, part->text, part->len - 1);
-				appendStringInfoChar(out, '*');
-			}
-			else
-				redis_append_glob_escaped(out, part->text, part->len);
-		}
-		else if (all_columns_wild)
-			appendStringInfoChar(out, '*');
-		else
-		{
-			bool		isnull;
-			Datum		datum = heap_getattr(tuple, part->attnum, tupdesc, &isnull);
-			char	   *value;
-
-			if (isnull)
-				return false;
-			value = OutputFunctionCall((FmgrInfo *) &part->output, datum);
-			if (pattern)
-				redis_append_glob_escaped(out, value, (int) strlen(value));
-			else
-				appendStringInfoString(out, value);
-			pfree(value);
-		}
-	}
-	*is_pattern = pattern;
-	return true;
-}
-
 /* ---- the queue ----------------------------------------------------------- */
 
-static int
-prefix_index_for_current(void)
+/*
+ * The index under which this transaction queues items for the current
+ * key_prefix.
+ */
+int
+redis_queue_prefix_index(void)
 {
 	const char *prefix = redis_cache_key_prefix ? redis_cache_key_prefix : "";
 	ListCell   *lc;
@@ -347,8 +177,13 @@ queue_any_item(const char *key, int len, bool is_pattern, bool is_generation,
 	MemoryContextSwitchTo(old);
 }
 
-static void
-queue_item(const char *key, int len, bool is_pattern, int prefix_index)
+/*
+ * Queue the delete of key (or, is_pattern, of the keys matching the glob)
+ * under the namespace prefix_index (redis_queue_prefix_index()).
+ */
+void
+redis_queue_invalidation(const char *key, int len, bool is_pattern,
+						 int prefix_index)
 {
 	queue_any_item(key, len, is_pattern, false, prefix_index);
 }
@@ -361,153 +196,8 @@ void
 redis_queue_generation_bump(const char *item, int len)
 {
 	/* generations are not per prefix: note the prefix, queue under 0 */
-	(void) prefix_index_for_current();
+	(void) redis_queue_prefix_index();
 	queue_any_item(item, len, false, true, 0);
-}
-
-static void
-queue_row(KeyTemplate **templates, int ntemplates, HeapTuple tuple,
-		  TupleDesc tupdesc, int prefix_index, StringInfo buf)
-{
-	int			i;
-
-	for (i = 0; i < ntemplates; i++)
-	{
-		bool		is_pattern;
-
-		if (expand_template(templates[i], tuple, tupdesc, false, buf, &is_pattern))
-			queue_item(buf->data, buf->len, is_pattern, prefix_index);
-	}
-}
-
-/*
- * cache_invalidate(): AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW, or
- * AFTER TRUNCATE FOR EACH STATEMENT, with key templates as arguments.
- */
-Datum
-cache_invalidate(PG_FUNCTION_ARGS)
-{
-	TriggerData *trigdata;
-	Trigger    *trigger;
-	TupleDesc	tupdesc;
-	const char *relname;
-	KeyTemplate **templates;
-	int			i;
-	int			prefix_index;
-	StringInfoData buf;
-
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("redis_cache: cache_invalidate() was not called by the trigger manager"),
-				 errhint("Use it in CREATE TRIGGER ... EXECUTE FUNCTION cache_invalidate('key:{column}'), or call cache_watch().")));
-
-	trigdata = (TriggerData *) fcinfo->context;
-	trigger = trigdata->tg_trigger;
-	tupdesc = RelationGetDescr(trigdata->tg_relation);
-	relname = RelationGetRelationName(trigdata->tg_relation);
-
-	if (!TRIGGER_FIRED_AFTER(trigdata->tg_event))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("redis_cache: trigger \"%s\" on \"%s\" must be an AFTER trigger",
-						trigger->tgname, relname),
-				 errhint("Invalidation is queued after the change and sent at commit.")));
-	if (TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event) &&
-		!TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("redis_cache: trigger \"%s\" on \"%s\" must be FOR EACH ROW",
-						trigger->tgname, relname),
-				 errhint("Only TRUNCATE uses a FOR EACH STATEMENT trigger.")));
-
-	/* cached query results that read this table end with this change */
-	redis_query_note_trigger_write(RelationGetRelid(trigdata->tg_relation));
-	if (trigger->tgnargs == 0)
-		return PointerGetDatum(NULL);
-
-	if (template_cache != NULL && template_cache->tgoid == trigger->tgoid &&
-		template_cache->tupdesc == tupdesc)
-		templates = template_cache->templates;
-	else
-	{
-		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
-		TemplateCache *cache = palloc0(sizeof(TemplateCache));
-
-		templates = palloc(sizeof(KeyTemplate *) * trigger->tgnargs);
-		for (i = 0; i < trigger->tgnargs; i++)
-			templates[i] = parse_template(pstrdup(trigger->tgargs[i]), tupdesc, relname);
-		cache->tgoid = trigger->tgoid;
-		cache->tupdesc = tupdesc;
-		cache->ntemplates = trigger->tgnargs;
-		cache->templates = templates;
-		template_cache = cache;
-		MemoryContextSwitchTo(old);
-	}
-
-	prefix_index = prefix_index_for_current();
-	initStringInfo(&buf);
-
-	if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
-	{
-		for (i = 0; i < trigger->tgnargs; i++)
-		{
-			bool		is_pattern;
-
-			expand_template(templates[i], NULL, tupdesc, true, &buf, &is_pattern);
-			queue_item(buf.data, buf.len, is_pattern, prefix_index);
-		}
-	}
-	else
-	{
-		if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ||
-			TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
-			queue_row(templates, trigger->tgnargs, trigdata->tg_trigtuple,
-					  tupdesc, prefix_index, &buf);
-		if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
-			queue_row(templates, trigger->tgnargs, trigdata->tg_newtuple,
-					  tupdesc, prefix_index, &buf);
-		if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
-			queue_row(templates, trigger->tgnargs, trigdata->tg_trigtuple,
-					  tupdesc, prefix_index, &buf);
-	}
-
-	return PointerGetDatum(NULL);
-}
-
-/*
- * cache_check_templates(tbl regclass, templates text[]) RETURNS void:
- * ERROR unless every template is valid for the table (used by cache_watch).
- */
-Datum
-cache_check_templates(PG_FUNCTION_ARGS)
-{
-	Oid			relid = PG_GETARG_OID(0);
-	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(1);
-	Relation	rel;
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-	int			i;
-
-	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
-	if (n == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("redis_cache: at least one key template is required"),
-				 errhint("For example: SELECT cache_watch('tenants', 'tenant:id:{id}');")));
-	rel = relation_open(relid, AccessShareLock);
-	for (i = 0; i < n; i++)
-	{
-		if (nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("redis_cache: key templates must not be NULL")));
-		(void) parse_template(TextDatumGetCString(elems[i]),
-							  RelationGetDescr(rel), RelationGetRelationName(rel));
-	}
-	relation_close(rel, AccessShareLock);
-	PG_RETURN_VOID();
 }
 
 /* ---- transaction callbacks ---------------------------------------------- */
@@ -543,6 +233,9 @@ prepare_commit_work(void)
 	int			i;
 	ListCell   *lc;
 	MemoryContext old;
+	bool	   *has_keys;
+	char	  **known = NULL;
+	int			nknown;
 
 	for (l = pending; l != NULL; l = l->upper)
 		items = list_concat(items, l->items);
@@ -556,24 +249,13 @@ prepare_commit_work(void)
 	commit_work = work;
 	old = MemoryContextSwitchTo(work->context);
 
-	/* room for the namespaces of other sessions, for generations */
-	work->nprefixes = list_length(transaction_prefixes);
-	work->prefixes = palloc(sizeof(char *) * (work->nprefixes + RC_MAX_NAMESPACES));
-	work->namespace_index = palloc(sizeof(int) * (work->nprefixes + RC_MAX_NAMESPACES));
-	i = 0;
-	foreach(lc, transaction_prefixes)
-	{
-		work->prefixes[i] = pstrdup((const char *) lfirst(lc));
-		/* durable registration: may ERROR, which aborts cleanly here */
-		work->namespace_index[i] = redis_register_namespace(work->prefixes[i]);
-		i++;
-	}
-
 	all = palloc(sizeof(PendingItem *) * list_length(items));
 	foreach(lc, items)
 		all[nall++] = (PendingItem *) lfirst(lc);
 	qsort(all, nall, sizeof(PendingItem *), compare_items);
 
+	work->nprefixes = list_length(transaction_prefixes);
+	has_keys = palloc0(sizeof(bool) * work->nprefixes);
 	work->keys = palloc(sizeof(PendingItem *) * nall);
 	work->patterns = palloc(sizeof(PendingItem *) * nall);
 	work->generations = palloc(sizeof(PendingItem *) * nall);
@@ -589,35 +271,55 @@ prepare_commit_work(void)
 		memcpy(copy, item, offsetof(PendingItem, key) + item->len + 1);
 		if (item->is_generation)
 			work->generations[work->ngenerations++] = copy;
-		else if (item->is_pattern)
-			work->patterns[work->npatterns++] = copy;
 		else
-			work->keys[work->nkeys++] = copy;
+		{
+			has_keys[item->prefix_index] = true;
+			if (item->is_pattern)
+				work->patterns[work->npatterns++] = copy;
+			else
+				work->keys[work->nkeys++] = copy;
+		}
 	}
 
 	/*
-	 * Sessions with another key_prefix may have cached results of these
-	 * tables: bump the generations in every namespace the worker knows.
+	 * The namespaces of this transaction, and, for generation bumps, every
+	 * namespace the worker knows: sessions with another key_prefix may have
+	 * cached results of these tables.
 	 */
-	if (work->ngenerations > 0 && redis_cache_shared != NULL)
+	nknown = work->ngenerations > 0 ? redis_worker_namespaces(&known) : 0;
+	work->prefixes = palloc(sizeof(char *) * (work->nprefixes + nknown));
+	work->namespace_index = palloc(sizeof(int) * (work->nprefixes + nknown));
+	i = 0;
+	foreach(lc, transaction_prefixes)
 	{
-		LWLockAcquire(redis_cache_shared->lock, LW_SHARED);
-		for (i = 0; i < redis_cache_shared->nnamespaces; i++)
-		{
-			const char *ns = redis_cache_shared->namespaces[i].prefix;
-			int			j;
+		work->prefixes[i] = pstrdup((const char *) lfirst(lc));
 
-			for (j = 0; j < work->nprefixes; j++)
-				if (strcmp(work->prefixes[j], ns) == 0)
-					break;
-			if (j == work->nprefixes)
-			{
-				work->prefixes[work->nprefixes] = pstrdup(ns);
-				work->namespace_index[work->nprefixes] = i;
-				work->nprefixes++;
-			}
+		/*
+		 * A namespace that gets keys deleted is registered, durably (may
+		 * ERROR, which aborts cleanly here).  One with generation bumps only
+		 * is not: if it holds cached results, their fill registered it.
+		 */
+		if (has_keys[i])
+			work->namespace_index[i] = redis_register_namespace(work->prefixes[i]);
+		else
+			work->namespace_index[i] = redis_find_namespace(work->prefixes[i]);
+		i++;
+	}
+	for (i = 0; i < nknown; i++)
+	{
+		int			j;
+
+		if (known[i] == NULL)
+			continue;
+		for (j = 0; j < work->nprefixes; j++)
+			if (strcmp(work->prefixes[j], known[i]) == 0)
+				break;
+		if (j == work->nprefixes)
+		{
+			work->prefixes[work->nprefixes] = known[i];
+			work->namespace_index[work->nprefixes] = i;
+			work->nprefixes++;
 		}
-		LWLockRelease(redis_cache_shared->lock);
 	}
 
 	/* UNLINK prefix||key, RC_KEYS_PER_COMMAND keys per command */
@@ -672,7 +374,7 @@ prepare_commit_work(void)
 				cmd->argv = palloc(sizeof(char *) * (n + 4));
 				cmd->argvlen = palloc(sizeof(size_t) * (n + 4));
 				cmd->argv[0] = "EVAL";
-				cmd->argv[1] = redis_query_invalidate_script;
+				cmd->argv[1] = redis_script_body(RC_SCRIPT_QUERY_INVALIDATE);
 				cmd->argv[2] = "0";
 				cmd->argv[3] = psprintf("%squery:", work->prefixes[p]);
 				for (j = 0; j < 4; j++)
@@ -692,11 +394,8 @@ prepare_commit_work(void)
 
 	MemoryContextSwitchTo(old);
 
-	if (redis_cache_shared)
-	{
-		pg_atomic_fetch_add_u32(&redis_cache_shared->in_flight, 1);
-		work->counted_in_flight = true;
-	}
+	redis_worker_commit_begin();
+	work->counted_in_flight = true;
 }
 
 static void
@@ -773,8 +472,7 @@ send_commit_work(void)
 
 	if (work == NULL)
 		return;
-	have_worker = redis_cache_shared != NULL &&
-		redis_cache_shared->worker_latch != NULL;
+	have_worker = redis_worker_running();
 
 	old = MemoryContextSwitchTo(work->context);
 	PG_TRY();
@@ -822,9 +520,9 @@ send_commit_work(void)
 					break;
 				}
 			}
-			if (have_worker && redis_cache_redelete_delay_ms > 0)
+			if (have_worker && redelete_delay_ms > 0)
 			{
-				TimestampTz due = TimestampTzPlusMilliseconds(now, redis_cache_redelete_delay_ms);
+				TimestampTz due = TimestampTzPlusMilliseconds(now, redelete_delay_ms);
 
 				for (i = 0; i < work->nkeys; i++)
 				{
@@ -858,7 +556,7 @@ release_commit_work(void)
 	if (work == NULL)
 		return;
 	if (work->counted_in_flight)
-		pg_atomic_fetch_sub_u32(&redis_cache_shared->in_flight, 1);
+		redis_worker_commit_end();
 	MemoryContextDelete(work->context);
 	pfree(work);
 }
@@ -909,7 +607,6 @@ invalidation_xact_callback(XactEvent event, void *arg)
 			release_commit_work();
 			pending = NULL;
 			transaction_prefixes = NIL;
-			template_cache = NULL;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
@@ -917,7 +614,6 @@ invalidation_xact_callback(XactEvent event, void *arg)
 			release_commit_work();
 			pending = NULL;
 			transaction_prefixes = NIL;
-			template_cache = NULL;
 			break;
 	}
 }
@@ -962,6 +658,15 @@ redis_invalidation_init(void)
 	RegisterXactCallback(invalidation_xact_callback, NULL);
 	RegisterSubXactCallback(invalidation_subxact_callback, NULL);
 	callbacks_registered = true;
+
+	DefineCustomIntVariable("redis_cache.redelete_delay_ms",
+							gettext_noop("Sets the delay of a second delete of invalidated keys after commit; 0 disables it."),
+							gettext_noop("Covers applications that fill the cache from a read that began before the commit. Needs shared_preload_libraries."),
+							&redelete_delay_ms,
+							0, 0, 3600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("redis_cache.debug_pre_commit_lock",
 							"Test hook: advisory lock key a commit waits for between PRE_COMMIT and COMMIT.",

@@ -1,7 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * keys.c
- *		  Validation of keys, TTLs and patterns, and key_prefix handling.
+ *		  Key names: validation of keys, TTLs and patterns, key_prefix
+ *		  handling, the cache version's bookkeeping keys and the keys of
+ *		  cached query results.
  *
  * Keys are what the application's own Redis client uses too, so they are
  * stored exactly as given, behind redis_cache.key_prefix.  We refuse what
@@ -12,7 +14,14 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
+#include "common/cryptohash.h"
+#include "common/sha1.h"
+#include "common/sha2.h"
+#include "miscadmin.h"
+#include "port/pg_bswap.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 
 #include "redis_cache.h"
 
@@ -105,4 +114,160 @@ redis_check_ttl(int ttl_seconds)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("redis_cache: ttl_seconds must be positive, got %d", ttl_seconds),
 				 errhint("Pass NULL to use redis_cache.default_ttl, or call cache_delete() to remove a key.")));
+}
+
+/* ---- the cache version's bookkeeping keys (version.c) ---------------------- */
+
+/* In RedisControlKey order. */
+static const char *const control_suffixes[RC_NUM_CONTROL_KEYS] = {
+	"cache:version", "cache:versions", "cache:run_id", "cache:flush",
+	"cache:flushed"
+};
+
+/*
+ * The full name (prefix included) of bookkeeping key number which of the
+ * namespace prefix.
+ */
+char *
+redis_control_key(const char *prefix, int which)
+{
+	Assert(which >= 0 && which < RC_NUM_CONTROL_KEYS);
+	return psprintf("%s%s", prefix, control_suffixes[which]);
+}
+
+/*
+ * True for the bookkeeping keys of the namespace "prefix", which flushes
+ * and cache_delete_pattern() leave alone.
+ */
+bool
+redis_is_control_key(const char *key, size_t len, const char *prefix,
+					 size_t prefixlen)
+{
+	int			i;
+
+	if (len < prefixlen || memcmp(key, prefix, prefixlen) != 0)
+		return false;
+	for (i = 0; i < RC_NUM_CONTROL_KEYS; i++)
+	{
+		size_t		slen = strlen(control_suffixes[i]);
+
+		if (len - prefixlen == slen &&
+			memcmp(key + prefixlen, control_suffixes[i], slen) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* ---- hashes in key names and script ids ------------------------------------ */
+
+/*
+ * The digest of data in lower-case hex into out (2 * digest length + 1
+ * bytes).  type is PG_SHA256 (result keys) or PG_SHA1 (script ids).
+ */
+void
+redis_hash_hex(pg_cryptohash_type type, const void *data, size_t len, char *out)
+{
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(type);
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	size_t		digestlen = type == PG_SHA1 ? SHA1_DIGEST_LENGTH : PG_SHA256_DIGEST_LENGTH;
+
+	Assert(type == PG_SHA1 || type == PG_SHA256);
+	if (ctx == NULL ||
+		pg_cryptohash_init(ctx) < 0 ||
+		pg_cryptohash_update(ctx, data, len) < 0 ||
+		pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+	{
+		const char *why = ctx ? pg_cryptohash_error(ctx) : "out of memory";
+
+		pg_cryptohash_free(ctx);
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("redis_cache: could not compute a hash: %s", why)));
+	}
+	pg_cryptohash_free(ctx);
+	out[hex_encode((const char *) digest, (unsigned) digestlen, out)] = '\0';
+}
+
+/* ---- cached query results ------------------------------------------------- */
+
+static void
+hash_append(StringInfo buf, const char *data, int len)
+{
+	uint32		be = pg_hton32((uint32) len);
+
+	appendBinaryStringInfo(buf, (const char *) &be, sizeof(be));
+	appendBinaryStringInfo(buf, data, len);
+}
+
+static void
+hash_append_setting(StringInfo buf, const char *name)
+{
+	const char *value = GetConfigOption(name, true, false);
+
+	hash_append(buf, value ? value : "", value ? strlen(value) : 0);
+}
+
+/*
+ * The key of a cached query result: base||"<db oid>:<role oid>:<sha256>".
+ * The role is part of the key itself, so one role can never be served
+ * another role's result, whatever the hash.  The SHA-256 covers the format
+ * ("rows" or "json"), the resolved search_path (a temporary schema with
+ * this session's identity), the settings that change how values print, the
+ * query text and the parameters.
+ */
+char *
+redis_query_entry_key(const char *base, const char *format, const char *query,
+					  int nparams, const Datum *param_values,
+					  const bool *param_nulls)
+{
+	StringInfoData input;
+	char		hex[PG_SHA256_DIGEST_LENGTH * 2 + 1];
+	static const char *const settings[] = {
+		"TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits",
+		"bytea_output", "standard_conforming_strings", "lc_monetary",
+		"lc_numeric", "lc_time", "default_text_search_config",
+		"timezone_abbreviations", "array_nulls"
+	};
+	List	   *path = fetch_search_path(true);
+	ListCell   *lc;
+	int			i;
+
+	initStringInfo(&input);
+	hash_append(&input, format, strlen(format));
+	foreach(lc, path)
+	{
+		Oid			nsp = lfirst_oid(lc);
+
+		appendBinaryStringInfo(&input, (const char *) &nsp, sizeof(nsp));
+
+		/*
+		 * This session's temporary schema: pg_temp_N is reused by later
+		 * sessions, whose temporary tables may shadow other ones.  Such
+		 * keys are this session's own.
+		 */
+		if (isTempNamespace(nsp))
+		{
+			appendBinaryStringInfo(&input, (const char *) &MyProcPid, sizeof(MyProcPid));
+			appendBinaryStringInfo(&input, (const char *) &MyStartTime, sizeof(MyStartTime));
+		}
+	}
+	list_free(path);
+	appendStringInfoChar(&input, '\0');
+	for (i = 0; i < lengthof(settings); i++)
+		hash_append_setting(&input, settings[i]);
+	hash_append(&input, query, strlen(query));
+	for (i = 0; i < nparams; i++)
+	{
+		if (param_nulls[i])
+			appendStringInfoString(&input, "\xff\xff\xff\xff");
+		else
+		{
+			text	   *t = DatumGetTextPP(param_values[i]);
+
+			hash_append(&input, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+		}
+	}
+	redis_hash_hex(PG_SHA256, input.data, input.len, hex);
+	pfree(input.data);
+	return psprintf("%s%u:%u:%s", base, MyDatabaseId, GetUserId(), hex);
 }

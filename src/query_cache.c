@@ -60,6 +60,7 @@
 #include "parser/analyze.h"
 #include "parser/parser.h"
 #include "pgstat.h"
+#include "storage/latch.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -79,117 +80,6 @@ PG_FUNCTION_INFO_V1(cache_query);
 PG_FUNCTION_INFO_V1(cache_query_json);
 PG_FUNCTION_INFO_V1(cache_query_invalidate);
 PG_FUNCTION_INFO_V1(cache_query_key);
-
-/*
- * Hit: KEYS entry, lock; ARGV base, mode (take|peek|none), token, lock ms.
- * Returns {1, meta, data} for a current entry, {2, f} lock taken, {3, f}
- * locked by another session, {0, f} plain miss.  A stale entry is deleted,
- * and so is a value that is not a hash (f = 1: the caller warns).
- */
-static const char *lookup_script =
-"local f = 0 "
-"local t = redis.call('TYPE', KEYS[1]).ok "
-"if t ~= 'none' and t ~= 'hash' then redis.call('UNLINK', KEYS[1]) f = 1 t = 'none' end "
-"local e = {} "
-"if t == 'hash' then e = redis.call('HMGET', KEYS[1], 'meta', 'deps', 'data') end "
-"if e[1] and e[3] then "
-"  local n = 0 "
-"  local current = true "
-"  for item, gen in string.gmatch(e[2] or '', '([^=,]+)=([^,]+)') do "
-"    n = n + 1 "
-"    if redis.call('GET', ARGV[1] .. 'gen:' .. item) ~= gen then current = false break end "
-"  end "
-"  if current and n > 0 then return {1, e[1], e[3]} end "
-"  redis.call('UNLINK', KEYS[1]) "
-"end "
-"if ARGV[2] == 'take' then "
-"  if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then return {2, f} end "
-"  return {3, f} "
-"elseif ARGV[2] == 'peek' and redis.call('EXISTS', KEYS[2]) == 1 then "
-"  return {3, f} "
-"end "
-"return {0, f}";
-
-/*
- * Generations: ARGV base, items.  A table never seen gets a time-based
- * value, so that a generation lost to eviction never comes back equal.
- */
-static const char *generations_script =
-"local t = redis.call('TIME') "
-"local fresh = t[1] .. string.format('%06d', tonumber(t[2])) .. '000' "
-"local r = {} "
-"for i = 2, #ARGV do "
-"  local k = ARGV[1] .. 'gen:' .. ARGV[i] "
-"  local g = redis.call('GET', k) "
-"  if not g then redis.call('SET', k, fresh) g = fresh end "
-"  r[#r + 1] = g "
-"end "
-"return r";
-
-/*
- * Store: KEYS entry, lock; ARGV base, token, ttl, meta, data, deps.
- * Stores only if every generation is unchanged; releases our lock.
- */
-static const char *store_script =
-"local stored = 0 "
-"local current = true "
-"for item, gen in string.gmatch(ARGV[6], '([^=,]+)=([^,]+)') do "
-"  if redis.call('GET', ARGV[1] .. 'gen:' .. item) ~= gen then current = false break end "
-"end "
-"if current then "
-"  local ttl = tonumber(ARGV[3]) "
-"  redis.call('UNLINK', KEYS[1]) "
-"  redis.call('HSET', KEYS[1], 'meta', ARGV[4], 'deps', ARGV[6], 'data', ARGV[5]) "
-"  redis.call('EXPIRE', KEYS[1], ttl) "
-"  for item in string.gmatch(ARGV[6], '([^=,]+)=') do "
-"    if item ~= 'ddl' then "
-"      local s = ARGV[1] .. 'deps:' .. item "
-"      redis.call('SADD', s, KEYS[1]) "
-"      if redis.call('TTL', s) < ttl then redis.call('EXPIRE', s, ttl) end "
-"    end "
-"  end "
-"  stored = 1 "
-"end "
-"if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end "
-"return stored";
-
-/* Unlock: KEYS lock; ARGV token. */
-static const char *unlock_script =
-"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
-"return 0";
-
-/*
- * Invalidate: ARGV base, generation items.  Bumps each generation, deletes
- * the results recorded as reading it; returns how many were deleted.
- * A generation that does not exist is left alone: no stored result can
- * match it (the generations script creates it before any fill reads it).
- * Also sent at commit by invalidation.c.
- */
-const char *redis_query_invalidate_script =
-"local n = 0 "
-"for i = 2, #ARGV do "
-"  local g = ARGV[1] .. 'gen:' .. ARGV[i] "
-"  if redis.call('EXISTS', g) == 1 then redis.call('INCR', g) end "
-"  local s = ARGV[1] .. 'deps:' .. ARGV[i] "
-"  local m = redis.call('SMEMBERS', s) "
-"  for j = 1, #m, 1000 do "
-"    n = n + redis.call('UNLINK', unpack(m, j, math.min(j + 999, #m))) "
-"  end "
-"  redis.call('UNLINK', s) "
-"end "
-"return n";
-
-/* A script with its SHA-1, for EVALSHA. */
-typedef struct QueryScript
-{
-	const char *const *body;
-	char		sha1[SHA1_DIGEST_LENGTH * 2 + 1];
-} QueryScript;
-
-static QueryScript lookup_sha = {&lookup_script};
-static QueryScript generations_sha = {&generations_script};
-static QueryScript store_sha = {&store_script};
-static QueryScript unlock_sha = {&unlock_script};
 
 typedef enum LookupOutcome
 {
@@ -227,83 +117,10 @@ typedef struct PreparedQuery
 
 static TimestampTz last_decode_warning = 0;
 
+/* redis_cache.query_lock_timeout_ms */
+static int	query_lock_timeout_ms = 5000;
+
 static void warn_undecodable(QueryCall *call, const char *why);
-
-/* ---- Redis scripts -------------------------------------------------------- */
-
-/* bytes as lower-case hex into out (2n + 1 bytes), NUL-terminated */
-static void
-hex_encode_bytes(const uint8 *bytes, int n, char *out)
-{
-	out[hex_encode((const char *) bytes, n, out)] = '\0';
-}
-
-static void
-digest(pg_cryptohash_type type, const void *data, size_t len, uint8 *out,
-	   size_t outlen)
-{
-	pg_cryptohash_ctx *ctx = pg_cryptohash_create(type);
-
-	if (ctx == NULL ||
-		pg_cryptohash_init(ctx) < 0 ||
-		pg_cryptohash_update(ctx, data, len) < 0 ||
-		pg_cryptohash_final(ctx, out, outlen) < 0)
-	{
-		const char *why = ctx ? pg_cryptohash_error(ctx) : "out of memory";
-
-		pg_cryptohash_free(ctx);
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("redis_cache: could not compute a hash: %s", why)));
-	}
-	pg_cryptohash_free(ctx);
-}
-
-/*
- * Run a script by its SHA-1, loading it with EVAL when Redis does not know
- * it (first use, or after a restart or SCRIPT FLUSH).  args are the
- * arguments after the key count.  Returns NULL on a fault (reported).
- */
-static RedisReply *
-run_script(QueryScript *script, int nkeys, int nargs, const char **args,
-		   size_t *lens, int flags)
-{
-	const char **argv = palloc(sizeof(char *) * (nargs + 3));
-	size_t	   *argvlen = palloc(sizeof(size_t) * (nargs + 3));
-	char		nkeys_str[12];
-	RedisReply *reply;
-
-	if (script->sha1[0] == '\0')
-	{
-		uint8		sha[SHA1_DIGEST_LENGTH];
-
-		digest(PG_SHA1, *script->body, strlen(*script->body), sha, sizeof(sha));
-		hex_encode_bytes(sha, SHA1_DIGEST_LENGTH, script->sha1);
-	}
-	snprintf(nkeys_str, sizeof(nkeys_str), "%d", nkeys);
-	argv[0] = "EVALSHA";
-	argvlen[0] = 7;
-	argv[1] = script->sha1;
-	argvlen[1] = SHA1_DIGEST_LENGTH * 2;
-	argv[2] = nkeys_str;
-	argvlen[2] = strlen(nkeys_str);
-	memcpy(argv + 3, args, sizeof(char *) * nargs);
-	memcpy(argvlen + 3, lens, sizeof(size_t) * nargs);
-
-	reply = redis_command(flags, nargs + 3, argv, argvlen);
-	if (reply != NULL && reply->type == RC_REPLY_ERROR &&
-		reply->str != NULL && strncmp(reply->str, "NOSCRIPT", 8) == 0)
-	{
-		argv[0] = "EVAL";
-		argvlen[0] = 4;
-		argv[1] = *script->body;
-		argvlen[1] = strlen(*script->body);
-		reply = redis_command(flags, nargs + 3, argv, argvlen);
-	}
-	pfree(argv);
-	pfree(argvlen);
-	return reply;
-}
 
 /* A script's reply was a Redis error: report it, treat as a fault. */
 static bool
@@ -321,88 +138,23 @@ script_failed(RedisReply *reply, const char *what)
 
 /* ---- keys ------------------------------------------------------------------ */
 
-static void
-hash_append(StringInfo buf, const char *data, int len)
-{
-	uint32		be = pg_hton32((uint32) len);
-
-	appendBinaryStringInfo(buf, (const char *) &be, sizeof(be));
-	appendBinaryStringInfo(buf, data, len);
-}
-
-static void
-hash_append_setting(StringInfo buf, const char *name)
-{
-	const char *value = GetConfigOption(name, true, false);
-
-	hash_append(buf, value ? value : "", value ? strlen(value) : 0);
-}
-
 /*
- * Compute base, entry and lock keys of the call for the current role,
- * database, search_path and settings.
+ * Compute base, entry and lock keys of the call (keys.c hashes everything
+ * the result depends on).
  */
 static void
 make_keys(QueryCall *call)
 {
-	StringInfoData input;
-	uint8		sha[PG_SHA256_DIGEST_LENGTH];
-	char		hex[PG_SHA256_DIGEST_LENGTH * 2 + 1];
-	static const char *const settings[] = {
-		"TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits",
-		"bytea_output", "standard_conforming_strings", "lc_monetary",
-		"lc_numeric", "lc_time", "default_text_search_config",
-		"timezone_abbreviations", "array_nulls"
-	};
-	List	   *path = fetch_search_path(true);
-	ListCell   *lc;
-	int			i;
-
-	initStringInfo(&input);
-	hash_append(&input, call->kind == RCQ_KIND_JSON ? "json" : "rows", 4);
-	foreach(lc, path)
-	{
-		Oid			nsp = lfirst_oid(lc);
-
-		appendBinaryStringInfo(&input, (const char *) &nsp, sizeof(nsp));
-
-		/*
-		 * This session's temporary schema: pg_temp_N is reused by later
-		 * sessions, whose temporary tables may shadow other ones.  Such
-		 * keys are this session's own.
-		 */
-		if (isTempNamespace(nsp))
-		{
-			appendBinaryStringInfo(&input, (const char *) &MyProcPid, sizeof(MyProcPid));
-			appendBinaryStringInfo(&input, (const char *) &MyStartTime, sizeof(MyStartTime));
-		}
-	}
-	list_free(path);
-	appendStringInfoChar(&input, '\0');
-	for (i = 0; i < lengthof(settings); i++)
-		hash_append_setting(&input, settings[i]);
-	hash_append(&input, call->query, strlen(call->query));
-	for (i = 0; i < call->nparams; i++)
-	{
-		if (call->param_nulls[i])
-			appendStringInfoString(&input, "\xff\xff\xff\xff");
-		else
-		{
-			text	   *t = DatumGetTextPP(call->param_values[i]);
-
-			hash_append(&input, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
-		}
-	}
-	digest(PG_SHA256, input.data, input.len, sha, sizeof(sha));
-	hex_encode_bytes(sha, PG_SHA256_DIGEST_LENGTH, hex);
-	pfree(input.data);
-
 	initStringInfo(&call->base);
 	appendStringInfo(&call->base, "%squery:",
 					 redis_cache_key_prefix ? redis_cache_key_prefix : "");
 	initStringInfo(&call->entry_key);
-	appendStringInfo(&call->entry_key, "%s%u:%u:%s",
-					 call->base.data, MyDatabaseId, GetUserId(), hex);
+	appendStringInfoString(&call->entry_key,
+						   redis_query_entry_key(call->base.data,
+												 call->kind == RCQ_KIND_JSON ? "json" : "rows",
+												 call->query, call->nparams,
+												 call->param_values,
+												 call->param_nulls));
 	initStringInfo(&call->lock_key);
 	appendStringInfo(&call->lock_key, "%s:lock", call->entry_key.data);
 }
@@ -616,11 +368,12 @@ static LookupOutcome
 lookup(QueryCall *call, const char *mode, RedisReply **hit)
 {
 	char		lock_ms[16];
-	const char *args[6];
-	size_t		lens[6];
+	const char *args[7];
+	size_t		lens[7];
 	RedisReply *reply;
+	char	   *database_ddl = redis_query_database_ddl_item();
 
-	snprintf(lock_ms, sizeof(lock_ms), "%d", Max(redis_cache_query_lock_timeout_ms, 1));
+	snprintf(lock_ms, sizeof(lock_ms), "%d", Max(query_lock_timeout_ms, 1));
 	set_key_arguments(call, args, lens);
 	args[3] = mode;
 	lens[3] = strlen(mode);
@@ -628,8 +381,10 @@ lookup(QueryCall *call, const char *mode, RedisReply **hit)
 	lens[4] = strlen(call->token);
 	args[5] = lock_ms;
 	lens[5] = strlen(lock_ms);
+	args[6] = database_ddl;
+	lens[6] = strlen(database_ddl);
 
-	reply = run_script(&lookup_sha, 2, 6, args, lens, 0);
+	reply = redis_run_script(RC_SCRIPT_QUERY_LOOKUP, 2, 7, args, lens, 0);
 	if (script_failed(reply, "a cached query lookup"))
 		return LOOKUP_FAULT;
 	if (reply->type != RC_REPLY_ARRAY || reply->elements < 1 ||
@@ -666,7 +421,7 @@ release_lock(QueryCall *call)
 	if (!call->holds_lock)
 		return;
 	call->holds_lock = false;
-	(void) run_script(&unlock_sha, 1, 2, args, lens,
+	(void) redis_run_script(RC_SCRIPT_QUERY_UNLOCK, 1, 2, args, lens,
 					  RC_EXEC_NO_ERROR | RC_EXEC_FAST_CONNECT);
 }
 
@@ -684,300 +439,6 @@ warn_undecodable(QueryCall *call, const char *why)
 }
 
 /* ---- rows: encode and decode -------------------------------------------------- */
-
-/*
- * Types stored in their binary send format: parsing them is the bulk of a
- * hit's decoding otherwise.  Only types whose receive function validates
- * its input and does not convert from client_encoding (text-like types
- * do) qualify.
- */
-static bool
-use_binary_encoding(Oid type)
-{
-	switch (type)
-	{
-		case BOOLOID:
-		case INT2OID:
-		case INT4OID:
-		case INT8OID:
-		case OIDOID:
-		case FLOAT4OID:
-		case FLOAT8OID:
-		case NUMERICOID:
-		case DATEOID:
-		case TIMEOID:
-		case TIMESTAMPOID:
-		case TIMESTAMPTZOID:
-		case INTERVALOID:
-		case UUIDOID:
-			return true;
-		default:
-			return false;
-	}
-}
-
-/*
- * Encode SPI's result as rows data; false when it exceeds max_value_bytes.
- */
-static bool
-encode_rows(SPITupleTable *table, uint64 nrows, StringInfo out)
-{
-	TupleDesc	desc = table->tupdesc;
-	FmgrInfo   *output = palloc(sizeof(FmgrInfo) * desc->natts);
-	bool	   *binary = palloc(sizeof(bool) * desc->natts);
-	unsigned char word[4];
-	MemoryContext row_context;
-	MemoryContext old;
-	uint64		r;
-	int			c;
-
-	if (nrows > PG_UINT32_MAX)
-		return false;
-	rcq_put_u32(word, (uint32) desc->natts);
-	appendBinaryStringInfo(out, (char *) word, 4);
-	for (c = 0; c < desc->natts; c++)
-	{
-		Oid			type = TupleDescAttr(desc, c)->atttypid;
-		Oid			typoutput;
-		bool		varlena;
-
-		binary[c] = use_binary_encoding(type);
-		if (binary[c])
-			getTypeBinaryOutputInfo(type, &typoutput, &varlena);
-		else
-			getTypeOutputInfo(type, &typoutput, &varlena);
-		fmgr_info(typoutput, &output[c]);
-		rcq_put_u32(word, type);
-		appendBinaryStringInfo(out, (char *) word, 4);
-		rcq_put_u32(word, binary[c] ? RCQ_ENCODING_BINARY : RCQ_ENCODING_TEXT);
-		appendBinaryStringInfo(out, (char *) word, 4);
-	}
-	rcq_put_u32(word, (uint32) nrows);
-	appendBinaryStringInfo(out, (char *) word, 4);
-
-	row_context = AllocSetContextCreate(CurrentMemoryContext, "redis_cache encode",
-										ALLOCSET_SMALL_SIZES);
-	for (r = 0; r < nrows; r++)
-	{
-		HeapTuple	tuple = table->vals[r];
-
-		old = MemoryContextSwitchTo(row_context);
-		for (c = 0; c < desc->natts; c++)
-		{
-			bool		isnull;
-			Datum		value = heap_getattr(tuple, c + 1, desc, &isnull);
-			char	   *str;
-			size_t		len;
-
-			if (isnull)
-			{
-				rcq_put_u32(word, RCQ_NULL_LENGTH);
-				appendBinaryStringInfo(out, (char *) word, 4);
-				continue;
-			}
-			if (binary[c])
-			{
-				bytea	   *bytes = SendFunctionCall(&output[c], value);
-
-				str = VARDATA(bytes);
-				len = VARSIZE(bytes) - VARHDRSZ;
-			}
-			else
-			{
-				str = OutputFunctionCall(&output[c], value);
-				len = strlen(str);
-			}
-			rcq_put_u32(word, (uint32) len);
-			appendBinaryStringInfo(out, (char *) word, 4);
-			appendBinaryStringInfo(out, str, len);
-		}
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(row_context);
-		if (out->len > redis_cache_max_value_bytes)
-		{
-			MemoryContextDelete(row_context);
-			return false;
-		}
-	}
-	MemoryContextDelete(row_context);
-	return true;
-}
-
-/*
- * Decode a hit into the tuplestore.  Returns NULL on success, else why the
- * entry cannot be used (nothing was added then).  A result of another shape
- * than the column definition list (the list changed) is reported as
- * "shape", not as damage.
- */
-static const char *
-decode_rows(QueryCall *call, const char *data, size_t len,
-			Tuplestorestate *store)
-{
-	TupleDesc	desc = call->expected;
-	RcqRows		rows;
-	RcqStatus	status = rcq_rows_open(data, len, &rows);
-	FmgrInfo   *input;
-	bool	   *binary;
-	Oid		   *ioparams;
-	Datum	   *values;
-	bool	   *nulls;
-	const unsigned char *pos;
-	StringInfoData cell;
-	MemoryContext row_context;
-	MemoryContext old;
-	uint32		r;
-	uint32		c;
-
-	if (status != RCQ_OK)
-		return rcq_status_message(status);
-	if (rows.ncolumns != (uint32) desc->natts)
-		return "shape";
-	binary = palloc(sizeof(bool) * desc->natts);
-	for (c = 0; c < rows.ncolumns; c++)
-	{
-		Oid			type = TupleDescAttr(desc, c)->atttypid;
-
-		if (rcq_column_type(&rows, c) != type)
-			return "shape";
-		binary[c] = rcq_column_encoding(&rows, c) == RCQ_ENCODING_BINARY;
-		if (binary[c] != use_binary_encoding(type))
-			return "a column is not in the encoding its type uses";
-	}
-
-	/* text must be valid before any input function sees it */
-	pos = rows.cells;
-	for (r = 0; r < rows.nrows; r++)
-	{
-		for (c = 0; c < rows.ncolumns; c++)
-		{
-			const char *value;
-			uint32		vlen;
-
-			if (!rcq_next_cell(&pos, &value, &vlen) && !binary[c] &&
-				!pg_verifymbstr(value, (int) vlen, true))
-				return "a value is not valid text in the database encoding";
-		}
-	}
-
-	input = palloc(sizeof(FmgrInfo) * desc->natts);
-	ioparams = palloc(sizeof(Oid) * desc->natts);
-	values = palloc(sizeof(Datum) * desc->natts);
-	nulls = palloc(sizeof(bool) * desc->natts);
-	for (c = 0; c < rows.ncolumns; c++)
-	{
-		Oid			typinput;
-
-		if (binary[c])
-			getTypeBinaryInputInfo(TupleDescAttr(desc, c)->atttypid, &typinput, &ioparams[c]);
-		else
-			getTypeInputInfo(TupleDescAttr(desc, c)->atttypid, &typinput, &ioparams[c]);
-		fmgr_info(typinput, &input[c]);
-	}
-
-	initStringInfo(&cell);
-	row_context = AllocSetContextCreate(CurrentMemoryContext, "redis_cache decode",
-										ALLOCSET_SMALL_SIZES);
-	pos = rows.cells;
-	for (r = 0; r < rows.nrows; r++)
-	{
-		old = MemoryContextSwitchTo(row_context);
-		for (c = 0; c < rows.ncolumns; c++)
-		{
-			const char *value;
-			uint32		vlen;
-
-			nulls[c] = rcq_next_cell(&pos, &value, &vlen) != 0;
-			if (nulls[c])
-			{
-				values[c] = binary[c] ?
-					ReceiveFunctionCall(&input[c], NULL, ioparams[c], -1) :
-					InputFunctionCall(&input[c], NULL, ioparams[c], -1);
-				continue;
-			}
-			resetStringInfo(&cell);
-			appendBinaryStringInfo(&cell, value, (int) vlen);
-			if (!binary[c])
-			{
-				values[c] = InputFunctionCall(&input[c], cell.data, ioparams[c], -1);
-				continue;
-			}
-			/* as exec_bind_message() does: every byte must be consumed */
-			values[c] = ReceiveFunctionCall(&input[c], &cell, ioparams[c], -1);
-			if (cell.cursor != cell.len)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATA_CORRUPTED),
-						 errmsg("redis_cache: cached query result \"%s\" has a malformed binary value in column %u",
-								call->entry_key.data, c + 1)));
-		}
-		tuplestore_putvalues(store, desc, values, nulls);
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(row_context);
-	}
-	MemoryContextDelete(row_context);
-	pfree(cell.data);
-	return NULL;
-}
-
-/* ---- JSON: encode and decode ----------------------------------------------- */
-
-static void
-encode_json(SPITupleTable *table, uint64 nrows, StringInfo out)
-{
-	TupleDesc	desc = table->tupdesc;
-	MemoryContext row_context;
-	MemoryContext old;
-	uint64		r;
-
-	BlessTupleDesc(desc);
-	appendStringInfoChar(out, '[');
-	row_context = AllocSetContextCreate(CurrentMemoryContext, "redis_cache json",
-										ALLOCSET_SMALL_SIZES);
-	for (r = 0; r < nrows; r++)
-	{
-		text	   *row;
-
-		old = MemoryContextSwitchTo(row_context);
-		row = DatumGetTextPP(DirectFunctionCall1(row_to_json,
-												 heap_copy_tuple_as_datum(table->vals[r], desc)));
-		MemoryContextSwitchTo(old);
-		if (r > 0)
-			appendStringInfoChar(out, ',');
-		appendBinaryStringInfo(out, VARDATA_ANY(row), VARSIZE_ANY_EXHDR(row));
-		MemoryContextReset(row_context);
-	}
-	MemoryContextDelete(row_context);
-	appendStringInfoChar(out, ']');
-}
-
-/*
- * JSON text from Redis to jsonb: NULL when it is not valid (why in *why).
- * pg_parse_json reports errors instead of raising them.
- */
-static Datum
-decode_json(const char *data, size_t len, const char **why)
-{
-	JsonLexContext *lex;
-
-	if (len == 0 || data[0] != '[')
-	{
-		*why = "not a JSON array";
-		return (Datum) 0;
-	}
-	if (!pg_verifymbstr(data, (int) len, true))
-	{
-		*why = "not valid text in the database encoding";
-		return (Datum) 0;
-	}
-	lex = makeJsonLexContextCstringLen((char *) data, (int) len,
-									   GetDatabaseEncoding(), true);
-	if (pg_parse_json(lex, &nullSemAction) != JSON_SUCCESS)
-	{
-		*why = "not valid JSON";
-		return (Datum) 0;
-	}
-	*why = NULL;
-	return DirectFunctionCall1(jsonb_in, CStringGetDatum(data));
-}
 
 /* ---- the call -------------------------------------------------------------- */
 
@@ -1008,9 +469,9 @@ use_hit(QueryCall *call, RedisReply *reply, Tuplestorestate *store,
 	else if (kind != call->kind)
 		why = "a result of the other kind";
 	else if (kind == RCQ_KIND_JSON)
-		*result = decode_json(data->str, data->len, &why);
+		*result = redis_json_decode(data->str, data->len, &why);
 	else
-		why = decode_rows(call, data->str, data->len, store);
+		why = redis_rows_decode(call->expected, call->entry_key.data, data->str, data->len, store);
 
 	if (why == NULL)
 		return true;
@@ -1028,7 +489,7 @@ static LookupOutcome
 wait_for_result(QueryCall *call, RedisReply **hit)
 {
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													   redis_cache_query_lock_timeout_ms);
+													   query_lock_timeout_ms);
 	long		delay = 2;
 
 	for (;;)
@@ -1057,7 +518,7 @@ wait_for_result(QueryCall *call, RedisReply **hit)
 static char *
 read_generations(QueryCall *call, const QueryDependencies *deps)
 {
-	int			nitems = deps->nrelids + 1;
+	int			nitems = deps->nrelids + 2;
 	const char **args = palloc(sizeof(char *) * (nitems + 1));
 	size_t	   *lens = palloc(sizeof(size_t) * (nitems + 1));
 	RedisReply *reply;
@@ -1068,11 +529,12 @@ read_generations(QueryCall *call, const QueryDependencies *deps)
 	lens[0] = call->base.len;
 	for (i = 0; i < deps->nrelids; i++)
 		args[i + 1] = redis_query_generation_item(deps->relids[i]);
+	args[nitems - 1] = redis_query_database_ddl_item();
 	args[nitems] = RC_DDL_GENERATION;
 	for (i = 1; i <= nitems; i++)
 		lens[i] = strlen(args[i]);
 
-	reply = run_script(&generations_sha, 0, nitems + 1, args, lens, 0);
+	reply = redis_run_script(RC_SCRIPT_QUERY_GENERATIONS, 0, nitems + 1, args, lens, 0);
 	if (script_failed(reply, "reading query result generations"))
 		return NULL;
 	if (reply->type != RC_REPLY_ARRAY || reply->elements != (size_t) nitems)
@@ -1112,7 +574,7 @@ store(QueryCall *call, const char *deps, StringInfo data)
 	args[7] = deps;
 	lens[7] = strlen(deps);
 
-	reply = run_script(&store_sha, 2, 8, args, lens, 0);
+	reply = redis_run_script(RC_SCRIPT_QUERY_STORE, 2, 8, args, lens, 0);
 	call->holds_lock = false;
 	if (script_failed(reply, "storing a query result"))
 		return;
@@ -1168,13 +630,13 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 			const char *mode = "none";
 
 			make_keys(call);
-			if (may_store && redis_cache_query_lock_timeout_ms > 0)
+			if (may_store && query_lock_timeout_ms > 0)
 			{
 				if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
 					ereport(ERROR,
 							(errcode(ERRCODE_INTERNAL_ERROR),
 							 errmsg("redis_cache: could not generate a random lock token")));
-				hex_encode_bytes(random_bytes, sizeof(random_bytes), call->token);
+				call->token[hex_encode((const char *) random_bytes, sizeof(random_bytes), call->token)] = '\0';
 				mode = "take";
 			}
 			outcome = lookup(call, mode, &hit);
@@ -1213,8 +675,8 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 			else
 			{
 				/* registered first: writers from now on bump */
-				redis_query_register_tables(&pq->deps);
-				if (redis_cache_shared != NULL &&
+				redis_query_register_tables(pq->deps.nrelids, pq->deps.relids);
+				if (redis_cache_preloaded() &&
 					redis_register_namespace(redis_cache_key_prefix ? redis_cache_key_prefix : "") < 0)
 					generations = NULL;
 				else
@@ -1244,13 +706,13 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 				for (i = 0; i < SPI_processed; i++)
 					tuplestore_puttuple(store_rows, SPI_tuptable->vals[i]);
 				if (generations != NULL)
-					payload_fits = encode_rows(SPI_tuptable, SPI_processed, &payload);
+					payload_fits = redis_rows_encode(SPI_tuptable, SPI_processed, &payload);
 			}
 			else
 			{
 				MemoryContext old;
 
-				encode_json(SPI_tuptable, SPI_processed, &payload);
+				redis_json_encode(SPI_tuptable, SPI_processed, &payload);
 				payload_fits = payload.len <= redis_cache_max_value_bytes;
 				old = MemoryContextSwitchTo(caller_context);
 				result = DirectFunctionCall1(jsonb_in, CStringGetDatum(payload.data));
@@ -1390,13 +852,13 @@ cache_query_invalidate(PG_FUNCTION_ARGS)
 	}
 
 	prefixes = lappend(prefixes, pstrdup(current));
-	if (redis_cache_shared != NULL)
 	{
-		LWLockAcquire(redis_cache_shared->lock, LW_SHARED);
-		for (i = 0; i < redis_cache_shared->nnamespaces; i++)
-			if (strcmp(redis_cache_shared->namespaces[i].prefix, current) != 0)
-				prefixes = lappend(prefixes, pstrdup(redis_cache_shared->namespaces[i].prefix));
-		LWLockRelease(redis_cache_shared->lock);
+		char	  **known;
+		int			nknown = redis_worker_namespaces(&known);
+
+		for (i = 0; i < nknown; i++)
+			if (known[i] != NULL && strcmp(known[i], current) != 0)
+				prefixes = lappend(prefixes, known[i]);
 	}
 
 	foreach(lc, prefixes)
@@ -1411,10 +873,10 @@ cache_query_invalidate(PG_FUNCTION_ARGS)
 		command.argv = palloc(sizeof(char *) * (nargs + 3));
 		command.argvlen = palloc(sizeof(size_t) * (nargs + 3));
 		command.argv[0] = "EVAL";
-		command.argv[1] = redis_query_invalidate_script;
+		command.argv[1] = redis_script_body(RC_SCRIPT_QUERY_INVALIDATE);
 		command.argv[2] = "0";
 		command.argvlen[0] = 4;
-		command.argvlen[1] = strlen(redis_query_invalidate_script);
+		command.argvlen[1] = strlen(command.argv[1]);
 		command.argvlen[2] = 1;
 		memcpy(command.argv + 3, args, sizeof(char *) * nargs);
 		memcpy(command.argvlen + 3, lens, sizeof(size_t) * nargs);
@@ -1430,4 +892,20 @@ cache_query_invalidate(PG_FUNCTION_ARGS)
 	}
 	redis_stats_add(RC_STAT_DELETES, removed);
 	PG_RETURN_INT64(removed);
+}
+
+/*
+ * From _PG_init: this file's setting.
+ */
+void
+redis_query_cache_define_gucs(void)
+{
+	DefineCustomIntVariable("redis_cache.query_lock_timeout_ms",
+							gettext_noop("Sets how long cache_query() waits for another session that is computing the same result."),
+							gettext_noop("After this time the waiting session runs the query itself. 0 disables the stampede lock."),
+							&query_lock_timeout_ms,
+							5000, 0, 600000,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 }

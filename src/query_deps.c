@@ -29,12 +29,8 @@
  * from one partition to another invalidates readers of either.
  *
  * To keep writes free of Redis traffic for tables no cached query reads,
- * a bump is sent only for tables whose bit is set in a shared bitmap.  A
- * result's tables are registered there before its generations are read;
- * writers queue every bump and consult the bitmap at XACT_EVENT_COMMIT,
- * after their transaction became visible (redis_query_generation_needed).
- * The bitmap survives clean restarts in the file redis_cache.tables; after
- * a crash every namespace is flushed anyway (worker.c).  COMMIT PREPARED
+ * a bump is sent only for tables whose bit is set in a shared bitmap
+ * (query_tables.c), consulted at XACT_EVENT_COMMIT.  COMMIT PREPARED
  * bumps the DDL generation: what the prepared transaction wrote is not
  * known to the session that commits it.
  *
@@ -45,9 +41,6 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
-
-#include <fcntl.h>
-#include <unistd.h>
 
 #include "access/htup_details.h"
 #include "access/xact.h"
@@ -61,7 +54,6 @@
 #include "miscadmin.h"
 #include "nodes/nodeFuncs.h"
 #include "parser/parsetree.h"
-#include "storage/fd.h"
 #include "storage/proc.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
@@ -71,17 +63,6 @@
 #include "utils/syscache.h"
 
 #include "redis_cache.h"
-
-#define RC_TABLES_FILE		"redis_cache.tables"
-#define RC_TABLES_TMP		"redis_cache.tables.tmp"
-#define RC_TABLES_MAGIC		0x52435432	/* "RCT2": TablesFile */
-
-/* The file redis_cache.tables: the bitmap as it is in memory. */
-typedef struct TablesFile
-{
-	uint32		magic;
-	uint64		words[RC_QUERY_TABLE_WORDS];
-} TablesFile;
 
 /* More written tables than this in one transaction: assume it wrote all. */
 #define RC_MAX_TRACKED_WRITES	64
@@ -93,133 +74,6 @@ static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static List *xact_written = NIL;
 static bool xact_wrote_everything = false;
 static bool xact_callback_registered = false;
-
-/* ---- the shared bitmap of tables with cached results --------------------- */
-
-static uint32
-table_bit(Oid dbid, Oid relid)
-{
-	return (uint32) ((relid * 2654435761u) ^ (dbid * 40503u)) % RC_QUERY_TABLE_BITS;
-}
-
-/*
- * At XACT_EVENT_COMMIT, after the transaction became visible: whether a
- * queued bump (item "<db>:<table>" or "ddl") must be sent.  The bitmap is
- * read this late on purpose.  A reader sets its bits (a full barrier)
- * before it reads generations and takes its snapshot; a writer ends its
- * transaction (ProcArrayLock) before reading the bits.  So either the
- * writer sees the bit and bumps, or the reader's snapshot sees the write.
- * No allocation, no ERROR.  Without the bitmap (not preloaded) every bump
- * queued is sent: only watch triggers queue them then.
- */
-bool
-redis_query_generation_needed(const char *item, int len)
-{
-	RedisCacheShared *sh = redis_cache_shared;
-	uint64		parts[2] = {0, 0};
-	int			part = 0;
-	int			i;
-	uint32		bit;
-
-	if (sh == NULL)
-		return true;
-	pg_memory_barrier();
-	if (pg_atomic_read_u32(&sh->query_tables_any) == 0)
-		return false;
-	if (len == (int) strlen(RC_DDL_GENERATION) &&
-		memcmp(item, RC_DDL_GENERATION, len) == 0)
-		return true;
-	for (i = 0; i < len; i++)
-	{
-		if (item[i] == ':' && part == 0)
-			part = 1;
-		else if (item[i] >= '0' && item[i] <= '9')
-			parts[part] = parts[part] * 10 + (uint64) (item[i] - '0');
-		else
-			return true;		/* not ours to judge: send it */
-	}
-	bit = table_bit((Oid) parts[0], (Oid) parts[1]);
-	return (pg_atomic_read_u64(&sh->query_tables[bit / 64]) &
-			(UINT64CONST(1) << (bit % 64))) != 0;
-}
-
-/*
- * Before a result's generations are read: from now on, writers of these
- * tables bump them.
- */
-void
-redis_query_register_tables(const QueryDependencies *deps)
-{
-	RedisCacheShared *sh = redis_cache_shared;
-	int			i;
-
-	if (sh == NULL)
-		return;
-	for (i = 0; i < deps->nrelids; i++)
-	{
-		uint32		bit = table_bit(MyDatabaseId, deps->relids[i]);
-
-		pg_atomic_fetch_or_u64(&sh->query_tables[bit / 64],
-							   UINT64CONST(1) << (bit % 64));
-	}
-	if (pg_atomic_read_u32(&sh->query_tables_any) == 0)
-		pg_atomic_write_u32(&sh->query_tables_any, 1);
-	pg_memory_barrier();
-}
-
-/*
- * Postmaster, at shared memory initialization: the bitmap of the last clean
- * stop.  A missing or damaged file leaves it empty (a crash flushes all).
- */
-void
-redis_query_tables_load(void)
-{
-	RedisCacheShared *sh = redis_cache_shared;
-	TablesFile *file = palloc(sizeof(TablesFile));
-	int			fd;
-	int			i;
-	bool		any = false;
-
-	fd = OpenTransientFile(RC_TABLES_FILE, O_RDONLY | PG_BINARY);
-	if (fd < 0)
-	{
-		pfree(file);
-		return;
-	}
-	if (read(fd, file, sizeof(TablesFile)) == sizeof(TablesFile) &&
-		file->magic == RC_TABLES_MAGIC)
-	{
-		for (i = 0; i < RC_QUERY_TABLE_WORDS; i++)
-		{
-			pg_atomic_write_u64(&sh->query_tables[i], file->words[i]);
-			any |= file->words[i] != 0;
-		}
-		pg_atomic_write_u32(&sh->query_tables_any, any ? 1 : 0);
-	}
-	CloseTransientFile(fd);
-	pfree(file);
-}
-
-/*
- * Worker, at a clean stop, before the state file says "clean" (which it
- * must not say when this fails: the next start would trust the bitmap).
- */
-bool
-redis_query_tables_save(void)
-{
-	RedisCacheShared *sh = redis_cache_shared;
-	TablesFile *file = palloc0(sizeof(TablesFile));
-	bool		saved;
-	int			i;
-
-	file->magic = RC_TABLES_MAGIC;
-	for (i = 0; i < RC_QUERY_TABLE_WORDS; i++)
-		file->words[i] = pg_atomic_read_u64(&sh->query_tables[i]);
-	saved = redis_write_file_durably(RC_TABLES_TMP, RC_TABLES_FILE,
-									 file, sizeof(TablesFile));
-	pfree(file);
-	return saved;
-}
 
 /* ---- writes --------------------------------------------------------------- */
 
@@ -253,7 +107,7 @@ queue_bump(Oid relid, bool registered_only)
 	char	   *item;
 
 	/* the bitmap is read at COMMIT, not now: see redis_query_generation_needed */
-	if (registered_only && redis_cache_shared == NULL)
+	if (registered_only && !redis_cache_preloaded())
 		return;
 	item = redis_query_generation_item(relid);
 	redis_queue_generation_bump(item, strlen(item));
@@ -377,6 +231,7 @@ utility_is_harmless(Node *parsetree)
 		case T_AlterRoleSetStmt:
 		case T_AlterDatabaseSetStmt:
 		case T_CreatedbStmt:
+		case T_DropdbStmt:		/* another database: its results die with it */
 			return true;
 		case T_CopyStmt:
 			return !((CopyStmt *) parsetree)->is_from;
@@ -389,10 +244,55 @@ utility_is_harmless(Node *parsetree)
 	}
 }
 
+/*
+ * Role attributes and memberships change privileges and row-level security
+ * in every database; any other DDL only changes results of this database.
+ */
+static bool
+changes_roles(Node *parsetree)
+{
+	switch (nodeTag(parsetree))
+	{
+		case T_AlterRoleStmt:
+		case T_DropRoleStmt:
+		case T_GrantRoleStmt:
+			return true;
+		case T_RenameStmt:
+			return ((RenameStmt *) parsetree)->renameType == OBJECT_ROLE;
+		default:
+			return false;
+	}
+}
+
+/*
+ * "ddl:<database oid>": the DDL generation of the current database, which
+ * every cached result of the database depends on besides the global "ddl".
+ */
+char *
+redis_query_database_ddl_item(void)
+{
+	return psprintf("%s:%u", RC_DDL_GENERATION, MyDatabaseId);
+}
+
+static void
+queue_ddl_bump(bool all_databases)
+{
+	char	   *item;
+
+	if (all_databases)
+	{
+		redis_queue_generation_bump(RC_DDL_GENERATION, strlen(RC_DDL_GENERATION));
+		return;
+	}
+	item = redis_query_database_ddl_item();
+	redis_queue_generation_bump(item, strlen(item));
+	pfree(item);
+}
+
 static void
 note_utility_writes(Node *parsetree)
 {
-	bool		preloaded = redis_cache_shared != NULL;
+	bool		preloaded = redis_cache_preloaded();
 	Oid			relid;
 
 	switch (nodeTag(parsetree))
@@ -401,7 +301,7 @@ note_utility_writes(Node *parsetree)
 			/* what the prepared transaction wrote is not known here */
 			if (((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED &&
 				preloaded)
-				redis_queue_generation_bump(RC_DDL_GENERATION, strlen(RC_DDL_GENERATION));
+				queue_ddl_bump(false);
 			return;
 		case T_CopyStmt:
 			{
@@ -448,10 +348,10 @@ note_utility_writes(Node *parsetree)
 			break;
 	}
 
-	/* DDL or privileges: every cached result of every database */
+	/* DDL or privileges: every cached result of this database, or of all */
 	xact_wrote_everything = true;
 	if (preloaded)
-		redis_queue_generation_bump(RC_DDL_GENERATION, strlen(RC_DDL_GENERATION));
+		queue_ddl_bump(changes_roles(parsetree));
 }
 
 static void
@@ -648,7 +548,7 @@ redis_query_dependencies(List *query_list, Oid cache_function,
 			deps->not_cacheable = psprintf("row-level security is enabled on %s", relname);
 		else if (form->relkind == RELKIND_FOREIGN_TABLE)
 			deps->not_cacheable = psprintf("it reads the foreign table %s", relname);
-		else if (redis_cache_shared == NULL &&
+		else if (!redis_cache_preloaded() &&
 				 (form->relkind == RELKIND_RELATION ||
 				  form->relkind == RELKIND_PARTITIONED_TABLE ||
 				  form->relkind == RELKIND_MATVIEW) &&

@@ -1,25 +1,36 @@
 /*-------------------------------------------------------------------------
  *
  * redis_cache.h
- *		  Declarations shared by the files of the redis_cache extension.
+ *		  The functions the files of the redis_cache extension offer each
+ *		  other.
  *
- * Groups follow the file that defines them, as in postgres_fdw.h.  Nothing
- * here exposes hiredis types: callers of the connection layer only ever see
- * RedisReply, a palloc'd copy, so no foreign allocation can outlive an
- * ERROR raised by a caller.
+ * Groups follow the file that defines them, lowest layer first, as in
+ * postgres_fdw.h.  Layouts of shared memory and of per-file state are
+ * private to their file; what crosses files is functions and the few
+ * value types their arguments need.  Nothing here exposes hiredis or
+ * OpenSSL types: callers of the transport only ever see RedisReply, a
+ * palloc'd copy, so no foreign allocation can outlive an ERROR raised by a
+ * caller.
+ *
+ * Layers, lowest first (a file calls only files listed before it; the
+ * upper layers register callbacks instead of being called): stats, state_file, keys, guc, transport, connection, scripts,
+ * flush, version, query_tables, worker, invalidation, query_deps,
+ * triggers, query_rows, query_cache, commands, monitor, module (_PG_init).
  *
  *-------------------------------------------------------------------------
  */
 #ifndef REDIS_CACHE_H
 #define REDIS_CACHE_H
 
+#include "common/cryptohash.h"
 #include "fmgr.h"
+#include "access/tupdesc.h"
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
-#include "port/atomics.h"
-#include "storage/latch.h"
-#include "storage/lwlock.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+struct SPITupleTable;
 
 /* Same numbering as hiredis' REDIS_REPLY_* so conversion is a plain copy. */
 #define RC_REPLY_STRING		1
@@ -34,6 +45,9 @@
 
 /* Keys per UNLINK/MGET command when a caller passes many keys. */
 #define RC_KEYS_PER_COMMAND 1000
+
+/* Faults of one kind give at most one WARNING per this interval. */
+#define RC_WARNING_INTERVAL_MS	10000
 
 /*
  * A reply from Redis, deep-copied into the current memory context.
@@ -58,31 +72,7 @@ typedef struct RedisCommand
 	size_t	   *argvlen;
 } RedisCommand;
 
-/* Shared state of the invalidation worker (worker.c) */
-#define RC_MAX_NAMESPACES		16
-#define RC_MAX_PENDING_PATTERNS	256
-#define RC_MAX_REDELETES		1024
-
-typedef struct RedisNamespace
-{
-	char		prefix[RC_MAX_KEY_BYTES + 1];
-	bool		missed;			/* an invalidation was lost: flush it */
-} RedisNamespace;
-
-typedef struct RedisPendingPattern
-{
-	int			namespace_index;
-	char		pattern[RC_MAX_KEY_BYTES * 2 + 1];	/* glob, after key_prefix */
-} RedisPendingPattern;
-
-typedef struct RedisRedelete
-{
-	int			namespace_index;
-	TimestampTz due;
-	char		key[RC_MAX_KEY_BYTES * 2 + 1];
-} RedisRedelete;
-
-/* Statistics (stats.c) */
+/* in stats.c */
 typedef enum RedisCounter
 {
 	RC_STAT_HITS,
@@ -115,53 +105,49 @@ typedef enum RedisFamilyCounter
 	RC_NUM_FAMILY_COUNTERS
 } RedisFamilyCounter;
 
-#define RC_LATENCY_BUCKETS	11
-#define RC_MAX_FAMILIES		64
-#define RC_FAMILY_NAME_LEN	64
+extern void redis_stats_shmem_init(void);
+extern void redis_stats_add(RedisCounter counter, uint64 n);
+extern void redis_stats_latency(int64 us);
+extern void redis_stats_family(const char *key, size_t len,
+							   RedisFamilyCounter counter);
+extern void redis_stats_materialize(FunctionCallInfo fcinfo,
+									const char *circuit);
 
-typedef struct RedisFamilyStats
+/* in state_file.c */
+extern bool redis_state_file_write(const char *name, uint32 format,
+								   const void *data, size_t len);
+extern void *redis_state_file_read(const char *name, uint32 format,
+								   size_t *len);
+
+/* in keys.c */
+typedef enum RedisControlKey
 {
-	char		name[RC_FAMILY_NAME_LEN];
-	pg_atomic_uint64 counters[RC_NUM_FAMILY_COUNTERS];
-} RedisFamilyStats;
+	RC_CONTROL_VERSION,
+	RC_CONTROL_VERSIONS,
+	RC_CONTROL_RUN_ID,
+	RC_CONTROL_FLUSH,
+	RC_CONTROL_FLUSHED,
+	RC_NUM_CONTROL_KEYS
+} RedisControlKey;
 
-typedef struct RedisStats
-{
-	pg_atomic_uint64 counters[RC_NUM_COUNTERS];
-	pg_atomic_uint64 latency[RC_LATENCY_BUCKETS];
-	int			nfamilies;
-	RedisFamilyStats families[RC_MAX_FAMILIES];
-	TimestampTz reset_at;
-} RedisStats;
+extern void redis_validate_key(const char *key, size_t len, const char *what);
+extern char *redis_make_key(text *key, size_t *len);
+extern char *redis_make_key_cstring(const char *key, size_t keylen,
+									size_t *len);
+extern void redis_append_glob_escaped(StringInfo buf, const char *str,
+									  size_t len);
+extern void redis_check_ttl(int ttl_seconds);
+extern char *redis_control_key(const char *prefix, int which);
+extern bool redis_is_control_key(const char *key, size_t len,
+								 const char *prefix, size_t prefixlen);
+extern void redis_hash_hex(pg_cryptohash_type type, const void *data,
+						   size_t len, char *out);
+extern char *redis_query_entry_key(const char *base, const char *format,
+								   const char *query, int nparams,
+								   const Datum *param_values,
+								   const bool *param_nulls);
 
-/*
- * Tables some cached query result depends on (query_deps.c): one bit per
- * hash of (database, table).  Writers skip the commit-time generation bump
- * for tables whose bit is clear.  Bits are never cleared; a collision only
- * costs a needless bump.
- */
-#define RC_QUERY_TABLE_BITS		65536
-#define RC_QUERY_TABLE_WORDS	(RC_QUERY_TABLE_BITS / 64)
-
-typedef struct RedisCacheShared
-{
-	LWLock	   *lock;
-	Latch	   *worker_latch;	/* NULL while no worker runs */
-	pg_atomic_uint32 in_flight; /* commits sending invalidations now */
-	bool		state_dirty;	/* state file needs rewriting */
-	int			nnamespaces;
-	RedisNamespace namespaces[RC_MAX_NAMESPACES];
-	int			npatterns;
-	RedisPendingPattern patterns[RC_MAX_PENDING_PATTERNS];
-	int			redelete_head;
-	int			nredeletes;
-	RedisRedelete redeletes[RC_MAX_REDELETES];
-	RedisStats	stats;
-	pg_atomic_uint32 query_tables_any;	/* any bit set */
-	pg_atomic_uint64 query_tables[RC_QUERY_TABLE_WORDS];
-} RedisCacheShared;
-
-/* on_error values */
+/* in guc.c: the settings several files read */
 typedef enum RedisOnError
 {
 	RC_ON_ERROR_WARNING,
@@ -169,74 +155,103 @@ typedef enum RedisOnError
 	RC_ON_ERROR_SILENT
 } RedisOnError;
 
-/* Flags for redis_execute() */
-#define RC_EXEC_NO_ERROR		0x01	/* never ereport(ERROR): degrade */
-#define RC_EXEC_SKIP_BREAKER	0x02	/* probe even if the breaker is open */
-#define RC_EXEC_INTERNAL		0x04	/* bookkeeping: skip the version check */
-#define RC_EXEC_STARTUP			0x08	/* backend start: faults to the log only */
-#define RC_EXEC_FAST_CONNECT	0x10	/* connect within command_timeout_ms */
-#define RC_EXEC_IGNORE_ENABLED	0x20	/* invalidation: even when disabled */
-
-/* Outcome of the cache version check of a connection (version.c) */
-typedef enum RedisVersionStatus
-{
-	RC_VERSION_OK,				/* namespace is current: go on */
-	RC_VERSION_BYPASS,			/* flush in progress or superseded: miss */
-	RC_VERSION_FAULT			/* Redis failed during the check */
-} RedisVersionStatus;
-
-/* in guc.c */
-extern char *redis_cache_host;
-extern int	redis_cache_port;
-extern char *redis_cache_user;
-extern char *redis_cache_password;
-extern char *redis_cache_password_file;
-extern int	redis_cache_database;
 extern char *redis_cache_key_prefix;
 extern bool redis_cache_enabled;
-extern int	redis_cache_connect_timeout_ms;
 extern int	redis_cache_command_timeout_ms;
 extern int	redis_cache_default_ttl;
 extern int	redis_cache_on_error;
 extern int	redis_cache_max_value_bytes;
-extern int	redis_cache_circuit_failure_threshold;
-extern int	redis_cache_circuit_open_seconds;
-extern char *redis_cache_version;
-extern int	redis_cache_redelete_delay_ms;
-extern int	redis_cache_query_lock_timeout_ms;
-extern uint64 redis_cache_server_config_generation;
-extern uint64 redis_cache_version_generation;
 extern void redis_cache_define_gucs(void);
+extern bool redis_cache_preloaded(void);
+
+/* in transport.c */
+typedef enum RedisFaultKind
+{
+	RC_FAULT_NONE,
+	RC_FAULT_CONNECT,			/* connect, resolve, AUTH, SELECT */
+	RC_FAULT_TIMEOUT,
+	RC_FAULT_IO,				/* send/recv failed, connection lost */
+	RC_FAULT_PROTOCOL,			/* malformed or oversized reply */
+	RC_FAULT_BREAKER			/* not tried: the circuit breaker is open */
+} RedisFaultKind;
+
+typedef struct RedisSocket RedisSocket;
+
+extern void redis_fault_set(RedisFaultKind kind, const char *fmt,...) pg_attribute_printf(2, 3);
+extern RedisFaultKind redis_fault_kind(void);
+extern const char *redis_fault_message(void);
+extern RedisSocket *redis_socket_open(const char *host, int port,
+									  int timeout_ms, TimestampTz deadline);
+extern bool redis_socket_round_trip(RedisSocket *s,
+									const RedisCommand *commands,
+									int ncommands, RedisReply **replies,
+									TimestampTz deadline, int timeout_ms,
+									bool *nothing_received);
+extern void redis_socket_close(RedisSocket *s);
 
 /* in connection.c */
+
+/* Flags for redis_execute() */
+#define RC_EXEC_NO_ERROR		0x01	/* never ereport(ERROR): degrade */
+#define RC_EXEC_SKIP_BREAKER	0x02	/* probe even if the breaker is open */
+#define RC_EXEC_INTERNAL		0x04	/* bookkeeping: skip the session check */
+#define RC_EXEC_STARTUP			0x08	/* backend start: faults to the log only */
+#define RC_EXEC_FAST_CONNECT	0x10	/* connect within command_timeout_ms */
+#define RC_EXEC_IGNORE_ENABLED	0x20	/* invalidation: even when disabled */
+
+/* A round trip on the connection being checked (no retry, no report). */
+typedef bool (*RedisRoundTrip) (const RedisCommand *commands, int ncommands,
+								RedisReply **replies);
+
+/* Outcome of the session check an upper layer registers (version.c). */
+typedef enum RedisSessionStatus
+{
+	RC_SESSION_OK,				/* namespace is current: go on */
+	RC_SESSION_BYPASS,			/* flush in progress or superseded: miss */
+	RC_SESSION_FAULT			/* Redis failed during the check */
+} RedisSessionStatus;
+
+typedef RedisSessionStatus (*RedisSessionCheck) (int flags,
+												 RedisRoundTrip round_trip);
+
+extern void redis_connection_define_gucs(void);
+extern void redis_set_session_check(RedisSessionCheck check);
 extern bool redis_execute(const RedisCommand *commands, int ncommands,
 						  RedisReply **replies, int flags);
 extern RedisReply *redis_command(int flags, int argc, const char **argv,
 								 size_t *argvlen);
 extern void redis_report_reply_error(const RedisReply *reply,
 									 const char *what, int flags);
-extern bool redis_internal_round_trip(const RedisCommand *commands,
-									  int ncommands, RedisReply **replies);
 extern uint64 redis_connection_serial(void);
 extern const char *redis_connection_run_id(void);
 extern void redis_disconnect(void);
 extern const char *redis_circuit_state(void);
+extern const char *redis_server_host(void);
+extern int	redis_server_port(void);
 extern bool redis_warning_due(TimestampTz *last_warning);
 
-/* Faults of one kind give at most one WARNING per this interval. */
-#define RC_WARNING_INTERVAL_MS	10000
+/* in scripts.c */
+typedef enum RedisScriptId
+{
+	RC_SCRIPT_VERSION_CHECK,
+	RC_SCRIPT_VERSION_FINISH,
+	RC_SCRIPT_QUERY_LOOKUP,
+	RC_SCRIPT_QUERY_GENERATIONS,
+	RC_SCRIPT_QUERY_STORE,
+	RC_SCRIPT_QUERY_UNLOCK,
+	RC_SCRIPT_QUERY_INVALIDATE,
+	RC_NUM_SCRIPTS
+} RedisScriptId;
 
-/* in version.c */
-extern RedisVersionStatus redis_version_verify(int flags);
-extern void redis_version_startup_check(void);
-extern const char *redis_version_expected(void);
-extern void redis_version_install_hooks(void);
-extern bool redis_is_control_key(const char *key, size_t len,
-								 const char *prefix, size_t prefixlen);
+extern const char *redis_script_body(RedisScriptId id);
+extern RedisReply *redis_run_script(RedisScriptId id, int nkeys, int nargs,
+									const char **args, size_t *lens,
+									int flags);
 
-/* in version.c (flushing, shared with the worker) */
+/* in flush.c */
 extern int64 redis_scan_unlink(const char *prefix, const char *pattern,
 							   size_t patternlen, int flags,
+							   RedisRoundTrip round_trip,
 							   TimestampTz deadline, bool *failed);
 extern int64 redis_flush_prefix(const char *prefix);
 extern int64 redis_unlink_pattern(const char *prefix, const char *pattern);
@@ -245,32 +260,40 @@ extern int64 redis_unlink_pattern_until(const char *prefix,
 										TimestampTz deadline);
 extern bool redis_unlink_raw(const char *key);
 
+/* in version.c */
+extern void redis_version_init(void);
+extern void redis_version_startup_check(void);
+extern const char *redis_version_expected(void);
+
+/* in query_tables.c */
+#define RC_DDL_GENERATION	"ddl"
+
+extern void redis_query_tables_shmem_init(void);
+extern bool redis_query_generation_needed(const char *item, int len);
+extern void redis_query_register_tables(int nrelids, const Oid *relids);
+extern bool redis_query_tables_save(void);
+
 /* in worker.c */
-extern RedisCacheShared *redis_cache_shared;
-extern bool redis_write_file_durably(const char *tmp, const char *path,
-									 const void *data, size_t len);
 extern void redis_worker_init(void);
 extern int	redis_register_namespace(const char *prefix);
+extern int	redis_find_namespace(const char *prefix);
+extern int	redis_worker_namespaces(char ***prefixes);
+extern bool redis_worker_running(void);
+extern void redis_worker_commit_begin(void);
+extern void redis_worker_commit_end(void);
 extern void redis_mark_missed(int namespace_index);
 extern void redis_queue_pattern(int namespace_index, const char *pattern);
 extern void redis_queue_redelete(int namespace_index, const char *key,
 								 size_t len, TimestampTz due);
 
-/* in stats.c */
-extern RedisStats *redis_stats(void);
-extern void redis_stats_init(RedisStats *stats);
-extern void redis_stats_add(RedisCounter counter, uint64 n);
-extern void redis_stats_latency(int64 us);
-extern void redis_stats_family(const char *key, size_t len,
-							   RedisFamilyCounter counter);
-
 /* in invalidation.c */
 extern void redis_invalidation_init(void);
+extern int	redis_queue_prefix_index(void);
+extern void redis_queue_invalidation(const char *key, int len,
+									 bool is_pattern, int prefix_index);
 extern void redis_queue_generation_bump(const char *item, int len);
 
 /* in query_deps.c */
-#define RC_DDL_GENERATION	"ddl"
-
 typedef struct QueryDependencies
 {
 	int			nrelids;
@@ -284,22 +307,21 @@ extern void redis_query_dependencies(List *query_list, Oid cache_function,
 extern bool redis_query_xact_has_writes(void);
 extern bool redis_query_xact_wrote_any(const QueryDependencies *deps);
 extern void redis_query_note_trigger_write(Oid relid);
-extern void redis_query_register_tables(const QueryDependencies *deps);
-extern bool redis_query_generation_needed(const char *item, int len);
-extern void redis_query_tables_load(void);
-extern bool redis_query_tables_save(void);
 extern char *redis_query_generation_item(Oid relid);
+extern char *redis_query_database_ddl_item(void);
+
+/* in query_rows.c */
+extern bool redis_rows_encode(struct SPITupleTable *table, uint64 nrows,
+							  StringInfo out);
+extern const char *redis_rows_decode(TupleDesc desc, const char *entry_key,
+									 const char *data, size_t len,
+									 Tuplestorestate *store);
+extern void redis_json_encode(struct SPITupleTable *table, uint64 nrows,
+							  StringInfo out);
+extern Datum redis_json_decode(const char *data, size_t len,
+							   const char **why);
 
 /* in query_cache.c */
-extern const char *redis_query_invalidate_script;
-
-/* in keys.c */
-extern void redis_validate_key(const char *key, size_t len, const char *what);
-extern char *redis_make_key(text *key, size_t *len);
-extern char *redis_make_key_cstring(const char *key, size_t keylen,
-									size_t *len);
-extern void redis_append_glob_escaped(StringInfo buf, const char *str,
-									  size_t len);
-extern void redis_check_ttl(int ttl_seconds);
+extern void redis_query_cache_define_gucs(void);
 
 #endif							/* REDIS_CACHE_H */

@@ -1,69 +1,85 @@
 /*-------------------------------------------------------------------------
  *
  * stats.c
- *		  Statistics (cache_stats view, cache_stats_reset) and health
- *		  (cache_health).
+ *		  Statistics counters: their shared memory, their lock, the rows of
+ *		  the cache_stats view and cache_stats_reset().
  *
- * With shared_preload_libraries the counters live in shared memory and
- * count for every backend of the server; otherwise each backend counts for
- * itself and the view says so (scope = 'backend').  Counters are atomics,
- * so the hot path takes no lock.  Per key family (the first segment of a
- * key, such as "tenant" in "tenant:id:42") there is a bounded table: a
- * family is added under the lock the first time it is seen; when the table
- * is full, further families are counted under "(other)"; keys without a
- * ':' are counted under "(none)".
+ * Design rules:
+ *
+ * - This file alone knows the layout of the counters.  With
+ *   shared_preload_libraries they live in a shared memory segment of their
+ *   own ("redis_cache stats") and count for every backend of the server;
+ *   otherwise each backend counts for itself and the view says so
+ *   (scope = 'backend').
+ *
+ * - Counters are atomics, so the hot path takes no lock.  Per key family
+ *   (the first segment of a key, such as "tenant" in "tenant:id:42") there
+ *   is a bounded table: a family is added under this file's own LWLock the
+ *   first time it is seen; when the table is full, further families are
+ *   counted under "(other)"; keys without a ':' are counted under "(none)".
+ *   The same lock serialises cache_stats_reset().
+ *
+ * - The lowest layer: it calls no other file of the extension, so any file
+ *   may count.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/json.h"
-#include "utils/jsonb.h"
-#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "redis_cache.h"
 
-PG_FUNCTION_INFO_V1(cache_stats);
 PG_FUNCTION_INFO_V1(cache_stats_reset);
-PG_FUNCTION_INFO_V1(cache_health);
+
+#define RC_LATENCY_BUCKETS	11
+#define RC_MAX_FAMILIES		64
+#define RC_FAMILY_NAME_LEN	64
+
+typedef struct RedisFamilyStats
+{
+	char		name[RC_FAMILY_NAME_LEN];
+	pg_atomic_uint64 counters[RC_NUM_FAMILY_COUNTERS];
+} RedisFamilyStats;
+
+typedef struct RedisStats
+{
+	LWLock	   *lock;			/* NULL in backend-local statistics */
+	pg_atomic_uint64 counters[RC_NUM_COUNTERS];
+	pg_atomic_uint64 latency[RC_LATENCY_BUCKETS];
+	int			nfamilies;
+	RedisFamilyStats families[RC_MAX_FAMILIES];
+	TimestampTz reset_at;
+} RedisStats;
 
 /* Upper bounds (microseconds) of the latency histogram buckets. */
 static const int64 latency_bounds_us[RC_LATENCY_BUCKETS - 1] = {
 	100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000, 250000
 };
 
+static RedisStats *shared_stats = NULL;
 static RedisStats local_stats;
 static bool local_stats_initialized = false;
 
-/* The counters in use: shared when preloaded, this backend's otherwise. */
-RedisStats *
-redis_stats(void)
-{
-	if (redis_cache_shared != NULL)
-		return &redis_cache_shared->stats;
-	if (!local_stats_initialized)
-	{
-		redis_stats_init(&local_stats);
-		local_stats_initialized = true;
-	}
-	return &local_stats;
-}
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-void
-redis_stats_init(RedisStats *stats)
+static void
+stats_init(RedisStats *stats, LWLock *lock)
 {
 	int			i;
 
 	memset(stats, 0, sizeof(RedisStats));
+	stats->lock = lock;
 	for (i = 0; i < RC_NUM_COUNTERS; i++)
 		pg_atomic_init_u64(&stats->counters[i], 0);
 	for (i = 0; i < RC_LATENCY_BUCKETS; i++)
@@ -78,10 +94,61 @@ redis_stats_init(RedisStats *stats)
 	stats->reset_at = GetCurrentTimestamp();
 }
 
+static void
+stats_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(RedisStats)));
+	RequestNamedLWLockTranche("redis_cache stats", 1);
+}
+
+static void
+stats_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	shared_stats = ShmemInitStruct("redis_cache stats", sizeof(RedisStats), &found);
+	if (!found)
+		stats_init(shared_stats,
+				   &(GetNamedLWLockTranche("redis_cache stats"))->lock);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * From _PG_init under shared_preload_libraries: server-wide counters.
+ */
+void
+redis_stats_shmem_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = stats_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = stats_shmem_startup;
+}
+
+/* The counters in use: shared when preloaded, this backend's otherwise. */
+static RedisStats *
+current_stats(void)
+{
+	if (shared_stats != NULL)
+		return shared_stats;
+	if (!local_stats_initialized)
+	{
+		stats_init(&local_stats, NULL);
+		local_stats_initialized = true;
+	}
+	return &local_stats;
+}
+
 void
 redis_stats_add(RedisCounter counter, uint64 n)
 {
-	pg_atomic_fetch_add_u64(&redis_stats()->counters[counter], n);
+	pg_atomic_fetch_add_u64(&current_stats()->counters[counter], n);
 }
 
 void
@@ -92,7 +159,7 @@ redis_stats_latency(int64 us)
 	for (i = 0; i < RC_LATENCY_BUCKETS - 1; i++)
 		if (us < latency_bounds_us[i])
 			break;
-	pg_atomic_fetch_add_u64(&redis_stats()->latency[i], 1);
+	pg_atomic_fetch_add_u64(&current_stats()->latency[i], 1);
 }
 
 /* Whether family is named name (len bytes, len < RC_FAMILY_NAME_LEN). */
@@ -109,8 +176,7 @@ family_is(const RedisFamilyStats *family, const char *name, size_t len)
 void
 redis_stats_family(const char *key, size_t len, RedisFamilyCounter counter)
 {
-	RedisStats *stats = redis_stats();
-	LWLock	   *lock = redis_cache_shared ? redis_cache_shared->lock : NULL;
+	RedisStats *stats = current_stats();
 	const char *colon = memchr(key, ':', len);
 	size_t		flen;
 	int			i;
@@ -139,8 +205,8 @@ redis_stats_family(const char *key, size_t len, RedisFamilyCounter counter)
 	}
 	if (found < 0)
 	{
-		if (lock)
-			LWLockAcquire(lock, LW_EXCLUSIVE);
+		if (stats->lock)
+			LWLockAcquire(stats->lock, LW_EXCLUSIVE);
 		for (i = 0; i < stats->nfamilies; i++)
 		{
 			if (family_is(&stats->families[i], key, flen))
@@ -160,21 +226,23 @@ redis_stats_family(const char *key, size_t len, RedisFamilyCounter counter)
 			strlcpy(stats->families[i].name, "(other)", RC_FAMILY_NAME_LEN);
 		}
 		found = i;
-		if (lock)
-			LWLockRelease(lock);
+		if (stats->lock)
+			LWLockRelease(stats->lock);
 	}
 	pg_atomic_fetch_add_u64(&stats->families[found].counters[counter], 1);
 }
 
 /*
- * cache_stats(): one row of totals (family NULL), then one per family.
+ * The rows of cache_stats() into a materialized SRF: one row of totals
+ * (family NULL), then one per family.  circuit is the caller's breaker
+ * state (the connection layer's, which this file does not call).
  */
-Datum
-cache_stats(PG_FUNCTION_ARGS)
+void
+redis_stats_materialize(FunctionCallInfo fcinfo, const char *circuit)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	RedisStats *stats = redis_stats();
-	const char *scope = redis_cache_shared ? "server" : "backend";
+	RedisStats *stats = current_stats();
+	const char *scope = shared_stats ? "server" : "backend";
 	Datum		values[RC_NUM_COUNTERS + 6];
 	bool		nulls[RC_NUM_COUNTERS + 6];
 	Datum		buckets[RC_LATENCY_BUCKETS];
@@ -202,7 +270,7 @@ cache_stats(PG_FUNCTION_ARGS)
 																  INT8OID, 8, FLOAT8PASSBYVAL,
 																  TYPALIGN_DOUBLE));
 	values[4 + RC_NUM_COUNTERS] = TimestampTzGetDatum(stats->reset_at);
-	values[5 + RC_NUM_COUNTERS] = CStringGetTextDatum(redis_circuit_state());
+	values[5 + RC_NUM_COUNTERS] = CStringGetTextDatum(circuit);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 
 	nfamilies = stats->nfamilies;
@@ -237,7 +305,6 @@ cache_stats(PG_FUNCTION_ARGS)
 		nulls[4 + RC_NUM_COUNTERS] = false;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
-	return (Datum) 0;
 }
 
 /*
@@ -246,12 +313,12 @@ cache_stats(PG_FUNCTION_ARGS)
 Datum
 cache_stats_reset(PG_FUNCTION_ARGS)
 {
-	RedisStats *stats = redis_stats();
+	RedisStats *stats = current_stats();
 	int			i;
 	int			j;
 
-	if (redis_cache_shared)
-		LWLockAcquire(redis_cache_shared->lock, LW_EXCLUSIVE);
+	if (stats->lock)
+		LWLockAcquire(stats->lock, LW_EXCLUSIVE);
 	for (i = 0; i < RC_NUM_COUNTERS; i++)
 		pg_atomic_write_u64(&stats->counters[i], 0);
 	for (i = 0; i < RC_LATENCY_BUCKETS; i++)
@@ -260,98 +327,7 @@ cache_stats_reset(PG_FUNCTION_ARGS)
 		for (j = 0; j < RC_NUM_FAMILY_COUNTERS; j++)
 			pg_atomic_write_u64(&stats->families[i].counters[j], 0);
 	stats->reset_at = GetCurrentTimestamp();
-	if (redis_cache_shared)
-		LWLockRelease(redis_cache_shared->lock);
+	if (stats->lock)
+		LWLockRelease(stats->lock);
 	PG_RETURN_VOID();
-}
-
-/* Value of "name:" in an INFO reply, or NULL. */
-static char *
-info_field(const char *info, const char *name)
-{
-	size_t		nlen = strlen(name);
-	const char *p = info;
-
-	while (p && *p)
-	{
-		if (strncmp(p, name, nlen) == 0 && p[nlen] == ':')
-			return pnstrdup(p + nlen + 1, strcspn(p + nlen + 1, "\r\n"));
-		p = strchr(p, '\n');
-		if (p)
-			p++;
-	}
-	return NULL;
-}
-
-static void
-append_json_field(StringInfo buf, const char *name, const char *value, bool numeric)
-{
-	if (buf->len > 1)
-		appendStringInfoString(buf, ", ");
-	escape_json(buf, name);
-	appendStringInfoString(buf, ": ");
-	if (value == NULL)
-		appendStringInfoString(buf, "null");
-	else if (numeric && strspn(value, "0123456789.-") == strlen(value) && value[0])
-		appendStringInfoString(buf, value);
-	else
-		escape_json(buf, value);
-}
-
-/*
- * cache_health() RETURNS jsonb: one PING (timed) and one INFO.
- */
-Datum
-cache_health(PG_FUNCTION_ARGS)
-{
-	const char *ping_argv[1] = {"PING"};
-	size_t		ping_len[1] = {4};
-	const char *info_argv[1] = {"INFO"};
-	size_t		info_len[1] = {4};
-	RedisCommand cmds[2];
-	RedisReply *replies[2];
-	StringInfoData buf;
-	TimestampTz start;
-	bool		ok;
-	char		latency[32];
-	static const char *const numeric_fields[] = {
-		"used_memory", "maxmemory", "connected_clients", "keyspace_hits",
-		"keyspace_misses", "evicted_keys", "uptime_in_seconds"
-	};
-	int			i;
-
-	cmds[0].argc = 1;
-	cmds[0].argv = ping_argv;
-	cmds[0].argvlen = ping_len;
-	cmds[1].argc = 1;
-	cmds[1].argv = info_argv;
-	cmds[1].argvlen = info_len;
-
-	start = GetCurrentTimestamp();
-	ok = redis_execute(cmds, 2, replies, RC_EXEC_SKIP_BREAKER | RC_EXEC_NO_ERROR);
-
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
-	append_json_field(&buf, "reachable", ok ? "true" : "false", true);
-	append_json_field(&buf, "circuit", redis_circuit_state(), false);
-	append_json_field(&buf, "host", redis_cache_host, false);
-	snprintf(latency, sizeof(latency), "%d", redis_cache_port);
-	append_json_field(&buf, "port", latency, true);
-	if (ok)
-	{
-		const char *info = replies[1]->type == RC_REPLY_STRING ? replies[1]->str : "";
-
-		snprintf(latency, sizeof(latency), "%.3f",
-				 (double) (GetCurrentTimestamp() - start) / 1000.0);
-		append_json_field(&buf, "ping_ms", latency, true);
-		append_json_field(&buf, "redis_version", info_field(info, "redis_version"), false);
-		append_json_field(&buf, "run_id", info_field(info, "run_id"), false);
-		for (i = 0; i < (int) lengthof(numeric_fields); i++)
-			append_json_field(&buf, numeric_fields[i],
-							  info_field(info, numeric_fields[i]), true);
-		append_json_field(&buf, "maxmemory_policy", info_field(info, "maxmemory_policy"), false);
-	}
-	appendStringInfoChar(&buf, '}');
-
-	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }

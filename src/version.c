@@ -40,6 +40,7 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -70,67 +71,11 @@ static bool stale_warned = false;	/* told the client since going stale */
 
 static ClientAuthentication_hook_type prev_client_authentication_hook = NULL;
 
+/* redis_cache.version, and a counter its assign hook bumps */
+static char *expected_version = NULL;
+static uint64 version_generation = 0;
+
 PG_FUNCTION_INFO_V1(cache_version);
-
-/*
- * The atomic compare step.  KEYS: version, versions, run_id, flush, flushed.
- * ARGV: expected version, run_id ("" if unknown), marker token, marker TTL.
- * Returns {action, detail}: INIT, OK, STALE stored, FLUSHING,
- * FLUSH mismatch stored, FLUSH restart, FLUSH resume.
- */
-static const char *check_script =
-"local stored = redis.call('GET', KEYS[1])\n"
-"local t = redis.call('TIME')\n"
-"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-"local done = ARGV[1] .. '|' .. ARGV[2]\n"
-"if not stored then\n"
-"  redis.call('SET', KEYS[1], ARGV[1])\n"
-"  redis.call('HSETNX', KEYS[2], ARGV[1], now)\n"
-"  redis.call('SET', KEYS[3], ARGV[2])\n"
-"  redis.call('SET', KEYS[5], done)\n"
-"  return {'INIT', ''}\n"
-"end\n"
-"if stored ~= ARGV[1] then\n"
-"  local mine = redis.call('HGET', KEYS[2], ARGV[1])\n"
-"  local theirs = redis.call('HGET', KEYS[2], stored)\n"
-"  if mine and (not theirs or tonumber(mine) < tonumber(theirs)) then\n"
-"    return {'STALE', stored}\n"
-"  end\n"
-"  redis.call('SET', KEYS[1], ARGV[1])\n"
-"  redis.call('HSETNX', KEYS[2], ARGV[1], now)\n"
-"  redis.call('SET', KEYS[3], ARGV[2])\n"
-"  redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[4])\n"
-"  return {'FLUSH', 'mismatch', stored}\n"
-"end\n"
-"local seen = redis.call('GET', KEYS[3])\n"
-"if ARGV[2] ~= '' and seen ~= ARGV[2] then\n"
-"  redis.call('SET', KEYS[3], ARGV[2])\n"
-"  redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[4])\n"
-"  return {'FLUSH', 'restart', seen or ''}\n"
-"end\n"
-"if redis.call('EXISTS', KEYS[4]) == 1 then\n"
-"  return {'FLUSHING', ''}\n"
-"end\n"
-"if redis.call('GET', KEYS[5]) ~= done then\n"
-"  redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[4])\n"
-"  return {'FLUSH', 'resume', ''}\n"
-"end\n"
-"return {'OK', ''}\n";
-
-/* Release the marker only if it is still ours, and record completion. */
-static const char *finish_script =
-"if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
-"  redis.call('DEL', KEYS[1])\n"
-"end\n"
-"redis.call('SET', KEYS[2], ARGV[2])\n"
-"return 1\n";
-
-static const char *const control_suffixes[] = {
-	"cache:version", "cache:versions", "cache:run_id", "cache:flush",
-	"cache:flushed"
-};
-
-#define NUM_CONTROL_KEYS lengthof(control_suffixes)
 
 /*
  * The version this server expects: redis_cache.version, else the
@@ -142,8 +87,8 @@ redis_version_expected(void)
 {
 	const char *env;
 
-	if (redis_cache_version && redis_cache_version[0])
-		return redis_cache_version;
+	if (expected_version && expected_version[0])
+		return expected_version;
 	env = getenv("REDIS_CACHE_VERSION");
 	if (env && env[0] && strlen(env) <= 200 && strchr(env, '|') == NULL)
 		return env;
@@ -157,256 +102,36 @@ current_prefix(void)
 }
 
 /*
- * True for the bookkeeping keys of the namespace "prefix", which flushes
- * and cache_delete_pattern() leave alone.
- */
-bool
-redis_is_control_key(const char *key, size_t len, const char *prefix,
-					 size_t prefixlen)
-{
-	int			i;
-
-	if (len < prefixlen || memcmp(key, prefix, prefixlen) != 0)
-		return false;
-	for (i = 0; i < (int) NUM_CONTROL_KEYS; i++)
-	{
-		size_t		slen = strlen(control_suffixes[i]);
-
-		if (len - prefixlen == slen &&
-			memcmp(key + prefixlen, control_suffixes[i], slen) == 0)
-			return true;
-	}
-	return false;
-}
-
-/*
- * One round trip for redis_scan_unlink(): internal ones (inside a version
- * check, or the worker) skip the connection layer's retries and reporting.
- */
-static bool
-scan_round_trip(RedisCommand *cmd, RedisReply **reply, int flags,
-				const char *what)
-{
-	if (flags & RC_EXEC_INTERNAL)
-		return redis_internal_round_trip(cmd, 1, reply);
-	if (!redis_execute(cmd, 1, reply, flags))
-		return false;
-	if ((*reply)->type == RC_REPLY_ERROR)
-	{
-		redis_report_reply_error(*reply, what, flags);
-		return false;
-	}
-	return true;
-}
-
-/*
- * SCAN MATCH prefix||pattern and UNLINK what it finds, except the cache
- * version's control keys.  pattern is a glob whose literal parts are
- * already escaped; the prefix is escaped here.  Returns the number of keys
- * removed; on a fault (or when deadline, if not 0, passes between two SCAN
- * rounds) sets *failed and returns what was removed until then.  flags:
- * RC_EXEC_INTERNAL for the version check and the worker, else the caller's
- * redis_execute() flags (faults reported per on_error).
- */
-int64
-redis_scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
-				  int flags, TimestampTz deadline, bool *failed)
-{
-	size_t		prefixlen = strlen(prefix);
-	StringInfoData match;
-	char	   *cursor = pstrdup("0");
-	int64		removed = 0;
-	MemoryContext batch_context;
-	MemoryContext old_context;
-
-	*failed = false;
-	initStringInfo(&match);
-	redis_append_glob_escaped(&match, prefix, prefixlen);
-	appendBinaryStringInfo(&match, pattern, (int) patternlen);
-
-	batch_context = AllocSetContextCreate(CurrentMemoryContext,
-										  "redis_cache scan batch",
-										  ALLOCSET_DEFAULT_SIZES);
-	do
-	{
-		const char *argv[6] = {"SCAN", cursor, "MATCH", match.data, "COUNT", "1000"};
-		size_t		argvlen[6];
-		RedisCommand cmd;
-		RedisCommand unlink_cmd;
-		RedisReply *reply;
-		RedisReply *unlink_reply;
-		RedisReply *keys;
-		size_t		i;
-
-		CHECK_FOR_INTERRUPTS();
-		if (deadline != 0 && GetCurrentTimestamp() >= deadline)
-		{
-			*failed = true;
-			break;
-		}
-		old_context = MemoryContextSwitchTo(batch_context);
-		for (i = 0; i < 6; i++)
-			argvlen[i] = strlen(argv[i]);
-		argvlen[3] = match.len;
-		cmd.argc = 6;
-		cmd.argv = argv;
-		cmd.argvlen = argvlen;
-		if (!scan_round_trip(&cmd, &reply, flags, "SCAN") ||
-			reply->type != RC_REPLY_ARRAY || reply->elements != 2 ||
-			reply->element[0]->type != RC_REPLY_STRING ||
-			reply->element[1]->type != RC_REPLY_ARRAY)
-		{
-			MemoryContextSwitchTo(old_context);
-			*failed = true;
-			break;
-		}
-
-		keys = reply->element[1];
-		unlink_cmd.argv = palloc(sizeof(char *) * (keys->elements + 1));
-		unlink_cmd.argvlen = palloc(sizeof(size_t) * (keys->elements + 1));
-		unlink_cmd.argv[0] = "UNLINK";
-		unlink_cmd.argvlen[0] = 6;
-		unlink_cmd.argc = 1;
-		for (i = 0; i < keys->elements; i++)
-		{
-			RedisReply *k = keys->element[i];
-
-			/* the cache version bookkeeping is never removed */
-			if (k->type != RC_REPLY_STRING ||
-				redis_is_control_key(k->str, k->len, prefix, prefixlen))
-				continue;
-			unlink_cmd.argv[unlink_cmd.argc] = k->str;
-			unlink_cmd.argvlen[unlink_cmd.argc] = k->len;
-			unlink_cmd.argc++;
-		}
-		if (unlink_cmd.argc > 1)
-		{
-			if (!scan_round_trip(&unlink_cmd, &unlink_reply, flags, "deleting keys"))
-			{
-				MemoryContextSwitchTo(old_context);
-				*failed = true;
-				break;
-			}
-			if (unlink_reply->type == RC_REPLY_INTEGER)
-				removed += unlink_reply->integer;
-		}
-		MemoryContextSwitchTo(old_context);
-		pfree(cursor);
-		cursor = pstrdup(reply->element[0]->str);
-		MemoryContextReset(batch_context);
-	} while (strcmp(cursor, "0") != 0);
-
-	MemoryContextDelete(batch_context);
-	pfree(match.data);
-	return removed;
-}
-
-/* The worker's and the version check's form: -1 on any fault. */
-static int64
-unlink_matching(const char *prefix, const char *pattern, TimestampTz deadline)
-{
-	bool		failed;
-	int64		removed = redis_scan_unlink(prefix, pattern, strlen(pattern),
-											RC_EXEC_INTERNAL, deadline, &failed);
-
-	return failed ? -1 : removed;
-}
-
-/*
- * Open the connection if needed, for the worker's bookkeeping (no version
- * check: the worker only removes keys).
- */
-static bool
-ensure_connection(void)
-{
-	const char *argv[1] = {"PING"};
-	size_t		argvlen[1] = {4};
-
-	return redis_command(RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
-						 RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED,
-						 1, argv, argvlen) != NULL;
-}
-
-/*
- * Remove every key of the namespace except its version bookkeeping.
- * Returns the count, or -1 on a fault (nothing is raised).
- */
-int64
-redis_flush_prefix(const char *prefix)
-{
-	if (!ensure_connection())
-		return -1;
-	return unlink_matching(prefix, "*", 0);
-}
-
-/*
- * SCAN + UNLINK of prefix || pattern (pattern is a glob whose literal parts
- * are already escaped).  Returns the count, or -1 on a fault.
- */
-int64
-redis_unlink_pattern(const char *prefix, const char *pattern)
-{
-	if (!ensure_connection())
-		return -1;
-	return unlink_matching(prefix, pattern, 0);
-}
-
-/*
- * Same, giving up (-1) when the deadline passes between two SCAN rounds.
- */
-int64
-redis_unlink_pattern_until(const char *prefix, const char *pattern,
-						   TimestampTz deadline)
-{
-	if (!ensure_connection())
-		return -1;
-	return unlink_matching(prefix, pattern, deadline);
-}
-
-/*
- * UNLINK one full key (prefix included).  False on a fault.
- */
-bool
-redis_unlink_raw(const char *key)
-{
-	const char *argv[2] = {"UNLINK", key};
-	size_t		argvlen[2] = {6, strlen(key)};
-
-	return redis_command(RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
-						 RC_EXEC_IGNORE_ENABLED, 2, argv, argvlen) != NULL;
-}
-
-/*
  * Run the check script, flushing when this backend is elected.
  */
-static RedisVersionStatus
-run_check(void)
+static RedisSessionStatus
+run_check(RedisRoundTrip round_trip)
 {
 	const char *prefix = current_prefix();
 	const char *expected = redis_version_expected();
 	const char *run_id = redis_connection_run_id();
-	char	   *control[NUM_CONTROL_KEYS];
+	char	   *control[RC_NUM_CONTROL_KEYS];
 	char		token[33];
 	uint8		random_bytes[16];
-	const char *argv[3 + NUM_CONTROL_KEYS + 4];
-	size_t		argvlen[3 + NUM_CONTROL_KEYS + 4];
+	const char *argv[3 + RC_NUM_CONTROL_KEYS + 4];
+	size_t		argvlen[3 + RC_NUM_CONTROL_KEYS + 4];
 	RedisCommand cmd;
 	RedisReply *reply;
 	const char *action;
 	int			i;
 	int			argc = 0;
 
-	for (i = 0; i < (int) NUM_CONTROL_KEYS; i++)
-		control[i] = psprintf("%s%s", prefix, control_suffixes[i]);
+	for (i = 0; i < (int) RC_NUM_CONTROL_KEYS; i++)
+		control[i] = redis_control_key(prefix, i);
 	if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
 		memset(random_bytes, 0, sizeof(random_bytes));
 	for (i = 0; i < 16; i++)
 		snprintf(token + i * 2, 3, "%02x", random_bytes[i]);
 
 	argv[argc++] = "EVAL";
-	argv[argc++] = check_script;
+	argv[argc++] = redis_script_body(RC_SCRIPT_VERSION_CHECK);
 	argv[argc++] = "5";
-	for (i = 0; i < (int) NUM_CONTROL_KEYS; i++)
+	for (i = 0; i < (int) RC_NUM_CONTROL_KEYS; i++)
 		argv[argc++] = control[i];
 	argv[argc++] = expected;
 	argv[argc++] = run_id;
@@ -418,8 +143,8 @@ run_check(void)
 	cmd.argv = argv;
 	cmd.argvlen = argvlen;
 
-	if (!redis_internal_round_trip(&cmd, 1, &reply))
-		return RC_VERSION_FAULT;
+	if (!round_trip(&cmd, 1, &reply))
+		return RC_SESSION_FAULT;
 	if (reply->type == RC_REPLY_ERROR)
 	{
 		/* EVAL disabled or similar: we cannot vouch for the namespace */
@@ -428,11 +153,16 @@ run_check(void)
 				 errmsg("redis_cache: cache version check failed, the cache is bypassed"),
 				 errdetail("Redis replied: %s", reply->str)));
 		check_state = CHECK_STALE;
-		return RC_VERSION_BYPASS;
+		return RC_SESSION_BYPASS;
 	}
 	if (reply->type != RC_REPLY_ARRAY || reply->elements < 2 ||
-		reply->element[0]->type != RC_REPLY_STRING)
-		return RC_VERSION_FAULT;
+		reply->element[0]->type != RC_REPLY_STRING ||
+		reply->element[1]->type != RC_REPLY_STRING)
+	{
+		redis_fault_set(RC_FAULT_PROTOCOL,
+						"unexpected reply to the cache version check (is this a Redis server?)");
+		return RC_SESSION_FAULT;
+	}
 
 	action = reply->element[0]->str;
 	stored_version_seen[0] = '\0';
@@ -459,6 +189,7 @@ run_check(void)
 	{
 		const char *reason = reply->element[1]->str ? reply->element[1]->str : "";
 		int64		removed;
+		bool		failed;
 		char	   *done;
 		const char *fargv[7];
 		size_t		flen[7];
@@ -469,9 +200,10 @@ run_check(void)
 			ereport(LOG,
 					(errmsg("redis_cache: Redis restart detected (run_id %s), flushing prefix \"%s\"",
 							run_id, prefix)));
-		removed = unlink_matching(prefix, "*", 0);
-		if (removed < 0)
-			return RC_VERSION_FAULT;
+		removed = redis_scan_unlink(prefix, "*", 1, RC_EXEC_INTERNAL,
+									 round_trip, 0, &failed);
+		if (failed)
+			return RC_SESSION_FAULT;
 		redis_stats_add(RC_STAT_FLUSHES, 1);
 		if (strcmp(reason, "mismatch") == 0)
 			ereport(LOG,
@@ -485,7 +217,7 @@ run_check(void)
 
 		done = psprintf("%s|%s", expected, run_id);
 		fargv[0] = "EVAL";
-		fargv[1] = finish_script;
+		fargv[1] = redis_script_body(RC_SCRIPT_VERSION_FINISH);
 		fargv[2] = "2";
 		fargv[3] = control[3];
 		fargv[4] = control[4];
@@ -496,35 +228,40 @@ run_check(void)
 		finish.argc = 7;
 		finish.argv = fargv;
 		finish.argvlen = flen;
-		if (!redis_internal_round_trip(&finish, 1, &freply))
-			return RC_VERSION_FAULT;
+		if (!round_trip(&finish, 1, &freply))
+			return RC_SESSION_FAULT;
 		check_state = CHECK_OK;
 	}
 	else
-		return RC_VERSION_FAULT;
+	{
+		redis_fault_set(RC_FAULT_PROTOCOL,
+						"unexpected reply to the cache version check (is this a Redis server?)");
+		return RC_SESSION_FAULT;
+	}
 
 	checked_serial = redis_connection_serial();
-	checked_version_generation = redis_cache_version_generation;
+	checked_version_generation = version_generation;
 	strlcpy(checked_prefix, prefix, sizeof(checked_prefix));
 	checked_at = GetCurrentTimestamp();
 
-	return check_state == CHECK_OK ? RC_VERSION_OK : RC_VERSION_BYPASS;
+	return check_state == CHECK_OK ? RC_SESSION_OK : RC_SESSION_BYPASS;
 }
 
 /*
- * Called by redis_execute() on an open connection before a caller's
- * commands.  Cheap when nothing changed since the last check.
+ * The session check (connection.c calls it on an open connection before a
+ * caller's commands; round_trip runs on that connection).  Cheap when
+ * nothing changed since the last check.
  */
-RedisVersionStatus
-redis_version_verify(int flags)
+static RedisSessionStatus
+version_session_check(int flags, RedisRoundTrip round_trip)
 {
 	bool		needed;
-	RedisVersionStatus status;
+	RedisSessionStatus status;
 
 	needed = check_state == CHECK_NONE ||
 		check_state == CHECK_FLUSHING ||
 		checked_serial != redis_connection_serial() ||
-		checked_version_generation != redis_cache_version_generation ||
+		checked_version_generation != version_generation ||
 		strcmp(checked_prefix, current_prefix()) != 0;
 
 	if (!needed && check_state == CHECK_STALE &&
@@ -533,12 +270,12 @@ redis_version_verify(int flags)
 		needed = true;
 
 	if (!needed)
-		status = check_state == CHECK_OK ? RC_VERSION_OK : RC_VERSION_BYPASS;
+		status = check_state == CHECK_OK ? RC_SESSION_OK : RC_SESSION_BYPASS;
 	else
-		status = run_check();
+		status = run_check(round_trip);
 
 	/* say so once per episode, to a client that can hear it */
-	if (status == RC_VERSION_BYPASS && check_state == CHECK_STALE &&
+	if (status == RC_SESSION_BYPASS && check_state == CHECK_STALE &&
 		!stale_warned && !(flags & RC_EXEC_STARTUP))
 	{
 		stale_warned = true;
@@ -605,11 +342,61 @@ redis_cache_client_authentication(Port *port, int status)
 		redis_version_startup_check();
 }
 
-void
-redis_version_install_hooks(void)
+/* A new expected version means a new version check. */
+static void
+assign_version(const char *newval, void *extra)
 {
-	prev_client_authentication_hook = ClientAuthentication_hook;
-	ClientAuthentication_hook = redis_cache_client_authentication;
+	version_generation++;
+}
+
+static bool
+check_version(char **newval, void **extra, GucSource source)
+{
+	const unsigned char *p;
+
+	if (*newval == NULL)
+		return true;
+	if (strlen(*newval) > 200)
+	{
+		GUC_check_errmsg("redis_cache.version is too long");
+		GUC_check_errdetail("At most 200 bytes are allowed.");
+		return false;
+	}
+	for (p = (const unsigned char *) *newval; *p; p++)
+	{
+		if (*p < 0x20 || *p == 0x7F || *p == '|')
+		{
+			GUC_check_errmsg("redis_cache.version contains a control character or \"|\"");
+			GUC_check_errhint("Use a deploy identifier such as a commit hash, for example \"a1b2c3d4\".");
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * From _PG_init: the setting, the session check of every connection and,
+ * when preloaded, the check right after authentication.
+ */
+void
+redis_version_init(void)
+{
+	DefineCustomStringVariable("redis_cache.version",
+							   gettext_noop("Sets the expected cache version; a different version stored in Redis flushes the namespace."),
+							   gettext_noop("Empty means the environment variable REDIS_CACHE_VERSION of the server, else \"1\"."),
+							   &expected_version,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_version, assign_version, NULL);
+
+	redis_set_session_check(version_session_check);
+
+	if (process_shared_preload_libraries_in_progress)
+	{
+		prev_client_authentication_hook = ClientAuthentication_hook;
+		ClientAuthentication_hook = redis_cache_client_authentication;
+	}
 }
 
 /*

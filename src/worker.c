@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * worker.c
- *		  Shared memory and the background worker that make invalidations
- *		  impossible to lose (requires shared_preload_libraries).
+ *		  The background worker that makes invalidations impossible to lose,
+ *		  and the shared memory through which backends hand it work
+ *		  (requires shared_preload_libraries).
  *
  * Backends send invalidations themselves when their transaction commits.
  * What they could not deliver is handed to this worker through shared
@@ -16,23 +17,27 @@
  *   which does not fit in a commit's time budget: the worker runs them;
  * - second deletes for redis_cache.redelete_delay_ms.
  *
- * Durability: the file redis_cache.state in the data directory lists every
- * namespace ever invalidated, with "missed" flags, and a "clean" line when
- * the worker stopped with nothing pending and no commit in flight.  The
- * first invalidation of a namespace writes it (fsync) before its commit.
- * At start, the worker flushes every namespace marked missed, or all of
- * them when the last stop was not clean (crash, kill -9, power loss): a
- * commit may have died between its commit record and its send.
+ * Durability: the state file pg_stat/redis_cache.state (state_file.c)
+ * lists every namespace ever invalidated, with "missed" flags, and a
+ * "clean" line when the worker stopped with nothing pending and no commit
+ * in flight.  The first invalidation of a namespace writes it (fsync)
+ * before its commit.  At start, the worker flushes every namespace marked
+ * missed, or all of them when the last stop was not clean (crash, kill -9,
+ * power loss): a commit may have died between its commit record and its
+ * send.
  *
- * Locking: RedisCacheShared->lock (one LWLock) protects everything in it
- * except in_flight (atomic).  The worker alone writes the state file,
- * except registrations, which a backend writes under the lock.
+ * Locking: WorkerShared is private to this file.  Its lock protects every
+ * field but in_flight (atomic) and is only ever held for memory accesses.
+ * A second lock, file_lock, serialises writes of the state file: a writer
+ * takes a snapshot under the first lock, releases it, and writes and
+ * fsyncs holding only file_lock, so no backend waits for an fsync to mark
+ * a namespace missed or to queue work.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "miscadmin.h"
@@ -46,6 +51,7 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -53,33 +59,71 @@
 #include "redis_cache.h"
 
 #define RC_STATE_FILE		"redis_cache.state"
-#define RC_STATE_TMP		"redis_cache.state.tmp"
+#define RC_STATE_FORMAT		2
+#define RC_LEGACY_STATE_FILE	"redis_cache.state"	/* 1.2, data directory */
+
+#define RC_MAX_NAMESPACES		16
+#define RC_MAX_PENDING_PATTERNS	256
+#define RC_MAX_REDELETES		1024
 
 /* How often the worker retries pending work while Redis is unreachable. */
 #define RC_WORKER_RETRY_MS	500
 
-RedisCacheShared *redis_cache_shared = NULL;
+typedef struct RedisNamespace
+{
+	char		prefix[RC_MAX_KEY_BYTES + 1];
+	bool		missed;			/* an invalidation was lost: flush it */
+	bool		durable;		/* recorded in the state file */
+	bool		forgotten;		/* cache_forget_namespace(): slot unused */
+} RedisNamespace;
+
+typedef struct RedisPendingPattern
+{
+	int			namespace_index;
+	char		pattern[RC_MAX_KEY_BYTES * 2 + 1];	/* glob, after key_prefix */
+} RedisPendingPattern;
+
+typedef struct RedisRedelete
+{
+	int			namespace_index;
+	TimestampTz due;
+	char		key[RC_MAX_KEY_BYTES * 2 + 1];
+} RedisRedelete;
+
+typedef struct WorkerShared
+{
+	LWLock	   *lock;			/* everything below but in_flight */
+	LWLock	   *file_lock;		/* serialises state file writes */
+	Latch	   *worker_latch;	/* NULL while no worker runs */
+	pg_atomic_uint32 in_flight; /* commits sending invalidations now */
+	bool		state_dirty;	/* state file needs rewriting */
+	int			nnamespaces;
+	RedisNamespace namespaces[RC_MAX_NAMESPACES];
+	int			npatterns;
+	RedisPendingPattern patterns[RC_MAX_PENDING_PATTERNS];
+	int			redelete_head;
+	int			nredeletes;
+	RedisRedelete redeletes[RC_MAX_REDELETES];
+} WorkerShared;
+
+static WorkerShared *worker_shared = NULL;
+
+PG_FUNCTION_INFO_V1(cache_forget_namespace);
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-static Size
-shared_size(void)
-{
-	return MAXALIGN(sizeof(RedisCacheShared));
-}
-
 static void
-redis_cache_shmem_request(void)
+worker_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(shared_size());
-	RequestNamedLWLockTranche("redis_cache", 1);
+	RequestAddinShmemSpace(MAXALIGN(sizeof(WorkerShared)));
+	RequestNamedLWLockTranche("redis_cache worker", 2);
 }
 
 static void
-redis_cache_shmem_startup(void)
+worker_shmem_startup(void)
 {
 	bool		found;
 
@@ -87,108 +131,139 @@ redis_cache_shmem_startup(void)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	redis_cache_shared = ShmemInitStruct("redis_cache", shared_size(), &found);
+	worker_shared = ShmemInitStruct("redis_cache worker", sizeof(WorkerShared), &found);
 	if (!found)
 	{
-		memset(redis_cache_shared, 0, shared_size());
-		redis_cache_shared->lock = &(GetNamedLWLockTranche("redis_cache"))->lock;
-		pg_atomic_init_u32(&redis_cache_shared->in_flight, 0);
-		redis_stats_init(&redis_cache_shared->stats);
-		pg_atomic_init_u32(&redis_cache_shared->query_tables_any, 0);
-		for (int i = 0; i < RC_QUERY_TABLE_WORDS; i++)
-			pg_atomic_init_u64(&redis_cache_shared->query_tables[i], 0);
-		redis_query_tables_load();
+		LWLockPadded *locks = GetNamedLWLockTranche("redis_cache worker");
+
+		memset(worker_shared, 0, sizeof(WorkerShared));
+		worker_shared->lock = &locks[0].lock;
+		worker_shared->file_lock = &locks[1].lock;
+		pg_atomic_init_u32(&worker_shared->in_flight, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
 
 /*
- * Replace path with data atomically: write tmp, fsync, durable rename.
- * Returns false (after a WARNING) on I/O errors; never throws.
- */
-bool
-redis_write_file_durably(const char *tmp, const char *path,
-						 const void *data, size_t len)
-{
-	int			fd;
-
-	fd = OpenTransientFile(tmp, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
-	if (fd < 0)
-	{
-		ereport(WARNING,
-				(errcode_for_file_access(),
-				 errmsg("redis_cache: could not create \"%s\": %m", tmp)));
-		return false;
-	}
-	if (write(fd, data, len) != (ssize_t) len || pg_fsync(fd) != 0)
-	{
-		ereport(WARNING,
-				(errcode_for_file_access(),
-				 errmsg("redis_cache: could not write \"%s\": %m", tmp)));
-		CloseTransientFile(fd);
-		return false;
-	}
-	CloseTransientFile(fd);
-	return durable_rename(tmp, path, WARNING) == 0;
-}
-
-/*
- * Write the state file atomically.  Caller holds the lock.  Returns false
- * (after a WARNING) on I/O errors; never throws.
+ * Write the state file from a snapshot of shared memory.  Never called with
+ * worker_shared->lock held: the snapshot is taken under it, the fsync
+ * happens under file_lock only.  Returns false (after a WARNING) on I/O
+ * errors; never throws.  On success every namespace of the snapshot is
+ * durable.
  */
 static bool
 write_state_file(bool clean)
 {
-	RedisCacheShared *sh = redis_cache_shared;
-	char		buf[RC_MAX_NAMESPACES * (RC_MAX_KEY_BYTES + 16) + 16];
+	WorkerShared *sh = worker_shared;
+	char	   *buf = palloc(RC_MAX_NAMESPACES * (RC_MAX_KEY_BYTES + 16) + 16);
 	int			len = 0;
+	int			n;
 	int			i;
+	bool		ok;
 
-	for (i = 0; i < sh->nnamespaces; i++)
-		len += snprintf(buf + len, sizeof(buf) - len, "%s\t%s\n",
-						sh->namespaces[i].missed ? "missed" : "seen",
-						sh->namespaces[i].prefix);
+	LWLockAcquire(sh->file_lock, LW_EXCLUSIVE);
+
+	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
+	n = sh->nnamespaces;
+	for (i = 0; i < n; i++)
+		if (!sh->namespaces[i].forgotten)
+			len += sprintf(buf + len, "%s\t%s\n",
+						   sh->namespaces[i].missed ? "missed" : "seen",
+						   sh->namespaces[i].prefix);
 	if (clean)
-		len += snprintf(buf + len, sizeof(buf) - len, "clean\n");
-	return redis_write_file_durably(RC_STATE_TMP, RC_STATE_FILE, buf, len);
+		len += sprintf(buf + len, "clean\n");
+	sh->state_dirty = false;
+	LWLockRelease(sh->lock);
+
+	ok = redis_state_file_write(RC_STATE_FILE, RC_STATE_FORMAT, buf, len);
+
+	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
+	if (ok)
+		for (i = 0; i < n; i++)
+			sh->namespaces[i].durable = true;
+	else
+		sh->state_dirty = true;
+	LWLockRelease(sh->lock);
+
+	LWLockRelease(sh->file_lock);
+	pfree(buf);
+	return ok;
+}
+
+/*
+ * The whole of a file of an older release in the data directory, or NULL.
+ * It is removed once read: the new file replaces it.
+ */
+static char *
+read_legacy_file(const char *path, size_t max, size_t *len)
+{
+	FILE	   *file = AllocateFile(path, PG_BINARY_R);
+	char	   *data;
+
+	if (file == NULL)
+		return NULL;
+	data = palloc(max + 1);
+	*len = fread(data, 1, max, file);
+	FreeFile(file);
+	data[*len] = '\0';
+	(void) unlink(path);
+	return data;
 }
 
 /*
  * Read the state file into shared memory.  Returns whether the last stop was
- * clean; a missing file is a clean first start.
+ * clean; a missing file is a clean first start, a damaged one is not.
  */
 static bool
 read_state_file(void)
 {
-	RedisCacheShared *sh = redis_cache_shared;
-	FILE	   *file;
-	char		line[RC_MAX_KEY_BYTES + 32];
+	WorkerShared *sh = worker_shared;
+	size_t		len;
+	char	   *data = redis_state_file_read(RC_STATE_FILE, RC_STATE_FORMAT, &len);
+	char	   *line;
+	char	   *next;
 	bool		clean = false;
+	char		path[MAXPGPATH];
 
-	file = AllocateFile(RC_STATE_FILE, "r");
-	if (file == NULL)
-		return true;
-	while (fgets(line, sizeof(line), file) != NULL)
+	if (data == NULL)
 	{
-		char	   *tab = strchr(line, '\t');
-		size_t		len = strlen(line);
+		struct stat st;
 
-		if (len > 0 && line[len - 1] == '\n')
-			line[--len] = '\0';
+		snprintf(path, sizeof(path), "%s/%s", PGSTAT_STAT_PERMANENT_DIRECTORY,
+				 RC_STATE_FILE);
+		/* present but unreadable: assume the worst */
+		if (stat(path, &st) == 0)
+			return false;
+		/* version 1.2 kept the same text, headerless, in the data directory */
+		data = read_legacy_file(RC_LEGACY_STATE_FILE, 64 * 1024, &len);
+		if (data == NULL)
+			return true;		/* first start */
+	}
+	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
+	for (line = data; line != NULL && *line; line = next)
+	{
+		char	   *tab;
+
+		next = strchr(line, '\n');
+		if (next != NULL)
+			*next++ = '\0';
 		if (strcmp(line, "clean") == 0)
 		{
 			clean = true;
 			continue;
 		}
+		tab = strchr(line, '\t');
 		if (tab == NULL || sh->nnamespaces >= RC_MAX_NAMESPACES)
 			continue;
 		*tab = '\0';
 		strlcpy(sh->namespaces[sh->nnamespaces].prefix, tab + 1,
 				sizeof(sh->namespaces[0].prefix));
 		sh->namespaces[sh->nnamespaces].missed = (strcmp(line, "missed") == 0);
+		sh->namespaces[sh->nnamespaces].durable = true;
 		sh->nnamespaces++;
 	}
-	FreeFile(file);
+	LWLockRelease(sh->lock);
+	pfree(data);
 	return clean;
 }
 
@@ -200,32 +275,27 @@ read_state_file(void)
 int
 redis_register_namespace(const char *prefix)
 {
-	RedisCacheShared *sh = redis_cache_shared;
+	WorkerShared *sh = worker_shared;
 	int			i;
 	int			result = -1;
+	bool		durable = false;
 
 	if (sh == NULL)
 		return -1;
-
-	LWLockAcquire(sh->lock, LW_SHARED);
-	for (i = 0; i < sh->nnamespaces; i++)
-	{
-		if (strcmp(sh->namespaces[i].prefix, prefix) == 0)
-		{
-			result = i;
-			break;
-		}
-	}
-	LWLockRelease(sh->lock);
-	if (result >= 0)
-		return result;
 
 	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 	for (i = 0; i < sh->nnamespaces; i++)
 	{
 		if (strcmp(sh->namespaces[i].prefix, prefix) == 0)
 		{
+			/* a forgotten slot is only ever reused by its own prefix */
+			if (sh->namespaces[i].forgotten)
+			{
+				sh->namespaces[i].forgotten = false;
+				sh->namespaces[i].durable = false;
+			}
 			result = i;
+			durable = sh->namespaces[i].durable;
 			break;
 		}
 	}
@@ -235,25 +305,150 @@ redis_register_namespace(const char *prefix)
 		strlcpy(sh->namespaces[result].prefix, prefix,
 				sizeof(sh->namespaces[0].prefix));
 		sh->namespaces[result].missed = false;
-		if (!write_state_file(false))
+		sh->namespaces[result].durable = false;
+		sh->namespaces[result].forgotten = false;
+	}
+	LWLockRelease(sh->lock);
+
+	/* not durable yet (new, or its first write failed): write it now */
+	if (result >= 0 && !durable && !write_state_file(false))
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("redis_cache: could not record namespace \"%s\" in \"%s/%s\"",
+						prefix, PGSTAT_STAT_PERMANENT_DIRECTORY, RC_STATE_FILE)));
+	return result;
+}
+
+/*
+ * Index of namespace "prefix", or -1 when it is not registered (or there is
+ * no worker).
+ */
+int
+redis_find_namespace(const char *prefix)
+{
+	WorkerShared *sh = worker_shared;
+	int			i;
+	int			result = -1;
+
+	if (sh == NULL)
+		return -1;
+	LWLockAcquire(sh->lock, LW_SHARED);
+	for (i = 0; i < sh->nnamespaces; i++)
+	{
+		if (!sh->namespaces[i].forgotten &&
+			strcmp(sh->namespaces[i].prefix, prefix) == 0)
 		{
-			sh->nnamespaces--;
-			LWLockRelease(sh->lock);
-			ereport(ERROR,
-					(errcode_for_file_access(),
-					 errmsg("redis_cache: could not record namespace \"%s\" in \"%s\"",
-							prefix, RC_STATE_FILE)));
+			result = i;
+			break;
 		}
 	}
 	LWLockRelease(sh->lock);
 	return result;
 }
 
+/*
+ * The namespaces the worker knows, in index order (palloc'd copies, NULL
+ * for a forgotten one); their count is returned.  Without the worker, none.
+ */
+int
+redis_worker_namespaces(char ***prefixes)
+{
+	WorkerShared *sh = worker_shared;
+	int			n;
+	int			i;
+
+	*prefixes = NULL;
+	if (sh == NULL)
+		return 0;
+	*prefixes = palloc(sizeof(char *) * RC_MAX_NAMESPACES);
+	LWLockAcquire(sh->lock, LW_SHARED);
+	n = sh->nnamespaces;
+	for (i = 0; i < n; i++)
+		(*prefixes)[i] = sh->namespaces[i].forgotten ? NULL :
+			pstrdup(sh->namespaces[i].prefix);
+	LWLockRelease(sh->lock);
+	return n;
+}
+
+/*
+ * cache_forget_namespace(prefix text) RETURNS boolean: stop tracking a
+ * key_prefix no longer in use (a retired environment, a test), so that it
+ * is neither flushed after a crash nor sent generation bumps.  False when
+ * it was not tracked.  Refused while it has pending work.
+ */
+Datum
+cache_forget_namespace(PG_FUNCTION_ARGS)
+{
+	WorkerShared *sh = worker_shared;
+	char	   *prefix = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	bool		pending = false;
+	int			found = -1;
+	int			i;
+
+	if (sh == NULL)
+		PG_RETURN_BOOL(false);
+
+	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
+	for (i = 0; i < sh->nnamespaces && found < 0; i++)
+		if (!sh->namespaces[i].forgotten &&
+			strcmp(sh->namespaces[i].prefix, prefix) == 0)
+			found = i;
+	if (found >= 0)
+	{
+		pending = sh->namespaces[found].missed;
+		for (i = 0; i < sh->npatterns && !pending; i++)
+			pending = sh->patterns[i].namespace_index == found;
+		for (i = 0; i < sh->nredeletes && !pending; i++)
+			pending = sh->redeletes[(sh->redelete_head + i) % RC_MAX_REDELETES].namespace_index == found;
+		if (!pending)
+			sh->namespaces[found].forgotten = true;
+	}
+	LWLockRelease(sh->lock);
+
+	if (pending)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("redis_cache: namespace \"%s\" has invalidations pending", prefix),
+				 errhint("Retry once Redis is reachable and the worker has applied them.")));
+	if (found < 0)
+		PG_RETURN_BOOL(false);
+	if (!write_state_file(false))
+		ereport(WARNING,
+				(errmsg("redis_cache: namespace \"%s\" is forgotten until the next restart only",
+						prefix)));
+	PG_RETURN_BOOL(true);
+}
+
+/* Whether a worker runs to take over what a commit could not deliver. */
+bool
+redis_worker_running(void)
+{
+	return worker_shared != NULL && worker_shared->worker_latch != NULL;
+}
+
+/*
+ * A commit is about to send invalidations (PRE_COMMIT) / is done (COMMIT or
+ * abort): the worker's clean stop waits for commits in flight.
+ */
+void
+redis_worker_commit_begin(void)
+{
+	if (worker_shared != NULL)
+		pg_atomic_fetch_add_u32(&worker_shared->in_flight, 1);
+}
+
+void
+redis_worker_commit_end(void)
+{
+	if (worker_shared != NULL)
+		pg_atomic_fetch_sub_u32(&worker_shared->in_flight, 1);
+}
+
 static void
 wake_worker(void)
 {
-	if (redis_cache_shared->worker_latch)
-		SetLatch(redis_cache_shared->worker_latch);
+	if (worker_shared->worker_latch)
+		SetLatch(worker_shared->worker_latch);
 }
 
 /*
@@ -263,7 +458,7 @@ wake_worker(void)
 void
 redis_mark_missed(int namespace_index)
 {
-	RedisCacheShared *sh = redis_cache_shared;
+	WorkerShared *sh = worker_shared;
 
 	if (sh == NULL || namespace_index < 0)
 		return;
@@ -281,7 +476,7 @@ redis_mark_missed(int namespace_index)
 void
 redis_queue_pattern(int namespace_index, const char *pattern)
 {
-	RedisCacheShared *sh = redis_cache_shared;
+	WorkerShared *sh = worker_shared;
 
 	if (sh == NULL || namespace_index < 0)
 		return;
@@ -310,7 +505,7 @@ void
 redis_queue_redelete(int namespace_index, const char *key, size_t len,
 					 TimestampTz due)
 {
-	RedisCacheShared *sh = redis_cache_shared;
+	WorkerShared *sh = worker_shared;
 	RedisRedelete *slot;
 
 	if (sh == NULL || namespace_index < 0 || len > RC_MAX_KEY_BYTES * 2)
@@ -339,9 +534,10 @@ redis_queue_redelete(int namespace_index, const char *key, size_t len,
 static bool
 process_pending(void)
 {
-	RedisCacheShared *sh = redis_cache_shared;
+	WorkerShared *sh = worker_shared;
 	int			i;
 	bool		all_done = true;
+	bool		dirty;
 
 	/* flush missed namespaces */
 	for (i = 0; i < RC_MAX_NAMESPACES; i++)
@@ -420,7 +616,9 @@ process_pending(void)
 			all_done = false;
 			break;
 		}
+		LWLockAcquire(sh->lock, LW_SHARED);
 		full = psprintf("%s%s", sh->namespaces[item.namespace_index].prefix, item.key);
+		LWLockRelease(sh->lock);
 		if (!redis_unlink_raw(full))
 			return false;
 		pfree(full);
@@ -430,14 +628,12 @@ process_pending(void)
 		LWLockRelease(sh->lock);
 	}
 
-	/* persist cleared or new "missed" flags */
-	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
-	if (sh->state_dirty)
-	{
-		if (write_state_file(false))
-			sh->state_dirty = false;
-	}
+	/* persist cleared or new "missed" flags (outside the lock: fsync) */
+	LWLockAcquire(sh->lock, LW_SHARED);
+	dirty = sh->state_dirty;
 	LWLockRelease(sh->lock);
+	if (dirty)
+		(void) write_state_file(false);
 	return all_done;
 }
 
@@ -447,7 +643,7 @@ process_pending(void)
 static long
 next_redelete_ms(void)
 {
-	RedisCacheShared *sh = redis_cache_shared;
+	WorkerShared *sh = worker_shared;
 	long		result = -1;
 
 	LWLockAcquire(sh->lock, LW_SHARED);
@@ -466,7 +662,7 @@ next_redelete_ms(void)
 static bool
 has_urgent_work(void)
 {
-	RedisCacheShared *sh = redis_cache_shared;
+	WorkerShared *sh = worker_shared;
 	bool		result = false;
 	int			i;
 
@@ -485,7 +681,7 @@ has_urgent_work(void)
 static void
 worker_shutdown(void)
 {
-	RedisCacheShared *sh = redis_cache_shared;
+	WorkerShared *sh = worker_shared;
 	int			waited = 0;
 	bool		clean;
 	int			i;
@@ -500,12 +696,12 @@ worker_shutdown(void)
 	for (i = 0; i < sh->nnamespaces; i++)
 		if (sh->namespaces[i].missed)
 			clean = false;
+	sh->worker_latch = NULL;
+	LWLockRelease(sh->lock);
 	/* before "clean": the next start relies on it */
 	if (!redis_query_tables_save())
 		clean = false;
-	write_state_file(clean);
-	sh->worker_latch = NULL;
-	LWLockRelease(sh->lock);
+	(void) write_state_file(clean);
 }
 
 void		redis_cache_worker_main(Datum main_arg);
@@ -513,7 +709,7 @@ void		redis_cache_worker_main(Datum main_arg);
 PGDLLEXPORT void
 redis_cache_worker_main(Datum main_arg)
 {
-	RedisCacheShared *sh = redis_cache_shared;
+	WorkerShared *sh = worker_shared;
 	MemoryContext loop_context;
 	bool		clean;
 	int			i;
@@ -525,8 +721,8 @@ redis_cache_worker_main(Datum main_arg)
 	/* faults are retried here, never raised */
 	SetConfigOption("redis_cache.on_error", "warning", PGC_SUSET, PGC_S_OVERRIDE);
 
-	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 	clean = read_state_file();
+	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 	if (!clean)
 	{
 		for (i = 0; i < sh->nnamespaces; i++)
@@ -536,10 +732,10 @@ redis_cache_worker_main(Datum main_arg)
 					(errmsg("redis_cache: previous shutdown was not clean; flushing %d cache namespaces to apply invalidations that may have been lost",
 							sh->nnamespaces)));
 	}
-	/* from now until a clean stop, a crash must be assumed to lose work */
-	write_state_file(false);
 	sh->worker_latch = MyLatch;
 	LWLockRelease(sh->lock);
+	/* from now until a clean stop, a crash must be assumed to lose work */
+	(void) write_state_file(false);
 
 	ereport(LOG, (errmsg("redis_cache invalidation worker started")));
 
@@ -587,9 +783,9 @@ redis_worker_init(void)
 	BackgroundWorker worker;
 
 	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = redis_cache_shmem_request;
+	shmem_request_hook = worker_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = redis_cache_shmem_startup;
+	shmem_startup_hook = worker_shmem_startup;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;

@@ -1,11 +1,13 @@
 /*-------------------------------------------------------------------------
  *
- * redis_cache.c
- *		  Module entry point of the redis_cache extension.
+ * module.c
+ *		  Module entry point of the redis_cache extension (_PG_init).
  *
  * The extension works loaded on demand (CREATE EXTENSION and the first
  * call) as well as from shared_preload_libraries; _PG_init must therefore
- * only do what is legal in both cases.
+ * only do what is legal in both cases.  Each file defines its own settings
+ * and, when preloaded, requests its own shared memory; this file only
+ * calls them in order.
  *
  *-------------------------------------------------------------------------
  */
@@ -13,6 +15,7 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/guc.h"
 
 #include "redis_cache.h"
 
@@ -30,12 +33,17 @@ void
 _PG_init(void)
 {
 	redis_cache_define_gucs();
+	redis_connection_define_gucs();
+	redis_query_cache_define_gucs();
+	redis_version_init();
 	redis_invalidation_init();
 	redis_query_hooks_init();
+	MarkGUCPrefixReserved("redis_cache");
 
-	if (process_shared_preload_libraries_in_progress)
+	if (redis_cache_preloaded())
 	{
-		redis_version_install_hooks();
+		redis_stats_shmem_init();
+		redis_query_tables_shmem_init();
 		redis_worker_init();
 	}
 	else if (IsUnderPostmaster && AmRegularBackendProcess() && !IsBinaryUpgrade)

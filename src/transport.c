@@ -1,0 +1,636 @@
+/*-------------------------------------------------------------------------
+ *
+ * transport.c
+ *		  Bytes to and from one Redis server: a non-blocking socket, the
+ *		  waits, pipelined round trips and reply parsing.
+ *
+ * Design rules:
+ *
+ * - hiredis is used only for what is pure computation: formatting commands
+ *   (redisFormatCommandArgv) and parsing replies (redisReader).  The socket is
+ *   ours, non-blocking, and every wait goes through one long-lived
+ *   WaitEventSet per socket with the process latch and postmaster death, so
+ *   statement_timeout, pg_cancel_backend() and shutdown interrupt a call
+ *   blocked on a paused Redis, as in postgres_fdw.  Every wait is also
+ *   bounded by the caller's deadline, which is what bounds it where
+ *   interrupts are held (commit callbacks).
+ *
+ * - Bytes move through the send/recv/close functions of RedisTransportOps,
+ *   so TLS can be added as a second set without touching callers.
+ *
+ * - hiredis allocates with malloc.  Replies are deep-copied into palloc'd
+ *   RedisReply trees and freed at once; the reader belongs to the socket and
+ *   is freed with it.  An ERROR thrown while a command is outstanding
+ *   (cancel, out of memory) leaves the protocol out of sync: the caller
+ *   closes the socket in PG_CATCH before re-throwing.
+ *
+ * - Redis is untrusted: the bytes of a reply are capped (max_value_bytes per
+ *   key argument plus slack) while they are read; a reader error is final.
+ *
+ * - Faults are described once, here or by the client above, as a
+ *   RedisFaultKind and a message kept without palloc (commit callbacks read
+ *   it after their memory is gone).  This file knows nothing of breakers,
+ *   retries or which server to choose: that is connection.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/fd.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "redis_cache.h"
+
+/* Reply bytes allowed per command on top of max_value_bytes. */
+#define RC_REPLY_SLACK_BYTES	(64 * 1024)
+
+#define RC_RECV_CHUNK			16384
+
+/*
+ * How bytes reach the server.  Only plain TCP/Unix sockets today; a TLS
+ * transport wraps SSL_read/SSL_write behind the same three calls.
+ */
+typedef struct RedisTransportOps
+{
+	ssize_t		(*send) (RedisSocket *s, const char *buf, size_t len);
+	ssize_t		(*recv) (RedisSocket *s, char *buf, size_t len);
+	void		(*close) (RedisSocket *s);
+} RedisTransportOps;
+
+struct RedisSocket
+{
+	pgsocket	sock;
+	const RedisTransportOps *ops;
+	redisReader *reader;
+	WaitEventSet *wait_set;
+	int			socket_event_pos;	/* position of the socket in wait_set */
+	uint32		socket_events;	/* events currently waited for */
+	bool		external_fd_acquired;
+	int			timeout_ms;		/* bound of the wait in progress, for messages */
+	char		label[300];		/* "host:port", for messages */
+	StringInfoData send_buffer; /* formatted commands, in TopMemoryContext */
+};
+
+/* The last fault, kept without palloc. */
+static RedisFaultKind fault_kind = RC_FAULT_NONE;
+static char fault_message[512];
+
+static ssize_t plain_send(RedisSocket *s, const char *buf, size_t len);
+static ssize_t plain_recv(RedisSocket *s, char *buf, size_t len);
+static void plain_close(RedisSocket *s);
+
+static const RedisTransportOps plain_ops = {
+	plain_send, plain_recv, plain_close
+};
+
+/* ---- faults --------------------------------------------------------------- */
+
+void
+redis_fault_set(RedisFaultKind kind, const char *fmt,...)
+{
+	va_list		args;
+
+	fault_kind = kind;
+	va_start(args, fmt);
+	vsnprintf(fault_message, sizeof(fault_message), fmt, args);
+	va_end(args);
+}
+
+RedisFaultKind
+redis_fault_kind(void)
+{
+	return fault_kind;
+}
+
+const char *
+redis_fault_message(void)
+{
+	return fault_message;
+}
+
+/* ---- plain sockets -------------------------------------------------------- */
+
+static ssize_t
+plain_send(RedisSocket *s, const char *buf, size_t len)
+{
+	return send(s->sock, buf, len, MSG_NOSIGNAL);
+}
+
+static ssize_t
+plain_recv(RedisSocket *s, char *buf, size_t len)
+{
+	return recv(s->sock, buf, len, 0);
+}
+
+static void
+plain_close(RedisSocket *s)
+{
+	if (s->sock != PGINVALID_SOCKET)
+		close(s->sock);
+	s->sock = PGINVALID_SOCKET;
+}
+
+/* An empty StringInfo in TopMemoryContext (repalloc keeps it there). */
+static void
+init_long_lived_buffer(StringInfo buf)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	initStringInfo(buf);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Close the socket and free everything it owns.  Never throws, so it is
+ * safe in PG_CATCH.
+ */
+void
+redis_socket_close(RedisSocket *s)
+{
+	if (s == NULL)
+		return;
+	if (s->wait_set)
+		FreeWaitEventSet(s->wait_set);
+	if (s->reader)
+		redisReaderFree(s->reader);
+	if (s->send_buffer.data)
+		pfree(s->send_buffer.data);
+	s->ops->close(s);
+	if (s->external_fd_acquired)
+		ReleaseExternalFD();
+	pfree(s);
+}
+
+/*
+ * Wait until the socket is readable or writable, the deadline passes, or an
+ * interrupt arrives.  Returns false on timeout.  Interrupts are serviced by
+ * CHECK_FOR_INTERRUPTS(), which may throw: callers close the socket then.
+ */
+static bool
+wait_for_socket(RedisSocket *s, uint32 events, TimestampTz deadline)
+{
+	for (;;)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		long		timeout_ms;
+		WaitEvent	event;
+		int			rc;
+
+		CHECK_FOR_INTERRUPTS();
+
+		if (now >= deadline)
+			return false;
+		timeout_ms = TimestampDifferenceMilliseconds(now, deadline);
+		if (timeout_ms <= 0)
+			timeout_ms = 1;
+
+		if (s->socket_events != events)
+		{
+			ModifyWaitEvent(s->wait_set, s->socket_event_pos, events, NULL);
+			s->socket_events = events;
+		}
+
+		rc = WaitEventSetWait(s->wait_set, timeout_ms, &event, 1,
+							  PG_WAIT_EXTENSION);
+		if (rc == 0)
+			continue;			/* timed out: the loop re-checks the deadline */
+
+		if (event.events & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			continue;
+		}
+		if (event.events & events)
+			return true;
+	}
+}
+
+/*
+ * Open a non-blocking socket to one address and wait for the TCP handshake.
+ */
+static bool
+connect_socket(RedisSocket *s, struct sockaddr *addr, socklen_t addrlen,
+			   TimestampTz deadline)
+{
+	int			one = 1;
+	int			so_error = 0;
+	socklen_t	optlen = sizeof(so_error);
+
+	s->sock = socket(addr->sa_family, SOCK_STREAM, 0);
+	if (s->sock == PGINVALID_SOCKET)
+	{
+		redis_fault_set(RC_FAULT_CONNECT, "could not create socket: %s", strerror(errno));
+		return false;
+	}
+	if (fcntl(s->sock, F_SETFL, O_NONBLOCK) < 0 ||
+		fcntl(s->sock, F_SETFD, FD_CLOEXEC) < 0)
+	{
+		redis_fault_set(RC_FAULT_CONNECT, "could not set socket options: %s", strerror(errno));
+		return false;
+	}
+	if (addr->sa_family != AF_UNIX)
+		(void) setsockopt(s->sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+	if (connect(s->sock, addr, addrlen) == 0)
+	{
+		s->socket_event_pos = AddWaitEventToSet(s->wait_set, WL_SOCKET_READABLE,
+												s->sock, NULL, NULL);
+		s->socket_events = WL_SOCKET_READABLE;
+		return true;
+	}
+	if (errno != EINPROGRESS && errno != EINTR)
+	{
+		redis_fault_set(RC_FAULT_CONNECT, "could not connect to Redis at %s: %s",
+						s->label, strerror(errno));
+		return false;
+	}
+
+	s->socket_event_pos = AddWaitEventToSet(s->wait_set, WL_SOCKET_WRITEABLE,
+											s->sock, NULL, NULL);
+	s->socket_events = WL_SOCKET_WRITEABLE;
+	if (!wait_for_socket(s, WL_SOCKET_WRITEABLE, deadline))
+	{
+		redis_fault_set(RC_FAULT_TIMEOUT, "timed out connecting to Redis at %s after %d ms",
+						s->label, s->timeout_ms);
+		return false;
+	}
+	if (getsockopt(s->sock, SOL_SOCKET, SO_ERROR, &so_error, &optlen) < 0)
+		so_error = errno;
+	if (so_error != 0)
+	{
+		redis_fault_set(RC_FAULT_CONNECT, "could not connect to Redis at %s: %s",
+						s->label, strerror(so_error));
+		return false;
+	}
+	return true;
+}
+
+/* Resolve host (or take it as a Unix socket path) and connect. */
+static bool
+connect_address(RedisSocket *s, const char *host, int port, TimestampTz deadline)
+{
+	if (host[0] == '/')
+	{
+		struct sockaddr_un addr;
+
+		memset(&addr, 0, sizeof(addr));
+		addr.sun_family = AF_UNIX;
+		if (strlen(host) >= sizeof(addr.sun_path))
+		{
+			redis_fault_set(RC_FAULT_CONNECT, "Unix socket path \"%s\" is too long", host);
+			return false;
+		}
+		strlcpy(addr.sun_path, host, sizeof(addr.sun_path));
+		return connect_socket(s, (struct sockaddr *) &addr, sizeof(addr), deadline);
+	}
+	else
+	{
+		struct addrinfo hints;
+		struct addrinfo *addrs = NULL;
+		char		portstr[16];
+		int			rc;
+		bool		ok;
+
+		memset(&hints, 0, sizeof(hints));
+		hints.ai_family = AF_UNSPEC;
+		hints.ai_socktype = SOCK_STREAM;
+		snprintf(portstr, sizeof(portstr), "%d", port);
+		rc = getaddrinfo(host, portstr, &hints, &addrs);
+		if (rc != 0 || addrs == NULL)
+		{
+			redis_fault_set(RC_FAULT_CONNECT, "could not resolve Redis host \"%s\": %s",
+							host, gai_strerror(rc));
+			return false;
+		}
+		/* first address only: one wait set slot per socket */
+		ok = connect_socket(s, addrs->ai_addr, addrs->ai_addrlen, deadline);
+		freeaddrinfo(addrs);
+		return ok;
+	}
+}
+
+/*
+ * Connect to host:port (host may be a Unix socket path) before deadline.
+ * Returns NULL with the fault set.  timeout_ms is only for messages.  May
+ * throw on interrupts, after closing what it opened.
+ */
+RedisSocket *
+redis_socket_open(const char *host, int port, int timeout_ms,
+				  TimestampTz deadline)
+{
+	RedisSocket *s;
+	volatile bool ok = false;
+
+	if (!AcquireExternalFD())
+	{
+		redis_fault_set(RC_FAULT_CONNECT, "could not connect to Redis: too many open files in this backend");
+		return NULL;
+	}
+	s = MemoryContextAllocZero(TopMemoryContext, sizeof(RedisSocket));
+	s->sock = PGINVALID_SOCKET;
+	s->ops = &plain_ops;
+	s->external_fd_acquired = true;
+	s->timeout_ms = timeout_ms;
+	if (host[0] == '/')
+		strlcpy(s->label, host, sizeof(s->label));
+	else
+		snprintf(s->label, sizeof(s->label), "%s:%d", host, port);
+
+	PG_TRY();
+	{
+		init_long_lived_buffer(&s->send_buffer);
+		s->wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+		AddWaitEventToSet(s->wait_set, WL_LATCH_SET, PGINVALID_SOCKET,
+						  MyLatch, NULL);
+		AddWaitEventToSet(s->wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET,
+						  NULL, NULL);
+		ok = connect_address(s, host, port, deadline);
+		if (ok)
+		{
+			s->reader = redisReaderCreate();
+			if (s->reader == NULL)
+			{
+				redis_fault_set(RC_FAULT_IO, "out of memory creating the Redis reply reader");
+				ok = false;
+			}
+		}
+	}
+	PG_CATCH();
+	{
+		redis_socket_close(s);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	if (!ok)
+	{
+		redis_socket_close(s);
+		return NULL;
+	}
+	return s;
+}
+
+/*
+ * Deep-copy a hiredis reply into palloc'd memory.
+ */
+static RedisReply *
+copy_reply(const redisReply *src)
+{
+	RedisReply *dst = palloc0(sizeof(RedisReply));
+
+	dst->type = src->type;
+	switch (src->type)
+	{
+		case REDIS_REPLY_STRING:
+		case REDIS_REPLY_STATUS:
+		case REDIS_REPLY_ERROR:
+			dst->len = src->len;
+			dst->str = palloc(src->len + 1);
+			memcpy(dst->str, src->str, src->len);
+			dst->str[src->len] = '\0';
+			break;
+		case REDIS_REPLY_INTEGER:
+			dst->integer = src->integer;
+			break;
+		case REDIS_REPLY_ARRAY:
+			dst->elements = src->elements;
+			if (src->elements > 0)
+			{
+				size_t		i;
+
+				dst->element = palloc(sizeof(RedisReply *) * src->elements);
+				for (i = 0; i < src->elements; i++)
+					dst->element[i] = copy_reply(src->element[i]);
+			}
+			break;
+		default:
+			break;
+	}
+	return dst;
+}
+
+/*
+ * A palloc'd copy of a hiredis reply, which is freed whatever happens (the
+ * copy may throw out of memory).  A function of its own so that the
+ * caller's loop variables are not live across the longjmp.
+ */
+static RedisReply *
+take_reply(void *raw)
+{
+	RedisReply *volatile copy = NULL;
+
+	PG_TRY();
+	{
+		copy = copy_reply((redisReply *) raw);
+	}
+	PG_CATCH();
+	{
+		freeReplyObject(raw);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	freeReplyObject(raw);
+	return copy;
+}
+
+/* Format every command into the socket's send buffer. */
+static void
+format_commands(StringInfo out, const RedisCommand *commands, int ncommands)
+{
+	int			i;
+
+	resetStringInfo(out);
+	for (i = 0; i < ncommands; i++)
+	{
+		char	   *formatted = NULL;
+		int			len;
+
+		len = redisFormatCommandArgv(&formatted, commands[i].argc,
+									 commands[i].argv, commands[i].argvlen);
+		if (len < 0 || formatted == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory formatting a Redis command")));
+		appendBinaryStringInfo(out, formatted, len);
+		redisFreeCommand(formatted);
+	}
+}
+
+static bool
+send_all(RedisSocket *s, TimestampTz deadline, bool *nothing_received)
+{
+	StringInfo	out = &s->send_buffer;
+	size_t		sent = 0;
+
+	while (sent < (size_t) out->len)
+	{
+		ssize_t		n = s->ops->send(s, out->data + sent, out->len - sent);
+
+		if (n > 0)
+		{
+			sent += n;
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		{
+			if (!wait_for_socket(s, WL_SOCKET_WRITEABLE, deadline))
+			{
+				redis_fault_set(RC_FAULT_TIMEOUT, "timed out sending to Redis at %s after %d ms",
+								s->label, s->timeout_ms);
+				*nothing_received = false;	/* slow, not dead: no retry */
+				return false;
+			}
+			continue;
+		}
+		redis_fault_set(RC_FAULT_IO, "could not send to Redis at %s: %s", s->label,
+						n < 0 ? strerror(errno) : "connection closed");
+		return false;
+	}
+	redis_stats_add(RC_STAT_BYTES_OUT, out->len);
+	/* a large pipeline must not pin its buffer for the session */
+	if (out->maxlen > 64 * 1024)
+	{
+		pfree(out->data);
+		init_long_lived_buffer(out);
+	}
+	return true;
+}
+
+/*
+ * Send all commands, then read one reply per command.  Returns false with
+ * the fault set on timeout, I/O error or protocol error; *nothing_received
+ * then says whether the server never answered anything (the caller may
+ * retry once over a fresh connection).  May throw on interrupts or out of
+ * memory; the caller closes the socket then.
+ */
+static bool
+round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
+			  RedisReply **replies, TimestampTz deadline, bool *nothing_received)
+{
+	bool		just_sent = true;
+	size_t		received = 0;
+	size_t		budget = 0;
+	int			nreplies = 0;
+	int			i;
+	char		buf[RC_RECV_CHUNK];
+
+	*nothing_received = true;
+
+	/* the socket's buffer: no allocation per command once warmed up */
+	format_commands(&s->send_buffer, commands, ncommands);
+
+	/*
+	 * hiredis buffers a bulk string until it is complete, so the bytes read
+	 * bound its memory.  Allow one value per key argument (MGET), at most 64.
+	 */
+	for (i = 0; i < ncommands; i++)
+		budget += ((size_t) redis_cache_max_value_bytes + RC_REPLY_SLACK_BYTES) *
+			(size_t) Min(Max(commands[i].argc - 1, 1), 64);
+
+	if (!send_all(s, deadline, nothing_received))
+		return false;
+
+	while (nreplies < ncommands)
+	{
+		void	   *raw = NULL;
+		ssize_t		n;
+
+		if (redisReaderGetReply(s->reader, &raw) != REDIS_OK)
+		{
+			redis_fault_set(RC_FAULT_PROTOCOL, "invalid reply from Redis at %s: %s", s->label,
+							s->reader->errstr[0] ? s->reader->errstr : "protocol error");
+			return false;
+		}
+		if (raw != NULL)
+		{
+			replies[nreplies++] = take_reply(raw);
+			continue;
+		}
+
+		/*
+		 * Right after sending, the reply is never there yet: wait first
+		 * instead of paying for a recv() that returns EAGAIN.
+		 */
+		if (just_sent)
+		{
+			just_sent = false;
+			if (!wait_for_socket(s, WL_SOCKET_READABLE, deadline))
+			{
+				redis_fault_set(RC_FAULT_TIMEOUT, "timed out waiting for Redis at %s after %d ms",
+								s->label, s->timeout_ms);
+				*nothing_received = false;	/* slow, not dead: no retry */
+				return false;
+			}
+		}
+		n = s->ops->recv(s, buf, sizeof(buf));
+		if (n > 0)
+		{
+			*nothing_received = false;
+			received += n;
+			if (received > budget)
+			{
+				redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s exceeds %zu bytes (redis_cache.max_value_bytes)",
+								s->label, budget);
+				return false;
+			}
+			if (redisReaderFeed(s->reader, buf, n) != REDIS_OK)
+			{
+				redis_fault_set(RC_FAULT_IO, "out of memory reading from Redis");
+				return false;
+			}
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		{
+			if (!wait_for_socket(s, WL_SOCKET_READABLE, deadline))
+			{
+				redis_fault_set(RC_FAULT_TIMEOUT, "timed out waiting for Redis at %s after %d ms",
+								s->label, s->timeout_ms);
+				*nothing_received = false;	/* slow, not dead: no retry */
+				return false;
+			}
+			continue;
+		}
+		redis_fault_set(RC_FAULT_IO, "lost connection to Redis at %s: %s", s->label,
+						n < 0 ? strerror(errno) : "server closed the connection");
+		return false;
+	}
+	redis_stats_add(RC_STAT_BYTES_IN, received);
+	return true;
+}
+
+/*
+ * One pipelined round trip, counted with its latency.  timeout_ms is the
+ * bound behind deadline, for messages.
+ */
+bool
+redis_socket_round_trip(RedisSocket *s, const RedisCommand *commands,
+						int ncommands, RedisReply **replies,
+						TimestampTz deadline, int timeout_ms,
+						bool *nothing_received)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	bool		ok;
+
+	s->timeout_ms = timeout_ms;
+	ok = round_trip_io(s, commands, ncommands, replies, deadline,
+					   nothing_received);
+	redis_stats_add(RC_STAT_ROUND_TRIPS, 1);
+	redis_stats_latency(GetCurrentTimestamp() - start);
+	return ok;
+}

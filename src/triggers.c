@@ -1,0 +1,357 @@
+/*-------------------------------------------------------------------------
+ *
+ * triggers.c
+ *		  Key templates and the cache_invalidate() trigger of watched
+ *		  tables.
+ *
+ * The trigger turns key templates such as 'tenant:subdomain:{subdomain}'
+ * into keys from the OLD and NEW rows and queues them in the commit
+ * pipeline (invalidation.c), which sends them when the transaction
+ * commits, and never for a rolled-back transaction or subtransaction.  A
+ * template ending in '*' (and every template at TRUNCATE) is a pattern,
+ * whose literal parts and values are glob-escaped.
+ *
+ * Design rules: templates are parsed once per trigger and transaction (the
+ * parse lives in TopTransactionContext, keyed by the local transaction id,
+ * trigger and tuple descriptor); a NULL column produces no key; the
+ * trigger also reports its table to query_deps.c, so that cached query
+ * results over it end at commit even in sessions without the hooks.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "storage/proc.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "redis_cache.h"
+
+PG_FUNCTION_INFO_V1(cache_invalidate);
+PG_FUNCTION_INFO_V1(cache_check_templates);
+
+/* One parsed piece of a template: literal text or a column. */
+typedef struct TemplatePart
+{
+	bool		is_column;
+	const char *text;			/* literal, or column name */
+	int			len;
+	AttrNumber	attnum;
+	FmgrInfo	output;			/* the column type's output function */
+} TemplatePart;
+
+typedef struct KeyTemplate
+{
+	const char *source;
+	int			nparts;
+	TemplatePart *parts;
+	bool		is_pattern;		/* ends in '*' */
+} KeyTemplate;
+
+/*
+ * Parsed templates of the trigger fired last, valid for the current
+ * transaction (TopTransactionContext): a bulk UPDATE parses them once, not
+ * once per row.  The tuple descriptor is part of the key, so DDL between
+ * statements of one transaction gets a fresh parse.
+ */
+typedef struct TemplateCache
+{
+	Oid			tgoid;
+	TupleDesc	tupdesc;
+	int			ntemplates;
+	KeyTemplate **templates;
+} TemplateCache;
+
+static TemplateCache *template_cache = NULL;
+static LocalTransactionId template_cache_lxid = InvalidLocalTransactionId;
+
+/*
+ * Parse a template against the relation's columns.  ERROR on a malformed
+ * template or an unknown column.
+ */
+static KeyTemplate *
+parse_template(const char *source, TupleDesc tupdesc, const char *relname)
+{
+	KeyTemplate *tmpl = palloc0(sizeof(KeyTemplate));
+	size_t		srclen = strlen(source);
+	const char *p = source;
+	int			maxparts = (int) srclen + 1;
+
+	tmpl->source = source;
+	tmpl->parts = palloc0(sizeof(TemplatePart) * maxparts);
+
+	if (srclen == 0 || srclen > RC_MAX_KEY_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("redis_cache: invalid key template \"%s\"", source),
+				 errdetail("A template is 1 to %d bytes long.", RC_MAX_KEY_BYTES),
+				 errhint("Write templates like 'tenant:id:{id}' or 'product:variants:{id}:*'.")));
+	redis_validate_key(source, srclen, "key template");
+	tmpl->is_pattern = source[srclen - 1] == '*';
+
+	while (*p)
+	{
+		TemplatePart *part = &tmpl->parts[tmpl->nparts];
+
+		if (*p == '{')
+		{
+			const char *end = strchr(p + 1, '}');
+			const char *nested = strchr(p + 1, '{');
+			char	   *name;
+
+			if (end == NULL || (nested != NULL && nested < end) || end == p + 1)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("redis_cache: invalid key template \"%s\"", source),
+						 errdetail("A placeholder is a column name between { and }."),
+						 errhint("Write templates like 'tenant:subdomain:{subdomain}'.")));
+			name = pnstrdup(p + 1, end - p - 1);
+			part->is_column = true;
+			part->text = name;
+			part->len = (int) (end - p - 1);
+			part->attnum = SPI_fnumber(tupdesc, name);
+			if (part->attnum <= 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_COLUMN),
+						 errmsg("redis_cache: column \"%s\" of relation \"%s\" does not exist",
+								name, relname),
+						 errdetail("Key template \"%s\" refers to it.", source),
+						 errhint("Use the name of a column of \"%s\" between { and }.", relname)));
+			{
+				Oid			typoutput;
+				bool		typisvarlena;
+
+				getTypeOutputInfo(TupleDescAttr(tupdesc, part->attnum - 1)->atttypid,
+								  &typoutput, &typisvarlena);
+				fmgr_info(typoutput, &part->output);
+			}
+			p = end + 1;
+		}
+		else if (*p == '}')
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("redis_cache: invalid key template \"%s\"", source),
+					 errdetail("Unbalanced \"}\".")));
+		else
+		{
+			const char *start = p;
+
+			while (*p && *p != '{' && *p != '}')
+				p++;
+			part->is_column = false;
+			part->text = start;
+			part->len = (int) (p - start);
+		}
+		tmpl->nparts++;
+	}
+	return tmpl;
+}
+
+/*
+ * Expand a template for one row.  Returns false when a column is NULL (no
+ * key).  For pattern templates, literal text and values are glob-escaped and
+ * the final '*' kept.  With all_columns_wild (TRUNCATE), every placeholder
+ * becomes '*'.
+ */
+static bool
+expand_template(const KeyTemplate *tmpl, HeapTuple tuple, TupleDesc tupdesc,
+				bool all_columns_wild, StringInfo out, bool *is_pattern)
+{
+	bool		pattern = tmpl->is_pattern || all_columns_wild;
+	int			i;
+
+	resetStringInfo(out);
+	for (i = 0; i < tmpl->nparts; i++)
+	{
+		const TemplatePart *part = &tmpl->parts[i];
+
+		if (!part->is_column)
+		{
+			if (!pattern)
+				appendBinaryStringInfo(out, part->text, part->len);
+			else if (tmpl->is_pattern && i == tmpl->nparts - 1)
+			{
+				/* the trailing '*' stays a wildcard */
+				redis_append_glob_escaped(out, part->text, part->len - 1);
+				appendStringInfoChar(out, '*');
+			}
+			else
+				redis_append_glob_escaped(out, part->text, part->len);
+		}
+		else if (all_columns_wild)
+			appendStringInfoChar(out, '*');
+		else
+		{
+			bool		isnull;
+			Datum		datum = heap_getattr(tuple, part->attnum, tupdesc, &isnull);
+			char	   *value;
+
+			if (isnull)
+				return false;
+			value = OutputFunctionCall((FmgrInfo *) &part->output, datum);
+			if (pattern)
+				redis_append_glob_escaped(out, value, (int) strlen(value));
+			else
+				appendStringInfoString(out, value);
+			pfree(value);
+		}
+	}
+	*is_pattern = pattern;
+	return true;
+}
+
+static void
+queue_row(KeyTemplate **templates, int ntemplates, HeapTuple tuple,
+		  TupleDesc tupdesc, int prefix_index, StringInfo buf)
+{
+	int			i;
+
+	for (i = 0; i < ntemplates; i++)
+	{
+		bool		is_pattern;
+
+		if (expand_template(templates[i], tuple, tupdesc, false, buf, &is_pattern))
+			redis_queue_invalidation(buf->data, buf->len, is_pattern, prefix_index);
+	}
+}
+
+/*
+ * cache_invalidate(): AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW, or
+ * AFTER TRUNCATE FOR EACH STATEMENT, with key templates as arguments.
+ */
+Datum
+cache_invalidate(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata;
+	Trigger    *trigger;
+	TupleDesc	tupdesc;
+	const char *relname;
+	KeyTemplate **templates;
+	int			i;
+	int			prefix_index;
+	StringInfoData buf;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("redis_cache: cache_invalidate() was not called by the trigger manager"),
+				 errhint("Use it in CREATE TRIGGER ... EXECUTE FUNCTION cache_invalidate('key:{column}'), or call cache_watch().")));
+
+	trigdata = (TriggerData *) fcinfo->context;
+	trigger = trigdata->tg_trigger;
+	tupdesc = RelationGetDescr(trigdata->tg_relation);
+	relname = RelationGetRelationName(trigdata->tg_relation);
+
+	if (!TRIGGER_FIRED_AFTER(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("redis_cache: trigger \"%s\" on \"%s\" must be an AFTER trigger",
+						trigger->tgname, relname),
+				 errhint("Invalidation is queued after the change and sent at commit.")));
+	if (TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event) &&
+		!TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("redis_cache: trigger \"%s\" on \"%s\" must be FOR EACH ROW",
+						trigger->tgname, relname),
+				 errhint("Only TRUNCATE uses a FOR EACH STATEMENT trigger.")));
+
+	/* cached query results that read this table end with this change */
+	redis_query_note_trigger_write(RelationGetRelid(trigdata->tg_relation));
+	if (trigger->tgnargs == 0)
+		return PointerGetDatum(NULL);
+
+	if (template_cache != NULL && template_cache_lxid == MyProc->lxid &&
+		template_cache->tgoid == trigger->tgoid &&
+		template_cache->tupdesc == tupdesc)
+		templates = template_cache->templates;
+	else
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+		TemplateCache *cache = palloc0(sizeof(TemplateCache));
+
+		templates = palloc(sizeof(KeyTemplate *) * trigger->tgnargs);
+		for (i = 0; i < trigger->tgnargs; i++)
+			templates[i] = parse_template(pstrdup(trigger->tgargs[i]), tupdesc, relname);
+		cache->tgoid = trigger->tgoid;
+		cache->tupdesc = tupdesc;
+		cache->ntemplates = trigger->tgnargs;
+		cache->templates = templates;
+		template_cache = cache;
+		template_cache_lxid = MyProc->lxid;
+		MemoryContextSwitchTo(old);
+	}
+
+	prefix_index = redis_queue_prefix_index();
+	initStringInfo(&buf);
+
+	if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+	{
+		for (i = 0; i < trigger->tgnargs; i++)
+		{
+			bool		is_pattern;
+
+			expand_template(templates[i], NULL, tupdesc, true, &buf, &is_pattern);
+			redis_queue_invalidation(buf.data, buf.len, is_pattern, prefix_index);
+		}
+	}
+	else
+	{
+		if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ||
+			TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+			queue_row(templates, trigger->tgnargs, trigdata->tg_trigtuple,
+					  tupdesc, prefix_index, &buf);
+		if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+			queue_row(templates, trigger->tgnargs, trigdata->tg_newtuple,
+					  tupdesc, prefix_index, &buf);
+		if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+			queue_row(templates, trigger->tgnargs, trigdata->tg_trigtuple,
+					  tupdesc, prefix_index, &buf);
+	}
+
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * cache_check_templates(tbl regclass, templates text[]) RETURNS void:
+ * ERROR unless every template is valid for the table (used by cache_watch).
+ */
+Datum
+cache_check_templates(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(1);
+	Relation	rel;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			i;
+
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("redis_cache: at least one key template is required"),
+				 errhint("For example: SELECT cache_watch('tenants', 'tenant:id:{id}');")));
+	rel = relation_open(relid, AccessShareLock);
+	for (i = 0; i < n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("redis_cache: key templates must not be NULL")));
+		(void) parse_template(TextDatumGetCString(elems[i]),
+							  RelationGetDescr(rel), RelationGetRelationName(rel));
+	}
+	relation_close(rel, AccessShareLock);
+	PG_RETURN_VOID();
+}
+
