@@ -1,6 +1,7 @@
-# test/lib.sh: the embedded test stack (a temporary PostgreSQL and
-# redis-server on loopback) and TAP-style assertions.  Sourced by
-# test/run.sh, test/demo.sh, bench/ and every test/t/*.sh.
+# test/lib.sh: the embedded stack (a temporary PostgreSQL and redis-server
+# on loopback).  Sourced by test/run.sh (the live server of pg_regress and
+# the isolation specs), test/demo.sh and bench/run.sh.  The TAP tests
+# (test/t/*.pl) start their own servers with test/perl/RedisCache/Server.pm.
 #
 # Environment (exported by stack_start, inherited by the tests):
 #   RC_TMP          temporary directory holding both data directories
@@ -157,29 +158,3 @@ stack_stop() {
 q() {
 	psql -X -q -At -v ON_ERROR_STOP=1 "$@"
 }
-
-# ---- TAP-style assertions -------------------------------------------------
-
-TEST_FAILED=0
-ok() {
-	echo "ok - $1"
-}
-not_ok() {
-	echo "not ok - $1"
-	[ -n "${2:-}" ] && echo "#   $2"
-	TEST_FAILED=1
-}
-# is GOT EXPECTED NAME
-is() {
-	if [ "$1" = "$2" ]; then ok "$3"; else not_ok "$3" "got '$1', expected '$2'"; fi
-}
-# cmp_le GOT LIMIT NAME (integers)
-cmp_le() {
-	if [ "$1" -le "$2" ] 2>/dev/null; then ok "$3 ($1 <= $2)"; else not_ok "$3" "got '$1', expected <= $2"; fi
-}
-# like GOT REGEX NAME
-like() {
-	if [[ "$1" =~ $2 ]]; then ok "$3"; else not_ok "$3" "got '$1', expected to match /$2/"; fi
-}
-
-now_ms() { date +%s%3N; }

@@ -9,6 +9,10 @@
 # with "N passed, N failed" over all three; the exit status is non-zero on
 # any failure.
 #
+# pg_regress and the isolation specs run twice against the live server,
+# which has a cache version, statistics and keys of its own, and must find
+# them unchanged afterwards (hermetic installcheck).
+#
 # RC_SKIP_APT=1 skips the package step; RC_KEEP_TMP=1 keeps data and logs;
 # test/run.sh test/t/010_outage.pl runs only the named TAP tests (and no
 # pg_regress or isolation).
@@ -59,18 +63,59 @@ count_pg_regress() {
 	failed=$((failed + bad))
 }
 
-if [ $# -eq 0 ]; then
-	echo "== pg_regress"
+# redis_snapshot: every key with a digest of its value (TTLs excluded: they
+# run down), sorted; plus the extension's state file.
+redis_snapshot() {
+	redis_cli EVAL "local r = {} for _, k in ipairs(redis.call('KEYS', '*')) do r[#r + 1] = k .. ' ' .. redis.sha1hex(redis.call('DUMP', k)) end return r" 0 | sort
+	sha1sum "$RC_TMP/pgdata/pg_stat/redis_cache.state" 2>/dev/null | cut -d' ' -f1
+}
+
+run_regress_and_isolation() {
+	echo "== pg_regress ($1)"
 	run_make installcheck ISOLATION= TAP_TESTS= >"$RC_TMP/regress.out" 2>&1
 	grep -E '\.\.\.|^(ok|not ok)' "$RC_TMP/regress.out" || cat "$RC_TMP/regress.out"
 	count_pg_regress "$RC_TMP/regress.out"
 	[ -f "$SRC/regression.diffs" ] && head -200 "$SRC/regression.diffs"
 
-	echo "== isolation"
+	echo "== isolation ($1)"
 	run_make installcheck REGRESS= TAP_TESTS= >"$RC_TMP/isolation.out" 2>&1
 	grep -E '\.\.\.|^(ok|not ok)' "$RC_TMP/isolation.out" || cat "$RC_TMP/isolation.out"
 	count_pg_regress "$RC_TMP/isolation.out"
 	[ -f "$SRC/output_iso/regression.diffs" ] && head -200 "$SRC/output_iso/regression.diffs"
+}
+
+if [ $# -eq 0 ]; then
+	# The suites run twice against a live server whose cache version and
+	# statistics are not the defaults, which has application keys and a
+	# cached result of its own: they must pass both times and leave Redis,
+	# the server's statistics and its state file as they found them.
+	q -c "ALTER SYSTEM SET redis_cache.version = 'deploy-ci-7f3a'" -c "SELECT pg_reload_conf()" >/dev/null
+	q -c "CREATE EXTENSION redis_cache" \
+	  -c "CREATE TABLE app_settings (org int PRIMARY KEY, locale text)" \
+	  -c "INSERT INTO app_settings VALUES (3, 'de-DE')" \
+	  -c "SELECT cache_watch('app_settings', 'settings:org:{org}:locale')" \
+	  -c "SELECT cache_set('settings:org:3:locale', 'de-DE', 0)" \
+	  -c "SELECT cache_get('tenant:id:1'), cache_query_json('SELECT * FROM app_settings')" >/dev/null
+	redis_cli rpush queues:default job1 >/dev/null
+	redis_cli set session:abc user42 >/dev/null
+	before=$(redis_snapshot)
+	stats_before=$(q -c "SELECT stats_reset, hits + misses FROM cache_stats WHERE family IS NULL")
+
+	run_regress_and_isolation "first run"
+	run_regress_and_isolation "second run"
+
+	after=$(redis_snapshot)
+	stats_after=$(q -c "SELECT stats_reset, hits + misses FROM cache_stats WHERE family IS NULL")
+	if [ "$before" = "$after" ] && [ "${stats_before%|*}" = "${stats_after%|*}" ] &&
+		[ "${stats_after#*|}" -ge "${stats_before#*|}" ]; then
+		echo "ok - pg_regress and isolation leave Redis, the statistics and the state file unchanged"
+		passed=$((passed + 1))
+	else
+		echo "not ok - pg_regress and isolation left changes behind"
+		diff <(echo "$before") <(echo "$after") | head -40
+		echo "statistics: $stats_before -> $stats_after"
+		failed=$((failed + 1))
+	fi
 	tests=""
 else
 	tests="$*"

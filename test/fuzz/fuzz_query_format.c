@@ -10,7 +10,7 @@
  * structural decoder gets the attention.  Every accepted cell is read back
  * to the end; AddressSanitizer reports any out-of-bounds byte.
  *
- * Built and run for a bounded time by test/t/060_fuzz.sh.
+ * Built and run for a bounded time by test/t/070_fuzz.pl.
  *
  *-------------------------------------------------------------------------
  */

@@ -1,5 +1,6 @@
 -- Key-value functions against a live Redis (redis_cache.host/port come
--- from the server configuration).  Every key lives under a test prefix.
+-- from the server configuration).  Every key lives under regress:basic:,
+-- the other prefixes used here too.
 SET redis_cache.key_prefix = 'regress:basic:';
 SELECT cache_delete_pattern('*') >= 0 AS cleaned;
 
@@ -59,25 +60,25 @@ SELECT cache_delete(VARIADIC array_agg('product:details:' || g))
 -- pattern delete stays inside key_prefix
 SELECT cache_set('product:variants:7:red', 'r'), cache_set('product:variants:7:blue', 'b'),
        cache_set('product:variants:8:red', 'r');
-SET redis_cache.key_prefix = 'regress:other:';
+SET redis_cache.key_prefix = 'regress:basic:other:';
 SELECT cache_set('product:variants:7:green', 'g');
 SET redis_cache.key_prefix = 'regress:basic:';
 SELECT cache_delete_pattern('product:variants:7:*');
 SELECT cache_exists('product:variants:8:red') AS sibling_kept;
 SELECT cache_delete_pattern('product:details:*');
-SET redis_cache.key_prefix = 'regress:other:';
+SET redis_cache.key_prefix = 'regress:basic:other:';
 SELECT cache_get('product:variants:7:green') AS other_prefix_kept;
 SELECT cache_delete_pattern('*');
 SET redis_cache.key_prefix = 'regress:basic:';
 
 -- glob characters in the prefix are literal
-SET redis_cache.key_prefix = 'regress:[x]*:';
+SET redis_cache.key_prefix = 'regress:basic:[x]*:';
 SELECT cache_set('a', '1');
-SET redis_cache.key_prefix = 'regress:x:';
+SET redis_cache.key_prefix = 'regress:basic:x:';
 SELECT cache_set('a', '2');
-SET redis_cache.key_prefix = 'regress:[x]*:';
+SET redis_cache.key_prefix = 'regress:basic:[x]*:';
 SELECT cache_delete_pattern('*');
-SET redis_cache.key_prefix = 'regress:x:';
+SET redis_cache.key_prefix = 'regress:basic:x:';
 SELECT cache_get('a') AS literal_prefix_kept;
 SELECT cache_delete('a');
 SET redis_cache.key_prefix = 'regress:basic:';
@@ -102,4 +103,12 @@ SELECT cache_exists('off') AS not_written_while_disabled;
 -- NULL handling (STRICT)
 SELECT cache_get(NULL), cache_exists(NULL), cache_ttl(NULL), cache_set(NULL, 'x');
 
+-- leave nothing behind: every key under the prefix (those of the nested
+-- prefixes above included), then the namespace's cache version bookkeeping,
+-- which cache_delete_pattern() keeps
 SELECT cache_delete_pattern('*') > 0 AS cleaned;
+SELECT cache_delete('cache:version', 'cache:versions', 'cache:run_id', 'cache:flush', 'cache:flushed') > 0
+       AS bookkeeping_deleted;
+SELECT cache_delete_pattern('*') = 0
+       AND NOT (cache_exists('cache:version') OR cache_exists('cache:versions') OR cache_exists('cache:run_id')
+                OR cache_exists('cache:flush') OR cache_exists('cache:flushed')) AS no_key_left;

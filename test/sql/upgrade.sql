@@ -17,7 +17,20 @@ SELECT p.proname COLLATE "C" AS function
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'redis_cache'
  ORDER BY 1;
 
--- cache_version() after the upgrade
-SELECT expected, stored IS NOT NULL AS has_stored, run_id ~ '^[0-9a-f]{40}$' AS run_id_ok,
+-- cache_version() after the upgrade, in a namespace of our own.  The version
+-- expected is the server's (redis_cache.version, else REDIS_CACHE_VERSION,
+-- else "1"): compared, never printed.
+SET redis_cache.key_prefix = 'regress:upgrade:';
+SELECT current_setting('redis_cache.version') IN ('', expected) AS expected_is_configured,
+       stored = expected AS stored_is_expected, run_id ~ '^[0-9a-f]{40}$' AS run_id_ok,
        checked_at IS NOT NULL AS checked
   FROM cache_version();
+
+-- leave nothing behind: every key under the prefix, then the namespace's
+-- cache version bookkeeping, which cache_delete_pattern() keeps
+SELECT cache_delete_pattern('*') >= 0 AS cleaned;
+SELECT cache_delete('cache:version', 'cache:versions', 'cache:run_id', 'cache:flush', 'cache:flushed') > 0
+       AS bookkeeping_deleted;
+SELECT cache_delete_pattern('*') = 0
+       AND NOT (cache_exists('cache:version') OR cache_exists('cache:versions') OR cache_exists('cache:run_id')
+                OR cache_exists('cache:flush') OR cache_exists('cache:flushed')) AS no_key_left;
