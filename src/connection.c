@@ -139,6 +139,7 @@ read_password(void)
 	FILE	   *file;
 	char		line[1024];
 	size_t		len;
+	char	   *result;
 
 	if (server_password && server_password[0])
 		return pstrdup(server_password);
@@ -158,14 +159,15 @@ read_password(void)
 	len = strlen(line);
 	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
 		line[--len] = '\0';
-	explicit_bzero(line + len, sizeof(line) - len);
 	if (len == 0)
 	{
 		redis_fault_set(RC_FAULT_CONNECT, "redis_cache.password_file \"%s\" is empty",
 						server_password_file);
 		return NULL;
 	}
-	return pstrdup(line);
+	result = pstrdup(line);
+	explicit_bzero(line, sizeof(line));
+	return result;
 }
 
 /* The run_id line of an INFO server reply, into conn->run_id. */

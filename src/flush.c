@@ -32,7 +32,17 @@ scan_round_trip(RedisRoundTrip round_trip, RedisCommand *cmd,
 				RedisReply **reply, int flags, const char *what)
 {
 	if (round_trip != NULL)
-		return round_trip(cmd, 1, reply);
+	{
+		if (!round_trip(cmd, 1, reply))
+			return false;
+		if ((*reply)->type == RC_REPLY_ERROR)
+		{
+			redis_fault_set(RC_FAULT_PROTOCOL, "Redis rejected %s: %s", what,
+							(*reply)->str ? (*reply)->str : "(no message)");
+			return false;
+		}
+		return true;
+	}
 	if (!redis_execute(cmd, 1, reply, flags))
 		return false;
 	if ((*reply)->type == RC_REPLY_ERROR)
@@ -153,6 +163,7 @@ unlink_matching(const char *prefix, const char *pattern, TimestampTz deadline)
 	bool		failed;
 	int64		removed = redis_scan_unlink(prefix, pattern, strlen(pattern),
 											RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
+											RC_EXEC_FAST_CONNECT |
 											RC_EXEC_IGNORE_ENABLED,
 											NULL, deadline, &failed);
 

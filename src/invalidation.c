@@ -469,6 +469,8 @@ send_commit_work(void)
 	CommitWork *work = commit_work;
 	MemoryContext old;
 	bool		have_worker;
+	uint32		saved_holdoff = InterruptHoldoffCount;
+	uint32		saved_cancel_holdoff = QueryCancelHoldoffCount;
 
 	if (work == NULL)
 		return;
@@ -536,6 +538,12 @@ send_commit_work(void)
 	}
 	PG_CATCH();
 	{
+		/*
+		 * errfinish() zeroed the holdoff counts for the ERROR we swallow;
+		 * CommitTransaction() still expects its HOLD_INTERRUPTS().
+		 */
+		InterruptHoldoffCount = saved_holdoff;
+		QueryCancelHoldoffCount = saved_cancel_holdoff;
 		MemoryContextSwitchTo(work->context);
 		FlushErrorState();
 		if (have_worker)
@@ -588,8 +596,8 @@ invalidation_xact_callback(XactEvent event, void *arg)
 
 				/*
 				 * Generation bumps are not needed: COMMIT PREPARED bumps
-				 * the DDL generation, which ends every cached result
-				 * (query_deps.c).  Key deletes are.
+				 * the DDL generation of every database, which ends every
+				 * cached result (query_deps.c).  Key deletes are.
 				 */
 				for (l = pending; l != NULL; l = l->upper)
 					foreach(lc, l->items)

@@ -49,6 +49,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_trigger.h"
+#include "commands/dbcommands.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
@@ -231,7 +232,7 @@ utility_is_harmless(Node *parsetree)
 		case T_AlterRoleSetStmt:
 		case T_AlterDatabaseSetStmt:
 		case T_CreatedbStmt:
-		case T_DropdbStmt:		/* another database: its results die with it */
+		case T_DropdbStmt:		/* another database: see note_dropped_database */
 			return true;
 		case T_CopyStmt:
 			return !((CopyStmt *) parsetree)->is_from;
@@ -274,6 +275,22 @@ redis_query_database_ddl_item(void)
 	return psprintf("%s:%u", RC_DDL_GENERATION, MyDatabaseId);
 }
 
+/*
+ * DROP DATABASE, after success: end the results of the dropped database,
+ * so that a database created later with the same OID never sees them.
+ */
+static void
+note_dropped_database(Oid dbid)
+{
+	char	   *item;
+
+	if (!redis_cache_preloaded())
+		return;
+	item = psprintf("%s:%u", RC_DDL_GENERATION, dbid);
+	redis_queue_generation_bump(item, strlen(item));
+	pfree(item);
+}
+
 static void
 queue_ddl_bump(bool all_databases)
 {
@@ -299,9 +316,10 @@ note_utility_writes(Node *parsetree)
 	{
 		case T_TransactionStmt:
 			/* what the prepared transaction wrote is not known here */
+			/* it may have changed roles, which reach every database */
 			if (((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED &&
 				preloaded)
-				queue_ddl_bump(false);
+				queue_ddl_bump(true);
 			return;
 		case T_CopyStmt:
 			{
@@ -361,6 +379,10 @@ rc_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 				  DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *parsetree = pstmt->utilityStmt;
+	Oid			dropped_database = InvalidOid;
+
+	if (IsA(parsetree, DropdbStmt))
+		dropped_database = get_database_oid(((DropdbStmt *) parsetree)->dbname, true);
 
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
@@ -371,7 +393,11 @@ rc_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 
 	/* after success: a failed statement aborts its transaction anyway */
 	if (IsTransactionState())
+	{
 		note_utility_writes(parsetree);
+		if (OidIsValid(dropped_database))
+			note_dropped_database(dropped_database);
+	}
 }
 
 static void

@@ -69,8 +69,8 @@ table_bit(Oid dbid, Oid relid)
 
 /*
  * Version 1.2 kept the bitmap in the data directory, after a magic number.
- * Read it once (and remove it), so an upgrade keeps the tables of results
- * cached before it.
+ * Read it, so an upgrade keeps the tables of results cached before it; it
+ * is removed once the new file is saved.
  */
 static uint64 *
 read_legacy_bitmap(size_t *len)
@@ -95,7 +95,6 @@ read_legacy_bitmap(size_t *len)
 	}
 	FreeFile(file);
 	pfree(legacy);
-	(void) unlink(RC_LEGACY_TABLES_FILE);
 	return words;
 }
 
@@ -246,6 +245,8 @@ redis_query_tables_save(void)
 		words[i] = pg_atomic_read_u64(&query_tables->words[i]);
 	saved = redis_state_file_write(RC_TABLES_FILE, RC_TABLES_FORMAT, words,
 								   sizeof(uint64) * RC_QUERY_TABLE_WORDS);
+	if (saved)
+		(void) unlink(RC_LEGACY_TABLES_FILE);	/* taken over, if there was one */
 	pfree(words);
 	return saved;
 }

@@ -156,6 +156,7 @@ write_state_file(bool clean)
 {
 	WorkerShared *sh = worker_shared;
 	char	   *buf = palloc(RC_MAX_NAMESPACES * (RC_MAX_KEY_BYTES + 16) + 16);
+	bool		included[RC_MAX_NAMESPACES];
 	int			len = 0;
 	int			n;
 	int			i;
@@ -166,10 +167,13 @@ write_state_file(bool clean)
 	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 	n = sh->nnamespaces;
 	for (i = 0; i < n; i++)
-		if (!sh->namespaces[i].forgotten)
+	{
+		included[i] = !sh->namespaces[i].forgotten;
+		if (included[i])
 			len += sprintf(buf + len, "%s\t%s\n",
 						   sh->namespaces[i].missed ? "missed" : "seen",
 						   sh->namespaces[i].prefix);
+	}
 	if (clean)
 		len += sprintf(buf + len, "clean\n");
 	sh->state_dirty = false;
@@ -177,10 +181,14 @@ write_state_file(bool clean)
 
 	ok = redis_state_file_write(RC_STATE_FILE, RC_STATE_FORMAT, buf, len);
 
+	/* durable: only what this write contained (a slot may have changed) */
 	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 	if (ok)
+	{
 		for (i = 0; i < n; i++)
-			sh->namespaces[i].durable = true;
+			if (included[i] && !sh->namespaces[i].forgotten)
+				sh->namespaces[i].durable = true;
+	}
 	else
 		sh->state_dirty = true;
 	LWLockRelease(sh->lock);
@@ -192,7 +200,7 @@ write_state_file(bool clean)
 
 /*
  * The whole of a file of an older release in the data directory, or NULL.
- * It is removed once read: the new file replaces it.
+ * The caller removes it once the new file is written.
  */
 static char *
 read_legacy_file(const char *path, size_t max, size_t *len)
@@ -206,7 +214,6 @@ read_legacy_file(const char *path, size_t max, size_t *len)
 	*len = fread(data, 1, max, file);
 	FreeFile(file);
 	data[*len] = '\0';
-	(void) unlink(path);
 	return data;
 }
 
@@ -224,6 +231,7 @@ read_state_file(void)
 	char	   *next;
 	bool		clean = false;
 	char		path[MAXPGPATH];
+	int			i;
 
 	if (data == NULL)
 	{
@@ -256,6 +264,16 @@ read_state_file(void)
 		if (tab == NULL || sh->nnamespaces >= RC_MAX_NAMESPACES)
 			continue;
 		*tab = '\0';
+		/* a restarted worker finds shared memory already filled */
+		for (i = 0; i < sh->nnamespaces; i++)
+			if (strcmp(sh->namespaces[i].prefix, tab + 1) == 0)
+				break;
+		if (i < sh->nnamespaces)
+		{
+			if (strcmp(line, "missed") == 0)
+				sh->namespaces[i].missed = true;
+			continue;
+		}
 		strlcpy(sh->namespaces[sh->nnamespaces].prefix, tab + 1,
 				sizeof(sh->namespaces[0].prefix));
 		sh->namespaces[sh->nnamespaces].missed = (strcmp(line, "missed") == 0);
@@ -373,8 +391,10 @@ redis_worker_namespaces(char ***prefixes)
 /*
  * cache_forget_namespace(prefix text) RETURNS boolean: stop tracking a
  * key_prefix no longer in use (a retired environment, a test), so that it
- * is neither flushed after a crash nor sent generation bumps.  False when
- * it was not tracked.  Refused while it has pending work.
+ * is neither flushed after a crash nor sent generation bumps.  Its cached
+ * query results are removed first: nothing would end them any more.  False
+ * when it was not tracked.  Refused while it has pending work.  A commit
+ * of that prefix still in flight, or a later fill, tracks it again.
  */
 Datum
 cache_forget_namespace(PG_FUNCTION_ARGS)
@@ -412,6 +432,18 @@ cache_forget_namespace(PG_FUNCTION_ARGS)
 				 errhint("Retry once Redis is reachable and the worker has applied them.")));
 	if (found < 0)
 		PG_RETURN_BOOL(false);
+	if (redis_unlink_pattern(prefix, "query:*") < 0)
+	{
+		LWLockAcquire(sh->lock, LW_EXCLUSIVE);
+		sh->namespaces[found].forgotten = false;
+		LWLockRelease(sh->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("redis_cache: could not remove the cached query results of namespace \"%s\"",
+						prefix),
+				 errdetail("%s", redis_fault_message()),
+				 errhint("Retry once Redis is reachable.")));
+	}
 	if (!write_state_file(false))
 		ereport(WARNING,
 				(errmsg("redis_cache: namespace \"%s\" is forgotten until the next restart only",
@@ -464,6 +496,7 @@ redis_mark_missed(int namespace_index)
 		return;
 	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 	sh->namespaces[namespace_index].missed = true;
+	sh->namespaces[namespace_index].forgotten = false;	/* a commit in flight */
 	sh->state_dirty = true;
 	LWLockRelease(sh->lock);
 	wake_worker();
@@ -481,6 +514,7 @@ redis_queue_pattern(int namespace_index, const char *pattern)
 	if (sh == NULL || namespace_index < 0)
 		return;
 	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
+	sh->namespaces[namespace_index].forgotten = false;	/* a commit in flight */
 	if (sh->npatterns < RC_MAX_PENDING_PATTERNS)
 	{
 		sh->patterns[sh->npatterns].namespace_index = namespace_index;
@@ -511,6 +545,7 @@ redis_queue_redelete(int namespace_index, const char *key, size_t len,
 	if (sh == NULL || namespace_index < 0 || len > RC_MAX_KEY_BYTES * 2)
 		return;
 	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
+	sh->namespaces[namespace_index].forgotten = false;	/* a commit in flight */
 	if (sh->nredeletes < RC_MAX_REDELETES)
 	{
 		slot = &sh->redeletes[(sh->redelete_head + sh->nredeletes) % RC_MAX_REDELETES];
@@ -735,7 +770,8 @@ redis_cache_worker_main(Datum main_arg)
 	sh->worker_latch = MyLatch;
 	LWLockRelease(sh->lock);
 	/* from now until a clean stop, a crash must be assumed to lose work */
-	(void) write_state_file(false);
+	if (write_state_file(false))
+		(void) unlink(RC_LEGACY_STATE_FILE);	/* taken over, if there was one */
 
 	ereport(LOG, (errmsg("redis_cache invalidation worker started")));
 

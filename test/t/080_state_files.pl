@@ -81,8 +81,11 @@ my ($ret, $stdout, $stderr) = $node->psql('postgres',
 	q{SELECT cache_forget_namespace('legacy:')}, extra_params => [ '-U', 'app' ]);
 like($stderr, qr/permission denied for function cache_forget_namespace/,
 	'cache_forget_namespace is not executable by ordinary roles');
+$redis->cli('set', 'legacy:query:1:10:abc', 'a result');
 is($node->safe_psql('postgres', q{SELECT cache_forget_namespace('legacy:')}), 't',
 	'a tracked prefix is forgotten');
+is($redis->cli('exists', 'legacy:query:1:10:abc'), '0',
+	'forgetting removes the cached query results of the prefix');
 is($node->safe_psql('postgres', q{SELECT cache_forget_namespace('legacy:')}), 'f',
 	'forgetting it again says it was not tracked');
 is($node->safe_psql('postgres', q{SELECT cache_forget_namespace('never:')}), 'f',

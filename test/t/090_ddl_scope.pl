@@ -43,6 +43,19 @@ $node->safe_psql('postgres', 'CREATE DATABASE db3');
 $node->safe_psql('postgres', 'DROP DATABASE db3');
 is($node->safe_psql('db1', $q), $now{db1}, 'CREATE and DROP DATABASE end no result of db1');
 
+# DROP DATABASE ends the results of the dropped database
+$node->safe_psql('postgres', 'CREATE DATABASE db4');
+$node->safe_psql('db4', q{
+CREATE EXTENSION redis_cache;
+CREATE TABLE t (v int);
+SELECT cache_query_json('SELECT v FROM t');});
+my $db4 = $node->safe_psql('postgres', q{SELECT oid FROM pg_database WHERE datname = 'db4'});
+my $gen = $redis->cli('get', "query:gen:ddl:$db4");
+ok(defined $gen && $gen ne '', 'a result of db4 depends on its DDL generation');
+$node->safe_psql('postgres', 'DROP DATABASE db4');
+isnt($redis->cli('get', "query:gen:ddl:$db4"), $gen,
+	'DROP DATABASE bumps the DDL generation of the dropped database');
+
 $node->safe_psql('postgres', 'CREATE ROLE someone');
 $node->safe_psql('db2', 'ALTER ROLE someone BYPASSRLS');
 isnt($node->safe_psql('db1', $q), $now{db1}, 'a change of roles ends the results of db1');
