@@ -103,12 +103,6 @@ SELECT cache_exists('off') AS not_written_while_disabled;
 -- NULL handling (STRICT)
 SELECT cache_get(NULL), cache_exists(NULL), cache_ttl(NULL), cache_set(NULL, 'x');
 
--- leave nothing behind: every key under the prefix (those of the nested
--- prefixes above included), then the namespace's cache version bookkeeping,
--- which cache_delete_pattern() keeps
-SELECT cache_delete_pattern('*') > 0 AS cleaned;
-SELECT cache_delete('cache:version', 'cache:versions', 'cache:run_id', 'cache:flush', 'cache:flushed') > 0
-       AS bookkeeping_deleted;
-SELECT cache_delete_pattern('*') = 0
-       AND NOT (cache_exists('cache:version') OR cache_exists('cache:versions') OR cache_exists('cache:run_id')
-                OR cache_exists('cache:flush') OR cache_exists('cache:flushed')) AS no_key_left;
+-- leave nothing behind (test/sql/leave_nothing.psql)
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/leave_nothing.psql

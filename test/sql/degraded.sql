@@ -52,11 +52,6 @@ RESET redis_cache.port;
 RESET redis_cache.circuit_failure_threshold;
 SELECT cache_ping();
 
--- leave nothing behind: every key under the prefix, then the namespace's
--- cache version bookkeeping, which cache_delete_pattern() keeps
-SELECT cache_delete_pattern('*') >= 0 AS cleaned;
-SELECT cache_delete('cache:version', 'cache:versions', 'cache:run_id', 'cache:flush', 'cache:flushed') > 0
-       AS bookkeeping_deleted;
-SELECT cache_delete_pattern('*') = 0
-       AND NOT (cache_exists('cache:version') OR cache_exists('cache:versions') OR cache_exists('cache:run_id')
-                OR cache_exists('cache:flush') OR cache_exists('cache:flushed')) AS no_key_left;
+-- leave nothing behind (test/sql/leave_nothing.psql)
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/leave_nothing.psql

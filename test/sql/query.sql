@@ -219,29 +219,6 @@ DROP VIEW qt_pro;
 DROP TABLE qt_tenants, qt_orders;
 DROP SEQUENCE runs;
 
--- leave nothing behind (after the DDL above, whose commits touch the
--- generations): every key under the prefix, then the namespace's cache
--- version bookkeeping, which cache_delete_pattern() keeps
-SELECT cache_delete_pattern('*') > 0 AS cleared;
-SELECT cache_delete('cache:version', 'cache:versions', 'cache:run_id', 'cache:flush', 'cache:flushed') > 0
-       AS bookkeeping_deleted;
-SELECT cache_delete_pattern('*') = 0
-       AND NOT (cache_exists('cache:version') OR cache_exists('cache:versions') OR cache_exists('cache:run_id')
-                OR cache_exists('cache:flush') OR cache_exists('cache:flushed')) AS no_key_left;
-
--- and the namespace's registration with the worker (a pattern the worker
--- may still be applying makes it busy for a moment)
-DO $$
-BEGIN
-    FOR i IN 1..600 LOOP
-        BEGIN
-            PERFORM cache_forget_namespace();
-            RETURN;
-        EXCEPTION WHEN object_in_use THEN
-            PERFORM pg_sleep(0.05);
-        END;
-    END LOOP;
-    RAISE EXCEPTION 'namespace % still has pending work', current_setting('redis_cache.key_prefix');
-END
-$$;
-SELECT NOT cache_forget_namespace() AS namespace_forgotten;
+-- leave nothing behind (test/sql/leave_nothing.psql)
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/leave_nothing.psql
