@@ -253,7 +253,7 @@ redis_query_entry_key(const char *base, const char *format, const char *query,
 	}
 	list_free(path);
 	appendStringInfoChar(&input, '\0');
-	for (i = 0; i < lengthof(settings); i++)
+	for (i = 0; i < (int) lengthof(settings); i++)
 		hash_append_setting(&input, settings[i]);
 	hash_append(&input, query, strlen(query));
 	for (i = 0; i < nparams; i++)

@@ -189,13 +189,13 @@ typedef struct RedisScript
 
 /* In RedisScriptId order. */
 static RedisScript scripts[RC_NUM_SCRIPTS] = {
-	{version_check_script},
-	{version_finish_script},
-	{lookup_script},
-	{generations_script},
-	{store_script},
-	{unlock_script},
-	{invalidate_script},
+	{version_check_script, ""},
+	{version_finish_script, ""},
+	{lookup_script, ""},
+	{generations_script, ""},
+	{store_script, ""},
+	{unlock_script, ""},
+	{invalidate_script, ""},
 };
 
 const char *
