@@ -75,26 +75,23 @@ table_bit(Oid dbid, Oid relid)
 static uint64 *
 read_legacy_bitmap(size_t *len)
 {
-	struct
-	{
-		uint32		magic;
-		uint64		words[RC_QUERY_TABLE_WORDS];
-	}		   *legacy;
+	/* its layout: uint32 magic, padding to 8 bytes, the words */
+	size_t		legacy_size = 8 + sizeof(uint64) * RC_QUERY_TABLE_WORDS;
+	size_t		got;
+	char	   *data = redis_legacy_file_read(RC_LEGACY_TABLES_FILE, legacy_size, &got);
+	uint32		magic;
 	uint64	   *words = NULL;
-	FILE	   *file = AllocateFile(RC_LEGACY_TABLES_FILE, PG_BINARY_R);
 
-	if (file == NULL)
+	if (data == NULL)
 		return NULL;
-	legacy = palloc(sizeof(*legacy));
-	if (fread(legacy, 1, sizeof(*legacy), file) == sizeof(*legacy) &&
-		legacy->magic == RC_LEGACY_TABLES_MAGIC)
+	memcpy(&magic, data, sizeof(magic));
+	if (got == legacy_size && magic == RC_LEGACY_TABLES_MAGIC)
 	{
-		words = palloc(sizeof(legacy->words));
-		memcpy(words, legacy->words, sizeof(legacy->words));
-		*len = sizeof(legacy->words);
+		words = palloc(sizeof(uint64) * RC_QUERY_TABLE_WORDS);
+		memcpy(words, data + 8, sizeof(uint64) * RC_QUERY_TABLE_WORDS);
+		*len = sizeof(uint64) * RC_QUERY_TABLE_WORDS;
 	}
-	FreeFile(file);
-	pfree(legacy);
+	pfree(data);
 	return words;
 }
 

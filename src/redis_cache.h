@@ -118,6 +118,7 @@ extern bool redis_state_file_write(const char *name, uint32 format,
 								   const void *data, size_t len);
 extern void *redis_state_file_read(const char *name, uint32 format,
 								   size_t *len);
+extern char *redis_legacy_file_read(const char *path, size_t max, size_t *len);
 
 /* in keys.c */
 typedef enum RedisControlKey

@@ -145,3 +145,24 @@ redis_state_file_read(const char *name, uint32 format, size_t *len)
 	*len = header.length;
 	return data;
 }
+
+/*
+ * The whole of a file of version 1.2 at the top of the data directory (at
+ * most max bytes, NUL-terminated, palloc'd), or NULL when there is none.
+ * Callers remove it once their new file is written.
+ */
+char *
+redis_legacy_file_read(const char *path, size_t max, size_t *len)
+{
+	FILE	   *file = AllocateFile(path, PG_BINARY_R);
+	char	   *data;
+
+	*len = 0;
+	if (file == NULL)
+		return NULL;
+	data = palloc(max + 1);
+	*len = fread(data, 1, max, file);
+	FreeFile(file);
+	data[*len] = '\0';
+	return data;
+}

@@ -511,6 +511,18 @@ send_all(RedisSocket *s, TimestampTz deadline, bool *nothing_received)
 	return true;
 }
 
+/* Wait for reply bytes; false (a timeout fault) when the deadline passes. */
+static bool
+wait_for_reply(RedisSocket *s, TimestampTz deadline, bool *nothing_received)
+{
+	if (wait_for_socket(s, WL_SOCKET_READABLE, deadline))
+		return true;
+	redis_fault_set(RC_FAULT_TIMEOUT, "timed out waiting for Redis at %s after %d ms",
+					s->label, s->timeout_ms);
+	*nothing_received = false;	/* slow, not dead: no retry */
+	return false;
+}
+
 /*
  * Send all commands, then read one reply per command.  Returns false with
  * the fault set on timeout, I/O error or protocol error; *nothing_received
@@ -569,13 +581,8 @@ round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
 		if (just_sent)
 		{
 			just_sent = false;
-			if (!wait_for_socket(s, WL_SOCKET_READABLE, deadline))
-			{
-				redis_fault_set(RC_FAULT_TIMEOUT, "timed out waiting for Redis at %s after %d ms",
-								s->label, s->timeout_ms);
-				*nothing_received = false;	/* slow, not dead: no retry */
+			if (!wait_for_reply(s, deadline, nothing_received))
 				return false;
-			}
 		}
 		n = s->ops->recv(s, buf, sizeof(buf));
 		if (n > 0)
@@ -597,13 +604,8 @@ round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
 		}
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
 		{
-			if (!wait_for_socket(s, WL_SOCKET_READABLE, deadline))
-			{
-				redis_fault_set(RC_FAULT_TIMEOUT, "timed out waiting for Redis at %s after %d ms",
-								s->label, s->timeout_ms);
-				*nothing_received = false;	/* slow, not dead: no retry */
+			if (!wait_for_reply(s, deadline, nothing_received))
 				return false;
-			}
 			continue;
 		}
 		redis_fault_set(RC_FAULT_IO, "lost connection to Redis at %s: %s", s->label,

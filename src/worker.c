@@ -199,25 +199,6 @@ write_state_file(bool clean)
 }
 
 /*
- * The whole of a file of an older release in the data directory, or NULL.
- * The caller removes it once the new file is written.
- */
-static char *
-read_legacy_file(const char *path, size_t max, size_t *len)
-{
-	FILE	   *file = AllocateFile(path, PG_BINARY_R);
-	char	   *data;
-
-	if (file == NULL)
-		return NULL;
-	data = palloc(max + 1);
-	*len = fread(data, 1, max, file);
-	FreeFile(file);
-	data[*len] = '\0';
-	return data;
-}
-
-/*
  * Read the state file into shared memory.  Returns whether the last stop was
  * clean; a missing file is a clean first start, a damaged one is not.
  */
@@ -243,7 +224,7 @@ read_state_file(void)
 		if (stat(path, &st) == 0)
 			return false;
 		/* version 1.2 kept the same text, headerless, in the data directory */
-		data = read_legacy_file(RC_LEGACY_STATE_FILE, 64 * 1024, &len);
+		data = redis_legacy_file_read(RC_LEGACY_STATE_FILE, 64 * 1024, &len);
 		if (data == NULL)
 			return true;		/* first start */
 	}

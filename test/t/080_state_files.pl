@@ -61,6 +61,10 @@ unlink("$data/pg_stat/redis_cache.state", "$data/pg_stat/redis_cache.tables");
 open($fh, '>', "$data/redis_cache.state") or die $!;
 print $fh "missed\tlegacy:\n";
 close($fh);
+# 1.2's bitmap: a magic number, padding, 1024 words; every bit set here
+open($fh, '>:raw', "$data/redis_cache.tables") or die $!;
+print $fh pack('L', 0x52435432) . ("\0" x 4) . ("\xff" x (8 * 1024));
+close($fh);
 $redis->cli('set', 'legacy:tenant:id:9', 'stale');
 $redis->cli('set', 'other:key', 'kept');
 $offset = -s $node->logfile;
@@ -73,6 +77,10 @@ ok(!-e "$data/redis_cache.state", 'the 1.2 state file is taken over and removed'
 $node->stop;
 like(slurp_file("$data/pg_stat/redis_cache.state"), qr/seen\tlegacy:\n/,
 	'the 1.2 namespaces are carried into the new file');
+my $tables = slurp_file("$data/pg_stat/redis_cache.tables");
+is(substr($tables, 16), "\xff" x (8 * 1024),
+	'the 1.2 table bitmap is loaded and saved in the new file');
+ok(!-e "$data/redis_cache.tables", 'the 1.2 bitmap file is removed once replaced');
 
 # cache_forget_namespace: superuser only, false for an unknown prefix
 $node->start;
