@@ -212,8 +212,21 @@ hash_append_setting(StringInfo buf, const char *name)
  * The role is part of the key itself, so one role can never be served
  * another role's result, whatever the hash.  The SHA-256 covers the format
  * ("rows" or "json"), the resolved search_path (a temporary schema with
- * this session's identity), the settings that change how values print, the
- * query text and the parameters.
+ * this session's identity), the settings that change a result, the query
+ * text and the parameters.
+ *
+ * The settings are those a role can change that change which rows a SELECT
+ * returns or their text: how the query text and values are parsed
+ * (standard_conforming_strings, backslash_quote, array_nulls,
+ * transform_null_equals, xmloption, DateStyle, IntervalStyle, TimeZone,
+ * timezone_abbreviations), compared and searched (TimeZone,
+ * default_text_search_config), and printed (DateStyle, IntervalStyle,
+ * extra_float_digits, bytea_output, xmlbinary, quote_all_identifiers,
+ * lc_monetary, lc_numeric, lc_time).  Planner, resource, logging and
+ * timeout settings change at most the order of rows the query leaves
+ * unordered, or whether it fails; client_encoding applies after the
+ * result; a query that reads other settings (current_setting()) or with
+ * gin_fuzzy_search_limit set is not cached at all (query_deps.c).
  */
 char *
 redis_query_entry_key(const char *base, const char *format, const char *query,
@@ -226,7 +239,9 @@ redis_query_entry_key(const char *base, const char *format, const char *query,
 		"TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits",
 		"bytea_output", "standard_conforming_strings", "lc_monetary",
 		"lc_numeric", "lc_time", "default_text_search_config",
-		"timezone_abbreviations", "array_nulls"
+		"timezone_abbreviations", "array_nulls", "backslash_quote",
+		"transform_null_equals", "xmloption", "xmlbinary",
+		"quote_all_identifiers"
 	};
 	List	   *path = fetch_search_path(true);
 	ListCell   *lc;

@@ -346,7 +346,8 @@ prepare_query(QueryCall *call, Oid cache_function)
 	}
 
 	redis_query_dependencies(((CachedPlanSource *) linitial(SPI_plan_get_plan_sources(pq->plan)))->query_list,
-							 cache_function, &pq->deps);
+							 call->query, call->nparams, call->param_values,
+							 call->param_nulls, cache_function, &pq->deps);
 	return pq;
 }
 

@@ -303,7 +303,9 @@ typedef struct QueryDependencies
 } QueryDependencies;
 
 extern void redis_query_hooks_init(void);
-extern void redis_query_dependencies(List *query_list, Oid cache_function,
+extern void redis_query_dependencies(List *query_list, const char *query_string,
+									 int nparams, const Datum *param_values,
+									 const bool *param_nulls, Oid cache_function,
 									 QueryDependencies *deps);
 extern bool redis_query_xact_has_writes(void);
 extern bool redis_query_xact_wrote_any(const QueryDependencies *deps);
