@@ -1,10 +1,16 @@
 -- cache_query(), cache_query_json(), cache_query_invalidate(): results,
 -- automatic invalidation, bypasses, role isolation, input errors.
 -- runs counts executions: a hit returns the run number of the fill.
+-- test_nextval() is nextval() declared IMMUTABLE, a lie on purpose: a query
+-- calling a volatile function is never cached, an IMMUTABLE function of the
+-- database is trusted.  With a constant argument the planner runs it once
+-- per execution of the query.
 SET redis_cache.key_prefix = 'regress:query:';
 SELECT cache_delete_pattern('*') >= 0 AS cleared;
 
 CREATE SEQUENCE runs;
+CREATE FUNCTION test_nextval(regclass) RETURNS bigint LANGUAGE sql IMMUTABLE
+AS 'SELECT nextval($1)';
 CREATE TABLE qt_tenants (id int PRIMARY KEY, name text, plan text);
 INSERT INTO qt_tenants VALUES (1, 'acme', 'pro'), (2, 'globex', 'free'), (3, 'initech', 'pro');
 
@@ -14,14 +20,14 @@ RETURNS boolean LANGUAGE sql
 AS $$ SELECT cache_exists(substr(cache_query_key(q, p, f), length('regress:query:') + 1)) $$;
 
 -- miss, then hit: the same run number
-SELECT * FROM cache_query('SELECT id, name, nextval(''runs'') AS run FROM qt_tenants WHERE plan = $1 ORDER BY id',
+SELECT * FROM cache_query('SELECT id, name, test_nextval(''runs'') AS run FROM qt_tenants WHERE plan = $1 ORDER BY id',
                           ARRAY['pro'], 600) AS t(id int, name text, run bigint);
-SELECT * FROM cache_query('SELECT id, name, nextval(''runs'') AS run FROM qt_tenants WHERE plan = $1 ORDER BY id',
+SELECT * FROM cache_query('SELECT id, name, test_nextval(''runs'') AS run FROM qt_tenants WHERE plan = $1 ORDER BY id',
                           ARRAY['pro'], 600) AS t(id int, name text, run bigint);
 -- other parameters, other entry
-SELECT * FROM cache_query('SELECT id, name, nextval(''runs'') AS run FROM qt_tenants WHERE plan = $1 ORDER BY id',
+SELECT * FROM cache_query('SELECT id, name, test_nextval(''runs'') AS run FROM qt_tenants WHERE plan = $1 ORDER BY id',
                           ARRAY['free'], 600) AS t(id int, name text, run bigint);
-SELECT cached('SELECT id, name, nextval(''runs'') AS run FROM qt_tenants WHERE plan = $1 ORDER BY id', ARRAY['pro']);
+SELECT cached('SELECT id, name, test_nextval(''runs'') AS run FROM qt_tenants WHERE plan = $1 ORDER BY id', ARRAY['pro']);
 
 -- NULLs, types that print and parse, an empty result
 SELECT * FROM cache_query($q$SELECT NULL::text AS a, 1.50::numeric AS b, '{1,2}'::int[] AS c,
@@ -37,21 +43,21 @@ SELECT count(*) FROM cache_query('SELECT id FROM qt_tenants WHERE false') AS t(i
 SELECT count(*) FROM cache_query('SELECT id FROM qt_tenants WHERE false') AS t(id int);
 
 -- JSON: an array of row objects, readable with HGET <key> data
-SELECT cache_query_json('SELECT id, name, nextval(''runs'') AS run FROM qt_tenants WHERE id = $1', ARRAY['1']);
-SELECT cache_query_json('SELECT id, name, nextval(''runs'') AS run FROM qt_tenants WHERE id = $1', ARRAY['1']);
+SELECT cache_query_json('SELECT id, name, test_nextval(''runs'') AS run FROM qt_tenants WHERE id = $1', ARRAY['1']);
+SELECT cache_query_json('SELECT id, name, test_nextval(''runs'') AS run FROM qt_tenants WHERE id = $1', ARRAY['1']);
 SELECT cache_query_json('SELECT id FROM qt_tenants WHERE false');
 SELECT cache_query_key('SELECT 1') ~ '^regress:query:query:[0-9]+:[0-9]+:[0-9a-f]{64}$' AS key_layout;
 SELECT cache_query_key('SELECT 1') <> cache_query_key('SELECT 1', '{}', 'rows') AS kinds_differ;
 
 -- a committed write ends the results that read the table
 UPDATE qt_tenants SET name = 'acme corp' WHERE id = 1;
-SELECT * FROM cache_query('SELECT id, name, nextval(''runs'') AS run FROM qt_tenants WHERE plan = $1 ORDER BY id',
+SELECT * FROM cache_query('SELECT id, name, test_nextval(''runs'') AS run FROM qt_tenants WHERE plan = $1 ORDER BY id',
                           ARRAY['pro'], 600) AS t(id int, name text, run bigint);
-SELECT cache_query_json('SELECT id, name, nextval(''runs'') AS run FROM qt_tenants WHERE id = $1', ARRAY['1']);
+SELECT cache_query_json('SELECT id, name, test_nextval(''runs'') AS run FROM qt_tenants WHERE id = $1', ARRAY['1']);
 
 -- every kind of write, each ends the cached count
 CREATE FUNCTION tenant_count() RETURNS text LANGUAGE sql
-AS $$ SELECT cache_query_json('SELECT count(*) AS n, nextval(''runs'') AS run FROM qt_tenants')::text $$;
+AS $$ SELECT cache_query_json('SELECT count(*) AS n, test_nextval(''runs'') AS run FROM qt_tenants')::text $$;
 SELECT tenant_count();
 SELECT tenant_count();
 INSERT INTO qt_tenants VALUES (4, 'umbrella', 'free');
@@ -75,26 +81,26 @@ SELECT tenant_count();
 
 -- through a view
 CREATE VIEW qt_pro AS SELECT id, name FROM qt_tenants WHERE plan = 'pro';
-SELECT cache_query_json('SELECT count(*) AS n, nextval(''runs'') AS run FROM qt_pro');
-SELECT cache_query_json('SELECT count(*) AS n, nextval(''runs'') AS run FROM qt_pro');
+SELECT cache_query_json('SELECT count(*) AS n, test_nextval(''runs'') AS run FROM qt_pro');
+SELECT cache_query_json('SELECT count(*) AS n, test_nextval(''runs'') AS run FROM qt_pro');
 UPDATE qt_tenants SET plan = 'free' WHERE id = 5;
-SELECT cache_query_json('SELECT count(*) AS n, nextval(''runs'') AS run FROM qt_pro');
+SELECT cache_query_json('SELECT count(*) AS n, test_nextval(''runs'') AS run FROM qt_pro');
 
 -- partitions: a row moving between partitions ends readers of either
 CREATE TABLE qt_orders (region text, id int) PARTITION BY LIST (region);
 CREATE TABLE qt_orders_eu PARTITION OF qt_orders FOR VALUES IN ('eu');
 CREATE TABLE qt_orders_us PARTITION OF qt_orders FOR VALUES IN ('us');
 INSERT INTO qt_orders VALUES ('eu', 1);
-SELECT cache_query_json('SELECT count(*) AS n, nextval(''runs'') AS run FROM qt_orders_us');
-SELECT cache_query_json('SELECT count(*) AS n, nextval(''runs'') AS run FROM qt_orders_us');
+SELECT cache_query_json('SELECT count(*) AS n, test_nextval(''runs'') AS run FROM qt_orders_us');
+SELECT cache_query_json('SELECT count(*) AS n, test_nextval(''runs'') AS run FROM qt_orders_us');
 UPDATE qt_orders SET region = 'us' WHERE id = 1;
-SELECT cache_query_json('SELECT count(*) AS n, nextval(''runs'') AS run FROM qt_orders_us');
+SELECT cache_query_json('SELECT count(*) AS n, test_nextval(''runs'') AS run FROM qt_orders_us');
 INSERT INTO qt_orders_eu VALUES ('eu', 2);
-SELECT cache_query_json('SELECT count(*) AS n, nextval(''runs'') AS run FROM qt_orders');
+SELECT cache_query_json('SELECT count(*) AS n, test_nextval(''runs'') AS run FROM qt_orders');
 
 -- TRUNCATE and DDL
 TRUNCATE qt_orders;
-SELECT cache_query_json('SELECT count(*) AS n, nextval(''runs'') AS run FROM qt_orders');
+SELECT cache_query_json('SELECT count(*) AS n, test_nextval(''runs'') AS run FROM qt_orders');
 SELECT tenant_count();
 ALTER TABLE qt_orders ADD COLUMN note text;
 SELECT tenant_count();
@@ -120,7 +126,7 @@ BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT tenant_count();
 SELECT tenant_count();
 COMMIT;
-SELECT cached('SELECT count(*) AS n, nextval(''runs'') AS run FROM qt_tenants', '{}', 'json');
+SELECT cached('SELECT count(*) AS n, test_nextval(''runs'') AS run FROM qt_tenants', '{}', 'json');
 
 -- roles: each role its own entry; row-level security is never cached
 CREATE ROLE regress_query_a;
@@ -128,11 +134,11 @@ CREATE ROLE regress_query_b;
 GRANT SELECT ON qt_tenants TO regress_query_a, regress_query_b;
 GRANT USAGE, UPDATE ON SEQUENCE runs TO regress_query_a, regress_query_b;
 SET ROLE regress_query_a;
-SELECT cache_query_json('SELECT current_user AS who, nextval(''runs'') AS run');
+SELECT cache_query_json('SELECT current_user AS who, test_nextval(''runs'') AS run');
 SET ROLE regress_query_b;
-SELECT cache_query_json('SELECT current_user AS who, nextval(''runs'') AS run');
+SELECT cache_query_json('SELECT current_user AS who, test_nextval(''runs'') AS run');
 SET ROLE regress_query_a;
-SELECT cache_query_json('SELECT current_user AS who, nextval(''runs'') AS run');
+SELECT cache_query_json('SELECT current_user AS who, test_nextval(''runs'') AS run');
 RESET ROLE;
 CREATE TABLE qt_secret (owner name, v int);
 ALTER TABLE qt_secret ENABLE ROW LEVEL SECURITY;
@@ -214,7 +220,7 @@ REVOKE ALL ON SEQUENCE runs FROM regress_query_a, regress_query_b;
 DROP ROLE regress_query_a;
 DROP ROLE regress_query_b;
 DROP TABLE qt_temp;
-DROP FUNCTION cached(text, text[], text), tenant_count();
+DROP FUNCTION cached(text, text[], text), tenant_count(), test_nextval(regclass);
 DROP VIEW qt_pro;
 DROP TABLE qt_tenants, qt_orders;
 DROP SEQUENCE runs;

@@ -31,7 +31,16 @@ $node->safe_psql('postgres', q{
 CREATE EXTENSION redis_cache;
 CREATE TABLE qc (id int PRIMARY KEY, v int);
 INSERT INTO qc SELECT g, 1 FROM generate_series(1, 10) g;
-CREATE SEQUENCE qc_runs;});
+CREATE SEQUENCE qc_runs;
+-- A query calling a volatile function is never cached; an IMMUTABLE
+-- function of the database is trusted.  These two lie on purpose: qc_lock()
+-- waits for an advisory lock, qc_run() counts the runs of a query.  Their
+-- argument, a column, makes them run with the query, after its snapshot,
+-- not once at plan time.
+CREATE FUNCTION qc_lock(int, int) RETURNS boolean LANGUAGE sql IMMUTABLE
+AS 'SELECT true FROM pg_advisory_xact_lock_shared($1)';
+CREATE FUNCTION qc_run(int) RETURNS bigint LANGUAGE sql IMMUTABLE
+AS $$SELECT nextval('qc_runs')$$;});
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
@@ -85,10 +94,10 @@ SELECT count(*) FILTER (WHERE wait_event_type = 'Lock' AND wait_event = 'advisor
 # ---- no stale fill ----------------------------------------------------------
 # The reader's snapshot predates the UPDATE; it stores after the commit.
 # The reader's query takes its snapshot, then waits for advisory lock 1.
-my $SLOW = 'SELECT qc.v FROM qc, pg_advisory_xact_lock_shared(1) WHERE qc.id = 1';
+my $SLOW = 'SELECT qc.v FROM qc WHERE qc.id = 1 AND qc_lock(1, qc.id)';
 $locker->query_safe('SELECT pg_advisory_lock(1)');
 my $reader = start_psql("SELECT cache_query_json('$SLOW')");
-ok(wait_sessions('%pg_advisory_xact_lock_shared(1)%', 1, 0),
+ok(wait_sessions('%qc_lock(1,%', 1, 0),
 	'the slow reader is running its query');
 sql('UPDATE qc SET v = 2 WHERE id = 1');
 $locker->query_safe('SELECT pg_advisory_unlock(1)');
@@ -137,13 +146,13 @@ note('last round: ' . ($tps // '?') . ' tps');
 # 20 sessions miss at once: the first takes the stampede lock and waits in
 # its query for advisory lock 2; the 19 others wait for its result.  The
 # lock timeout is long so that only the result ends their wait.
-my $STAMPEDE = q{SELECT nextval(''qc_runs'') AS run FROM pg_advisory_xact_lock_shared(2)};
+my $STAMPEDE = q{SELECT qc_run(qc.id) AS run FROM qc WHERE qc.id = 1 AND qc_lock(2, qc.id)};
 $locker->query_safe('SELECT pg_advisory_lock(2)');
 my @stampede = map {
 	start_psql('SET redis_cache.query_lock_timeout_ms = 600000',
 		"SELECT cache_query_json('$STAMPEDE')")
 } 1 .. 20;
-ok(wait_sessions('%pg_advisory_xact_lock_shared(2)%', 1, 19),
+ok(wait_sessions('%qc_lock(2,%', 1, 19),
 	'20 backends missed at once: one runs the query, 19 wait for its result');
 $locker->query_safe('SELECT pg_advisory_unlock(2)');
 finish_psql($_) for @stampede;
@@ -155,15 +164,15 @@ is(sql('SELECT last_value FROM qc_runs'), '1', 'the query ran once');
 # The holder fails: its waiter does not wait for the lock timeout.  Both
 # sessions have a lock timeout of 120 s (the lock's expiry too), so only
 # the release by the failing holder lets the waiter go on soon.
-my $FAIL = q{SELECT 1 / (nextval(''qc_runs'') - 2)::int AS x FROM pg_advisory_xact_lock_shared(3)};
+my $FAIL = q{SELECT 1 / (qc_run(qc.id) - 2)::int AS x FROM qc WHERE qc.id = 1 AND qc_lock(3, qc.id)};
 $locker->query_safe('SELECT pg_advisory_lock(3)');
 my $holder = start_psql('SET redis_cache.query_lock_timeout_ms = 120000',
 	"SELECT cache_query_json('$FAIL')");
-ok(wait_sessions('%pg_advisory_xact_lock_shared(3)%', 1, 0),
+ok(wait_sessions('%qc_lock(3,%', 1, 0),
 	'the lock holder runs its query');
 my $waiter = start_psql('SET redis_cache.query_lock_timeout_ms = 120000',
 	"SELECT cache_query_json('$FAIL')");
-ok(wait_sessions('%pg_advisory_xact_lock_shared(3)%', 1, 1),
+ok(wait_sessions('%qc_lock(3,%', 1, 1),
 	'the waiter waits for the lock holder');
 my $t0 = time();
 $locker->query_safe('SELECT pg_advisory_unlock(3)');
