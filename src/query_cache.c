@@ -13,8 +13,8 @@
  *		base||deps:<db oid>:<table oid>			set of results that read a table
  *
  * The SHA-256 covers the query text, the parameters, the function (rows or
- * JSON), the resolved search_path and the settings that change how values
- * print.  The role is part of the key itself, so one role can never be
+ * JSON), the resolved search_path and the settings that change a result
+ * (keys.c).  The role is part of the key itself, so one role can never be
  * served another role's result, whatever the hash.
  *
  * No stale fill.  A miss reads the generations of every table the query
@@ -29,9 +29,12 @@
  *
  * Bypass.  A transaction at REPEATABLE READ or SERIALIZABLE, or one that
  * wrote a table the query reads, runs the query directly: its snapshot is
- * not the one a shared result was computed under.  Results that must not be
- * shared (temporary tables, row-level security, foreign tables; see
- * query_deps.c) are never stored.  A standby serves hits but does not fill.
+ * not the one a shared result was computed under.  Results that may depend
+ * on anything outside the key are never stored (query_deps.c: temporary,
+ * foreign and row-level security tables, sequences, system catalogs,
+ * functions of the database that are not IMMUTABLE, volatile functions,
+ * the clock, the session, current_setting()), so no hit can serve them.
+ * A standby serves hits but does not fill.
  *
  * Stampede.  The first session to miss takes a lock (SET NX PX) in the same
  * script that found the miss; the others poll for the result until

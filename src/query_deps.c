@@ -521,7 +521,11 @@ compare_oids(const void *a, const void *b)
  * STABLE function added by a later release is refused until reviewed.
  */
 static const Oid stable_allowed_init[] = {
-	/* type input/output/send/receive: depend on the argument, the settings in the key and this database's catalogs */
+	/*
+	 * type output, send and receive; input where it cannot read the clock
+	 * (date and time input, and arrays, records, ranges and domains that
+	 * may hold them, accept 'now' and 'today': not allowed at run time)
+	 */
 	F_ACLITEMIN, F_ACLITEMOUT, F_ANYARRAY_OUT, F_ANYARRAY_RECV,
 	F_ANYARRAY_SEND, F_ANYCOMPATIBLEARRAY_OUT, F_ANYCOMPATIBLEARRAY_RECV,
 	F_ANYCOMPATIBLEARRAY_SEND, F_ANYCOMPATIBLEMULTIRANGE_OUT,
@@ -544,7 +548,10 @@ static const Oid stable_allowed_init[] = {
 	F_REGROLEIN, F_REGROLEOUT, F_REGTYPEIN, F_REGTYPEOUT, F_TEXTRECV,
 	F_TEXTSEND, F_TIMESTAMP_OUT, F_TIMESTAMPTZ_OUT, F_VARCHARRECV,
 	F_VARCHARSEND, F_XML_IN, F_XML_RECV, F_XML_SEND,
-	/* TimeZone / DateStyle / lc_* dependent conversions and comparisons */
+	/*
+	 * conversions and comparisons under TimeZone, DateStyle and lc_*; not
+	 * age(x), timetz(time) or timezone(text, timetz): the current date
+	 */
 	F_DATE_TIMESTAMPTZ, F_DATE_CMP_TIMESTAMPTZ, F_DATE_EQ_TIMESTAMPTZ,
 	F_DATE_GE_TIMESTAMPTZ, F_DATE_GT_TIMESTAMPTZ, F_DATE_LE_TIMESTAMPTZ,
 	F_DATE_LT_TIMESTAMPTZ, F_DATE_NE_TIMESTAMPTZ, F_DATE_PART_TEXT_TIMESTAMPTZ,

@@ -184,6 +184,14 @@ $q = q{SELECT cache_query_json('SELECT sum_priced(1) AS s FROM labels')};
 refused('aggregate with a STABLE transition function', sub { sql($q) }, sub { sql($q) },
 	'[{"s": 39}]', 'UPDATE prices SET v = 12');
 
+# an operator whose function is a STABLE function of the database
+sql(q{CREATE FUNCTION above_price(int, int) RETURNS boolean LANGUAGE sql STABLE
+AS 'SELECT $1 > $2 + (SELECT v FROM prices)';
+CREATE OPERATOR >>> (LEFTARG = int, RIGHTARG = int, FUNCTION = above_price)});
+$q = q{SELECT cache_query_json('SELECT count(*) AS n FROM generate_series(1, 20) g WHERE g >>> 0')};
+refused('operator of the database', sub { sql($q) }, sub { sql($q) }, '[{"n": 5}]',
+	'UPDATE prices SET v = 15');
+
 # ---- built-in functions and keywords reading state outside the key --------
 
 $q = q{SELECT current_setting('app.tenant') AS t};
@@ -206,6 +214,9 @@ for my $case (
 
 $q = q{SELECT cache_query_json('SELECT $1::date - date ''2000-01-01'' AS d', ARRAY['today'])};
 refused(q{'today' as a parameter}, sub { sql($q) }, sub { sql($q) }, qr/^\[\{"d": \d+\}\]$/);
+
+$q = q{SELECT cache_query_json('SELECT ''today''::text::date - date ''2000-01-01'' AS d')};
+refused('text cast to a date at run time', sub { sql($q) }, sub { sql($q) }, qr/^\[\{"d": \d+\}\]$/);
 
 $node->safe_psql('postgres', q{
 CREATE ROLE u1; CREATE ROLE u2; CREATE ROLE grp;
