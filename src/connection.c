@@ -188,9 +188,11 @@ remember_run_id(RedisConnection *conn, const RedisReply *info)
 	if (p == NULL)
 		return;
 	p += strlen("run_id:");
-	len = strcspn(p, "\r\n");
-	if (len >= sizeof(conn->run_id))
-		len = sizeof(conn->run_id) - 1;
+	/* 40 hex digits from Redis; anything else is not kept (cache_version) */
+	len = strspn(p, "0123456789abcdefABCDEF");
+	if (len == 0 || len >= sizeof(conn->run_id) ||
+		(p[len] != '\r' && p[len] != '\n' && p[len] != '\0'))
+		return;
 	memcpy(conn->run_id, p, len);
 	conn->run_id[len] = '\0';
 }

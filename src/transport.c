@@ -448,7 +448,8 @@ typedef struct ReplyScanner
 	int			depth;			/* arrays open */
 	size_t		pending[RC_REPLY_MAX_DEPTH];	/* elements still to come */
 	int			replies_left;	/* top-level replies still expected */
-	size_t		bytes_left;		/* of the round trip's byte budget */
+	size_t		bytes_budget;	/* bytes allowed for the round trip */
+	size_t		bytes_left;		/* of bytes_budget */
 	size_t		elements_left;	/* of the round trip's element budget */
 	size_t		bulk_max;		/* largest bulk string */
 	const char *label;			/* "host:port", for messages */
@@ -472,6 +473,7 @@ scanner_init(ReplyScanner *sc, const RedisCommand *commands, int ncommands,
 			(size_t) Min(Max(commands[i].argc - 1, 1), 64);
 		sc->elements_left += (size_t) commands[i].argc + 1;
 	}
+	sc->bytes_budget = sc->bytes_left;
 	sc->label = label;
 }
 
@@ -598,7 +600,7 @@ scanner_check(ReplyScanner *sc, const char *buf, size_t len)
 	if (len > sc->bytes_left)
 	{
 		redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s exceeds %zu bytes (redis_cache.max_value_bytes)",
-						sc->label, sc->bulk_max);
+						sc->label, sc->bytes_budget);
 		return false;
 	}
 	sc->bytes_left -= len;
