@@ -556,7 +556,7 @@ scanner_line_done(ReplyScanner *sc, size_t remaining)
 	{
 		if ((uint64) n > sc->bulk_max || (uint64) n + 2 > remaining)
 		{
-			redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s announces a string of " INT64_FORMAT " bytes, more than the %zu allowed (redis_cache.max_value_bytes)",
+			redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s announces a string of " INT64_FORMAT " bytes, which exceeds the %zu allowed (redis_cache.max_value_bytes)",
 							sc->label, n, Min(sc->bulk_max, remaining));
 			return false;
 		}
@@ -575,7 +575,7 @@ scanner_line_done(ReplyScanner *sc, size_t remaining)
 	if ((uint64) n > sc->elements_left ||
 		(uint64) n > remaining / RC_REPLY_MIN_ELEMENT_BYTES)
 	{
-		redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s announces an array of " INT64_FORMAT " elements, more than the %zu allowed",
+		redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s announces an array of " INT64_FORMAT " elements, which exceeds the %zu allowed",
 						sc->label, n,
 						Min(sc->elements_left, remaining / RC_REPLY_MIN_ELEMENT_BYTES));
 		return false;

@@ -9,9 +9,9 @@
 # Redis at maxmemory (noeviction) gives one rate-limited "out of memory"
 # WARNING, never the misleading "version older than" one.
 #
-# The hostile server is a small fake written here (the only fake in the
-# tests, as the issue asks): it answers the handshake (AUTH, SELECT,
-# INFO), the cache version check (EVAL with 5 keys) and PING plausibly,
+# The hostile server is a small fake written here, as the issue allows
+# for hostile peers: it answers the handshake (AUTH, SELECT, INFO), the
+# cache version check (EVAL with 5 keys) and PING plausibly,
 # and answers GET and MGET with the reply named in its "mode" file, read
 # at every command.  Peak memory is the backend's own VmHWM, read from
 # /proc/self/status in the same session right after the call.
