@@ -690,7 +690,9 @@ cache_unlock(PG_FUNCTION_ARGS)
 }
 
 /*
- * cache_ping() RETURNS text: 'PONG', or NULL when Redis cannot be reached.
+ * cache_ping() RETURNS text: 'PONG', or NULL when Redis cannot be reached
+ * or answers something that is not valid text (NUL, invalid in the
+ * database encoding: a protocol fault, with a rate-limited WARNING).
  * A health check must really probe, so it ignores an open circuit breaker.
  */
 Datum
@@ -710,5 +712,21 @@ cache_ping(PG_FUNCTION_ARGS)
 	}
 	if (reply->type != RC_REPLY_STATUS && reply->type != RC_REPLY_STRING)
 		PG_RETURN_NULL();
+	if (!pg_verifymbstr(reply->str, (int) reply->len, true))
+	{
+		/* NUL or invalid text: not a Redis, never into a text result */
+		static TimestampTz last_warning = 0;
+
+		redis_stats_add(RC_STAT_ERRORS_PROTOCOL, 1);
+		if (redis_warning_due(&last_warning))
+			ereport(WARNING,
+					(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+					 errmsg("redis_cache: reply to PING from Redis at %s:%d is not valid %s text",
+							redis_server_host(), redis_server_port(),
+							GetDatabaseEncodingName()),
+					 errdetail("Redis replied: %s",
+							   redis_printable(reply->str, reply->len))));
+		PG_RETURN_NULL();
+	}
 	PG_RETURN_TEXT_P(cstring_to_text_with_len(reply->str, (int) reply->len));
 }

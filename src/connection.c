@@ -25,7 +25,11 @@
  * - Faults never reach the caller as an ERROR unless on_error = 'error'; by
  *   default they become one WARNING per backend per 10 s and the function
  *   returns its miss value.  Faults are classified by RedisFaultKind for
- *   the statistics, never by their text.
+ *   the statistics, never by their text.  Error replies (-OOM, -BUSY, ...)
+ *   are classified in one place, redis_reply_error_kind(), and reported by
+ *   redis_report_reply_error(): one WARNING per kind per 10 s, naming the
+ *   server's state (out of memory, busy, ...) rather than the command.
+ *   Text from Redis goes into messages only through redis_printable().
  *
  * - An ERROR thrown while a command is outstanding (cancel, out of memory)
  *   leaves the protocol out of sync: the connection is closed in PG_CATCH
@@ -184,9 +188,11 @@ remember_run_id(RedisConnection *conn, const RedisReply *info)
 	if (p == NULL)
 		return;
 	p += strlen("run_id:");
-	len = strcspn(p, "\r\n");
-	if (len >= sizeof(conn->run_id))
-		len = sizeof(conn->run_id) - 1;
+	/* 40 hex digits from Redis; anything else is not kept (cache_version) */
+	len = strspn(p, "0123456789abcdefABCDEF");
+	if (len == 0 || len >= sizeof(conn->run_id) ||
+		(p[len] != '\r' && p[len] != '\n' && p[len] != '\0'))
+		return;
 	memcpy(conn->run_id, p, len);
 	conn->run_id[len] = '\0';
 }
@@ -258,15 +264,15 @@ handshake(RedisConnection *conn, const char *password, TimestampTz deadline,
 			redis_fault_set(RC_FAULT_CONNECT, "Redis at %s:%d refused %s: %s",
 							host_or_default(), server_port,
 							(i == auth_index) ? "authentication" : "SELECT",
-							replies[i]->str);
+							redis_printable(replies[i]->str, replies[i]->len));
 			return false;
 		}
 	}
-	if (replies[n - 1]->type == RC_REPLY_ERROR &&
-		strncmp(replies[n - 1]->str, "NOAUTH", 6) == 0)
+	if (redis_reply_error_kind(replies[n - 1]) == RC_ERR_NOAUTH)
 	{
 		redis_fault_set(RC_FAULT_CONNECT, "Redis at %s:%d requires authentication: %s",
-						host_or_default(), server_port, replies[n - 1]->str);
+						host_or_default(), server_port,
+						redis_printable(replies[n - 1]->str, replies[n - 1]->len));
 		return false;
 	}
 	remember_run_id(conn, replies[n - 1]);
@@ -453,25 +459,162 @@ report_fault(int flags)
 }
 
 /*
- * Report an error reply to a data command (WRONGTYPE, OOM, ...).  Not a
- * connection fault: the breaker is untouched and the warning is not rate
- * limited, as it points at a specific key.
+ * What an error reply means, from its first word (Redis' error code, as
+ * in "-OOM command not allowed ...").  The one place replies are
+ * classified: callers switch on the kind, never on the text.
+ */
+RedisErrorKind
+redis_reply_error_kind(const RedisReply *reply)
+{
+	static const struct
+	{
+		const char *code;
+		RedisErrorKind kind;
+	}			codes[] = {
+		{"OOM", RC_ERR_OOM},
+		{"BUSY", RC_ERR_BUSY},
+		{"LOADING", RC_ERR_LOADING},
+		{"READONLY", RC_ERR_READONLY},
+		{"MISCONF", RC_ERR_MISCONF},
+		{"NOPERM", RC_ERR_NOPERM},
+		{"NOAUTH", RC_ERR_NOAUTH},
+		{"NOSCRIPT", RC_ERR_NOSCRIPT},
+		{"WRONGTYPE", RC_ERR_WRONGTYPE},
+		{"MOVED", RC_ERR_MOVED},
+		{"ASK", RC_ERR_ASK},
+	};
+	size_t		len;
+	int			i;
+
+	if (reply == NULL || reply->type != RC_REPLY_ERROR || reply->str == NULL)
+		return RC_ERR_GENERIC;
+	len = strcspn(reply->str, " ");
+	for (i = 0; i < (int) lengthof(codes); i++)
+		if (len == strlen(codes[i].code) &&
+			strncmp(reply->str, codes[i].code, len) == 0)
+			return codes[i].kind;
+	return RC_ERR_GENERIC;
+}
+
+/*
+ * A copy of text from Redis fit for a message: printable ASCII only (the
+ * rest, invalid UTF-8 and NUL included, becomes '?'), at most 300 bytes.
+ * Redis' own messages are ASCII; a hostile server's must not reach the log
+ * or the client as invalid text.
+ */
+char *
+redis_printable(const char *str, size_t len)
+{
+	size_t		n = Min(len, 300);
+	char	   *out = palloc(n + 4);
+	size_t		i;
+
+	for (i = 0; i < n; i++)
+		out[i] = (str[i] >= 0x20 && str[i] < 0x7f) ? str[i] : '?';
+	if (n < len)
+	{
+		memcpy(out + n, "...", 3);
+		n += 3;
+	}
+	out[n] = '\0';
+	return out;
+}
+
+/* Rate limiting of reply-error warnings, per kind. */
+static TimestampTz last_reply_warning_at[RC_NUM_ERROR_KINDS];
+static int	suppressed_reply_warnings[RC_NUM_ERROR_KINDS];
+
+/*
+ * Report an error reply to a command (OOM, WRONGTYPE, ...): "what" says
+ * what was refused, for messages.  Not a connection fault: the breaker is
+ * untouched.  With on_error = 'error' (and no RC_EXEC_NO_ERROR) an ERROR;
+ * otherwise one WARNING per kind per RC_WARNING_INTERVAL_MS, so a Redis
+ * that refuses every write (maxmemory with noeviction) does not flood the
+ * log; at backend start (RC_EXEC_STARTUP) a LOG line.  Server-wide states
+ * (out of memory, busy, loading, read-only, ...) say so with a hint
+ * instead of blaming the command.
  */
 void
 redis_report_reply_error(const RedisReply *reply, const char *what, int flags)
 {
+	RedisErrorKind kind = redis_reply_error_kind(reply);
+	const char *text = reply->str ? reply->str : "(no message)";
+	char	   *replied = redis_printable(text, strlen(text));
+	char	   *message;
+	const char *hint = NULL;
 	int			elevel = WARNING;
+	int			suppressed = 0;
 
 	redis_stats_add(RC_STAT_ERRORS_REPLY, 1);
 	if (redis_cache_on_error == RC_ON_ERROR_ERROR && !(flags & RC_EXEC_NO_ERROR))
 		elevel = ERROR;
 	else if (redis_cache_on_error == RC_ON_ERROR_SILENT)
 		elevel = DEBUG1;
+	else if (flags & RC_EXEC_STARTUP)
+		elevel = LOG;			/* the client is not ready for messages */
+	else if (!redis_warning_due(&last_reply_warning_at[kind]))
+	{
+		suppressed_reply_warnings[kind]++;
+		elevel = DEBUG1;
+	}
+	else
+	{
+		suppressed = suppressed_reply_warnings[kind];
+		suppressed_reply_warnings[kind] = 0;
+	}
 
-	ereport(elevel,
-			(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-			 errmsg("redis_cache: Redis rejected %s", what),
-			 errdetail("Redis replied: %s", reply->str ? reply->str : "(no message)")));
+	switch (kind)
+	{
+		case RC_ERR_OOM:
+			message = psprintf("Redis is out of memory and refused %s", what);
+			hint = "Raise maxmemory in Redis, or set maxmemory-policy to an evicting policy such as volatile-lru or allkeys-lru; with noeviction a full Redis refuses every write.";
+			break;
+		case RC_ERR_BUSY:
+			message = psprintf("Redis is busy running a script and refused %s", what);
+			hint = "A long script or module command blocks Redis: see SCRIPT KILL and busy-reply-threshold.";
+			break;
+		case RC_ERR_LOADING:
+			message = psprintf("Redis is loading its data set and refused %s", what);
+			break;
+		case RC_ERR_READONLY:
+			message = psprintf("Redis at %s:%d is a read-only replica and refused %s",
+							   host_or_default(), server_port, what);
+			hint = "Point redis_cache.host at the primary.";
+			break;
+		case RC_ERR_MISCONF:
+			message = psprintf("Redis cannot save its data and refused %s", what);
+			hint = "See the Redis log for the snapshot error; Redis refuses writes while stop-writes-on-bgsave-error is yes.";
+			break;
+		case RC_ERR_NOPERM:
+			message = psprintf("Redis denied the ACL permission for %s", what);
+			hint = "Grant the user of redis_cache.user the commands and keys under redis_cache.key_prefix.";
+			break;
+		case RC_ERR_MOVED:
+		case RC_ERR_ASK:
+			message = psprintf("Redis at %s:%d is a cluster node and redirected %s",
+							   host_or_default(), server_port, what);
+			hint = "Redis Cluster is not supported: point redis_cache.host at a standalone server.";
+			break;
+		default:
+			message = psprintf("Redis rejected %s", what);
+			break;
+	}
+
+	if (suppressed > 0)
+		ereport(elevel,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("redis_cache: %s", message),
+				 errdetail("Redis replied: %s (%d similar warnings were suppressed in the last %d seconds)",
+						   replied, suppressed, RC_WARNING_INTERVAL_MS / 1000),
+				 hint ? errhint("%s", hint) : 0));
+	else
+		ereport(elevel,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("redis_cache: %s", message),
+				 errdetail("Redis replied: %s", replied),
+				 hint ? errhint("%s", hint) : 0));
+	pfree(message);
+	pfree(replied);
 }
 
 /*

@@ -5,13 +5,19 @@
  *
  * Design rules: the top of the stack.  It reads the counters (stats.c) and
  * the breaker state and talks to Redis through the connection layer; no
- * other file calls it.
+ * other file calls it.  INFO is untrusted text: a field that is not valid
+ * in the database encoding, or a number that does not parse as an integer,
+ * is null in the result (with a rate-limited WARNING), never an ERROR and
+ * never invalid jsonb.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <errno.h>
+
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -21,6 +27,9 @@
 
 PG_FUNCTION_INFO_V1(cache_stats);
 PG_FUNCTION_INFO_V1(cache_health);
+
+/* Rate limiting of the warning about a malformed INFO reply. */
+static TimestampTz last_invalid_info_warning = 0;
 
 /*
  * cache_stats(): one row of totals (family NULL), then one per family.
@@ -32,24 +41,71 @@ cache_stats(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* Value of "name:" in an INFO reply, or NULL. */
+/*
+ * Value of "name:" in an INFO reply of len bytes, or NULL when absent or
+ * not valid text (NUL, invalid in the database encoding: INFO comes from
+ * an untrusted server, and its text must not reach a jsonb result
+ * unchecked).  *invalid is set in the latter case.
+ */
 static char *
-info_field(const char *info, const char *name)
+info_field(const char *info, size_t len, const char *name, bool *invalid)
 {
 	size_t		nlen = strlen(name);
 	const char *p = info;
+	const char *end = info + len;
 
-	while (p && *p)
+	while (p < end)
 	{
-		if (strncmp(p, name, nlen) == 0 && p[nlen] == ':')
-			return pnstrdup(p + nlen + 1, strcspn(p + nlen + 1, "\r\n"));
-		p = strchr(p, '\n');
-		if (p)
-			p++;
+		const char *eol = memchr(p, '\n', end - p);
+		size_t		linelen = (eol ? eol : end) - p;
+
+		if (linelen > nlen && memcmp(p, name, nlen) == 0 && p[nlen] == ':')
+		{
+			const char *value = p + nlen + 1;
+			size_t		vlen = linelen - nlen - 1;
+
+			if (vlen > 0 && value[vlen - 1] == '\r')
+				vlen--;
+			if (!pg_verifymbstr(value, (int) vlen, true))
+			{
+				*invalid = true;
+				return NULL;
+			}
+			return pnstrdup(value, vlen);
+		}
+		if (eol == NULL)
+			break;
+		p = eol + 1;
 	}
 	return NULL;
 }
 
+/*
+ * An INFO field that is an integer, as a decimal string; NULL when absent,
+ * malformed (used_memory:abc) or out of range, with *invalid set for the
+ * last two.  Never an ERROR: a strange INFO must not break a health check.
+ */
+static char *
+info_integer(const char *info, size_t len, const char *name, bool *invalid)
+{
+	char	   *value = info_field(info, len, name, invalid);
+	char	   *endptr;
+	long long	v;
+
+	if (value == NULL)
+		return NULL;
+	errno = 0;
+	v = strtoll(value, &endptr, 10);
+	if (errno != 0 || endptr == value || *endptr != '\0' ||
+		!(value[0] == '-' || (value[0] >= '0' && value[0] <= '9')))
+	{
+		*invalid = true;
+		return NULL;
+	}
+	return psprintf("%lld", v);
+}
+
+/* value must be valid JSON when numeric (the callers make sure of it). */
 static void
 append_json_field(StringInfo buf, const char *name, const char *value, bool numeric)
 {
@@ -59,7 +115,7 @@ append_json_field(StringInfo buf, const char *name, const char *value, bool nume
 	appendStringInfoString(buf, ": ");
 	if (value == NULL)
 		appendStringInfoString(buf, "null");
-	else if (numeric && strspn(value, "0123456789.-") == strlen(value) && value[0])
+	else if (numeric)
 		appendStringInfoString(buf, value);
 	else
 		escape_json(buf, value);
@@ -106,17 +162,38 @@ cache_health(PG_FUNCTION_ARGS)
 	append_json_field(&buf, "port", latency, true);
 	if (ok)
 	{
-		const char *info = replies[1]->type == RC_REPLY_STRING ? replies[1]->str : "";
+		const char *info = "";
+		size_t		info_bytes = 0;
+		bool		invalid = false;
 
+		if (replies[1]->type == RC_REPLY_STRING)
+		{
+			info = replies[1]->str;
+			info_bytes = replies[1]->len;
+		}
 		snprintf(latency, sizeof(latency), "%.3f",
 				 (double) (GetCurrentTimestamp() - start) / 1000.0);
 		append_json_field(&buf, "ping_ms", latency, true);
-		append_json_field(&buf, "redis_version", info_field(info, "redis_version"), false);
-		append_json_field(&buf, "run_id", info_field(info, "run_id"), false);
+		append_json_field(&buf, "redis_version",
+						  info_field(info, info_bytes, "redis_version", &invalid), false);
+		append_json_field(&buf, "run_id",
+						  info_field(info, info_bytes, "run_id", &invalid), false);
 		for (i = 0; i < (int) lengthof(numeric_fields); i++)
 			append_json_field(&buf, numeric_fields[i],
-							  info_field(info, numeric_fields[i]), true);
-		append_json_field(&buf, "maxmemory_policy", info_field(info, "maxmemory_policy"), false);
+							  info_integer(info, info_bytes, numeric_fields[i], &invalid),
+							  true);
+		append_json_field(&buf, "maxmemory_policy",
+						  info_field(info, info_bytes, "maxmemory_policy", &invalid), false);
+		if (invalid)
+		{
+			redis_stats_add(RC_STAT_ERRORS_PROTOCOL, 1);
+			if (redis_warning_due(&last_invalid_info_warning))
+				ereport(WARNING,
+						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+						 errmsg("redis_cache: INFO reply from Redis at %s:%d has malformed fields",
+								redis_server_host(), redis_server_port()),
+						 errdetail("Fields that are not valid text or not valid numbers are reported as null.")));
+		}
 	}
 	appendStringInfoChar(&buf, '}');
 

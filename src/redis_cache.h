@@ -221,6 +221,26 @@ extern bool redis_execute(const RedisCommand *commands, int ncommands,
 						  RedisReply **replies, int flags);
 extern RedisReply *redis_command(int flags, int argc, const char **argv,
 								 size_t *argvlen);
+/* What an error reply means: its first word, classified in one place. */
+typedef enum RedisErrorKind
+{
+	RC_ERR_GENERIC,				/* ERR and any code not below */
+	RC_ERR_OOM,					/* maxmemory reached (noeviction) */
+	RC_ERR_BUSY,				/* a script or module command runs long */
+	RC_ERR_LOADING,				/* loading the data set after a start */
+	RC_ERR_READONLY,			/* a read-only replica */
+	RC_ERR_MISCONF,				/* cannot save: writes refused */
+	RC_ERR_NOPERM,				/* ACL: command or key not allowed */
+	RC_ERR_NOAUTH,				/* AUTH needed */
+	RC_ERR_NOSCRIPT,			/* EVALSHA of a script not loaded */
+	RC_ERR_WRONGTYPE,			/* the key holds another type */
+	RC_ERR_MOVED,				/* Redis Cluster: the slot moved */
+	RC_ERR_ASK,					/* Redis Cluster: the slot is migrating */
+	RC_NUM_ERROR_KINDS
+} RedisErrorKind;
+
+extern RedisErrorKind redis_reply_error_kind(const RedisReply *reply);
+extern char *redis_printable(const char *str, size_t len);
 extern void redis_report_reply_error(const RedisReply *reply,
 									 const char *what, int flags);
 extern uint64 redis_connection_serial(void);

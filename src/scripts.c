@@ -235,7 +235,7 @@ redis_run_script(RedisScriptId id, int nkeys, int nargs, const char **args,
 
 	reply = redis_command(flags, nargs + 3, argv, argvlen);
 	if (reply != NULL && reply->type == RC_REPLY_ERROR &&
-		reply->str != NULL && strncmp(reply->str, "NOSCRIPT", 8) == 0)
+		redis_reply_error_kind(reply) == RC_ERR_NOSCRIPT)
 	{
 		argv[0] = "EVAL";
 		argvlen[0] = 4;

@@ -24,8 +24,13 @@
  *   (cancel, out of memory) leaves the protocol out of sync: the caller
  *   closes the socket in PG_CATCH before re-throwing.
  *
- * - Redis is untrusted: the bytes of a reply are capped (max_value_bytes per
- *   key argument plus slack) while they are read; a reader error is final.
+ * - Redis is untrusted: before any byte reaches redisReader, our own
+ *   incremental pre-scanner checks every header against bounds fixed when
+ *   the commands are sent (bytes, one string, elements, nesting, line
+ *   length; see "the reply pre-scanner"), so a hostile "*2000000000" is a
+ *   protocol fault before hiredis allocates anything for it.  A fault or a
+ *   reader error is final: the caller closes the socket.  Interrupts and
+ *   the deadline are checked between chunks, also while bytes keep coming.
  *
  * - Faults are described once, here or by the client above, as a
  *   RedisFaultKind and a message kept without palloc (commit callbacks read
@@ -385,6 +390,335 @@ redis_socket_open(const char *host, int port, int timeout_ms,
 	return s;
 }
 
+/* ---- the reply pre-scanner ------------------------------------------------ */
+
+/*
+ * Bounds of the replies of one round trip, decided before any byte reaches
+ * hiredis.  hiredis allocates as soon as it reads a header: a "*N" header
+ * callocs N pointers at once, each element is a malloc'd redisReply (about
+ * 64 bytes, then our palloc'd copy), and a status line is buffered until
+ * its CRLF, re-searched on every feed.  So every header is checked here
+ * first, on the raw bytes, and nothing is fed once a bound is crossed.
+ *
+ * - Bytes: max_value_bytes + RC_REPLY_SLACK_BYTES per value a command may
+ *   return (one per key argument, at most 64 per command) for the whole
+ *   round trip.  A cached value is never larger than max_value_bytes (the
+ *   writers refuse larger ones); the slack covers INFO (about 5 kB), a
+ *   query entry's metadata, and SCAN's cursor.
+ * - One bulk string: max_value_bytes + RC_REPLY_SLACK_BYTES, and no more
+ *   than the bytes left.
+ * - Elements (every value hiredis allocates, nested ones included):
+ *   RC_REPLY_BASE_ELEMENTS plus one more than the arguments of each
+ *   command.  What we send returns at most one element per argument (MGET,
+ *   the generations script) or a SCAN batch (COUNT 1000, which Redis may
+ *   exceed a little); 65536 covers that with room, and costs at most about
+ *   10 MB of reply structures.  An array header must also fit in the bytes
+ *   left (each element takes at least 3 bytes on the wire).
+ * - Nesting: RC_REPLY_MAX_DEPTH arrays.  Our deepest reply is SCAN's (2);
+ *   hiredis itself refuses more than 7.
+ * - Lines: headers ("$N", "*N", ":N") are decimal numbers of at most 20
+ *   characters; status and error lines at most RC_REPLY_MAX_LINE bytes
+ *   (Redis' longest are script errors of a few hundred bytes).
+ * - Nothing may follow the last expected reply: a stray byte would become
+ *   the reply to the next command.
+ */
+#define RC_REPLY_BASE_ELEMENTS	65536
+#define RC_REPLY_MAX_DEPTH		4
+#define RC_REPLY_MAX_HEADER		20
+#define RC_REPLY_MAX_LINE		(64 * 1024)
+#define RC_REPLY_MIN_ELEMENT_BYTES	3	/* "+\r\n" */
+
+typedef enum ScanState
+{
+	SCAN_TYPE,					/* expecting the type byte of a value */
+	SCAN_LINE,					/* in the line after the type byte */
+	SCAN_LINE_CR,				/* after a CR in that line */
+	SCAN_BULK,					/* in a bulk string's payload */
+	SCAN_BULK_CR,				/* expecting the CR after the payload */
+	SCAN_BULK_LF				/* expecting the LF after the payload */
+} ScanState;
+
+typedef struct ReplyScanner
+{
+	ScanState	state;
+	char		type;			/* type byte of the value being read */
+	char		header[RC_REPLY_MAX_HEADER + 1];
+	size_t		line_len;		/* bytes of the current line so far */
+	size_t		bulk_left;		/* payload bytes still to come */
+	int			depth;			/* arrays open */
+	size_t		pending[RC_REPLY_MAX_DEPTH];	/* elements still to come */
+	int			replies_left;	/* top-level replies still expected */
+	size_t		bytes_budget;	/* bytes allowed for the round trip */
+	size_t		bytes_left;		/* of bytes_budget */
+	size_t		elements_left;	/* of the round trip's element budget */
+	size_t		bulk_max;		/* largest bulk string */
+	const char *label;			/* "host:port", for messages */
+} ReplyScanner;
+
+/* Bounds for the replies to commands (see above). */
+static void
+scanner_init(ReplyScanner *sc, const RedisCommand *commands, int ncommands,
+			 const char *label)
+{
+	int			i;
+
+	memset(sc, 0, sizeof(*sc));
+	sc->state = SCAN_TYPE;
+	sc->replies_left = ncommands;
+	sc->bulk_max = (size_t) redis_cache_max_value_bytes + RC_REPLY_SLACK_BYTES;
+	sc->elements_left = RC_REPLY_BASE_ELEMENTS;
+	for (i = 0; i < ncommands; i++)
+	{
+		sc->bytes_left += sc->bulk_max *
+			(size_t) Min(Max(commands[i].argc - 1, 1), 64);
+		sc->elements_left += (size_t) commands[i].argc + 1;
+	}
+	sc->bytes_budget = sc->bytes_left;
+	sc->label = label;
+}
+
+/*
+ * A header's decimal number: an optional '-' then 1 to 19 digits, within
+ * int64.  hiredis 0.14 would read garbage as -1 (nil) and wrap overflows.
+ */
+static bool
+scanner_number(const char *s, size_t len, int64 *result)
+{
+	bool		negative = false;
+	uint64		v = 0;
+	size_t		i = 0;
+
+	if (len > 0 && s[0] == '-')
+	{
+		negative = true;
+		i = 1;
+	}
+	if (i == len || len - i > 19)
+		return false;
+	for (; i < len; i++)
+	{
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		v = v * 10 + (uint64) (s[i] - '0');
+	}
+	if (v > (uint64) PG_INT64_MAX)
+		return false;
+	*result = negative ? -(int64) v : (int64) v;
+	return true;
+}
+
+/* A value ended: close the arrays it completes, maybe the reply. */
+static void
+scanner_value_done(ReplyScanner *sc)
+{
+	sc->state = SCAN_TYPE;
+	while (sc->depth > 0)
+	{
+		if (--sc->pending[sc->depth - 1] > 0)
+			return;
+		sc->depth--;
+	}
+	sc->replies_left--;
+}
+
+/*
+ * The line of the current value is complete (in sc->header for numbers).
+ * remaining is what is left of the byte budget after this line.
+ */
+static bool
+scanner_line_done(ReplyScanner *sc, size_t remaining)
+{
+	int64		n = 0;
+
+	if (sc->type == '+' || sc->type == '-')
+	{
+		scanner_value_done(sc);
+		return true;
+	}
+	if (!scanner_number(sc->header, sc->line_len, &n))
+	{
+		redis_fault_set(RC_FAULT_PROTOCOL, "invalid reply from Redis at %s: malformed number after '%c'",
+						sc->label, sc->type);
+		return false;
+	}
+	if (sc->type == ':' || n == -1 || (sc->type == '*' && n == 0))
+	{
+		scanner_value_done(sc);
+		return true;
+	}
+	if (n < 0)
+	{
+		redis_fault_set(RC_FAULT_PROTOCOL, "invalid reply from Redis at %s: negative length " INT64_FORMAT,
+						sc->label, n);
+		return false;
+	}
+	if (sc->type == '$')
+	{
+		if ((uint64) n > sc->bulk_max || (uint64) n + 2 > remaining)
+		{
+			redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s announces a string of " INT64_FORMAT " bytes, which exceeds the %zu allowed (redis_cache.max_value_bytes)",
+							sc->label, n, Min(sc->bulk_max, remaining));
+			return false;
+		}
+		sc->bulk_left = (size_t) n;
+		sc->state = (n == 0) ? SCAN_BULK_CR : SCAN_BULK;
+		return true;
+	}
+
+	/* '*' with n > 0 elements */
+	if (sc->depth == RC_REPLY_MAX_DEPTH)
+	{
+		redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s nests arrays deeper than %d levels",
+						sc->label, RC_REPLY_MAX_DEPTH);
+		return false;
+	}
+	if ((uint64) n > sc->elements_left ||
+		(uint64) n > remaining / RC_REPLY_MIN_ELEMENT_BYTES)
+	{
+		redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s announces an array of " INT64_FORMAT " elements, which exceeds the %zu allowed",
+						sc->label, n,
+						Min(sc->elements_left, remaining / RC_REPLY_MIN_ELEMENT_BYTES));
+		return false;
+	}
+	sc->elements_left -= (size_t) n;
+	sc->pending[sc->depth++] = (size_t) n;
+	sc->state = SCAN_TYPE;
+	return true;
+}
+
+/*
+ * Check the next len bytes of the replies against the bounds, keeping the
+ * state for the next chunk.  Returns false with a protocol fault set at the
+ * first violation: then none of these bytes may reach hiredis.
+ */
+static bool
+scanner_check(ReplyScanner *sc, const char *buf, size_t len)
+{
+	const char *p = buf;
+	const char *end = buf + len;
+
+	if (len > sc->bytes_left)
+	{
+		redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s exceeds %zu bytes (redis_cache.max_value_bytes)",
+						sc->label, sc->bytes_budget);
+		return false;
+	}
+	sc->bytes_left -= len;
+
+	while (p < end)
+	{
+		switch (sc->state)
+		{
+			case SCAN_TYPE:
+				if (sc->depth == 0)
+				{
+					if (sc->replies_left == 0)
+					{
+						redis_fault_set(RC_FAULT_PROTOCOL, "Redis at %s sent more replies than commands",
+										sc->label);
+						return false;
+					}
+					/* a top-level value; elements were reserved by their array */
+					if (sc->elements_left == 0)
+					{
+						redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s has too many elements",
+										sc->label);
+						return false;
+					}
+					sc->elements_left--;
+				}
+				sc->type = *p++;
+				if (sc->type != '+' && sc->type != '-' && sc->type != ':' &&
+					sc->type != '$' && sc->type != '*')
+				{
+					redis_fault_set(RC_FAULT_PROTOCOL, "invalid reply from Redis at %s: unknown type byte 0x%02x",
+									sc->label, (unsigned char) sc->type);
+					return false;
+				}
+				sc->line_len = 0;
+				sc->state = SCAN_LINE;
+				break;
+
+			case SCAN_LINE:
+				{
+					const char *cr = memchr(p, '\r', end - p);
+					size_t		n = (cr ? cr : end) - p;
+					bool		text = (sc->type == '+' || sc->type == '-');
+
+					if (sc->line_len + n > (text ? RC_REPLY_MAX_LINE : RC_REPLY_MAX_HEADER))
+					{
+						redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s has a '%c' line longer than %d bytes",
+										sc->label, sc->type,
+										text ? RC_REPLY_MAX_LINE : RC_REPLY_MAX_HEADER);
+						return false;
+					}
+					if (!text)
+						memcpy(sc->header + sc->line_len, p, n);
+					sc->line_len += n;
+					p += n;
+					if (cr)
+					{
+						p++;
+						sc->state = SCAN_LINE_CR;
+					}
+				}
+				break;
+
+			case SCAN_LINE_CR:
+				if (*p == '\n')
+				{
+					p++;
+					if (!scanner_line_done(sc, sc->bytes_left + (size_t) (end - p)))
+						return false;
+				}
+				else if (sc->type == '+' || sc->type == '-')
+				{
+					/* a lone CR is text, as in hiredis; p is looked at again */
+					if (++sc->line_len > RC_REPLY_MAX_LINE)
+					{
+						redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s has a '%c' line longer than %d bytes",
+										sc->label, sc->type, RC_REPLY_MAX_LINE);
+						return false;
+					}
+					sc->state = SCAN_LINE;
+				}
+				else
+				{
+					redis_fault_set(RC_FAULT_PROTOCOL, "invalid reply from Redis at %s: malformed '%c' line",
+									sc->label, sc->type);
+					return false;
+				}
+				break;
+
+			case SCAN_BULK:
+				{
+					size_t		n = Min(sc->bulk_left, (size_t) (end - p));
+
+					p += n;
+					sc->bulk_left -= n;
+					if (sc->bulk_left == 0)
+						sc->state = SCAN_BULK_CR;
+				}
+				break;
+
+			case SCAN_BULK_CR:
+			case SCAN_BULK_LF:
+				if (*p++ != (sc->state == SCAN_BULK_CR ? '\r' : '\n'))
+				{
+					redis_fault_set(RC_FAULT_PROTOCOL, "invalid reply from Redis at %s: string not followed by CRLF",
+									sc->label);
+					return false;
+				}
+				if (sc->state == SCAN_BULK_CR)
+					sc->state = SCAN_BULK_LF;
+				else
+					scanner_value_done(sc);
+				break;
+		}
+	}
+	return true;
+}
+
 /*
  * Deep-copy a hiredis reply into palloc'd memory.
  */
@@ -525,10 +859,11 @@ wait_for_reply(RedisSocket *s, TimestampTz deadline, bool *nothing_received)
 
 /*
  * Send all commands, then read one reply per command.  Returns false with
- * the fault set on timeout, I/O error or protocol error; *nothing_received
- * then says whether the server never answered anything (the caller may
- * retry once over a fresh connection).  May throw on interrupts or out of
- * memory; the caller closes the socket then.
+ * the fault set on timeout, I/O error or protocol error (a reply over its
+ * bounds included); *nothing_received then says whether the server never
+ * answered anything (the caller may retry once over a fresh connection).
+ * May throw on interrupts or out of memory; the caller closes the socket
+ * then.
  */
 static bool
 round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
@@ -536,23 +871,15 @@ round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
 {
 	bool		just_sent = true;
 	size_t		received = 0;
-	size_t		budget = 0;
 	int			nreplies = 0;
-	int			i;
+	ReplyScanner scanner;
 	char		buf[RC_RECV_CHUNK];
 
 	*nothing_received = true;
 
 	/* the socket's buffer: no allocation per command once warmed up */
 	format_commands(&s->send_buffer, commands, ncommands);
-
-	/*
-	 * hiredis buffers a bulk string until it is complete, so the bytes read
-	 * bound its memory.  Allow one value per key argument (MGET), at most 64.
-	 */
-	for (i = 0; i < ncommands; i++)
-		budget += ((size_t) redis_cache_max_value_bytes + RC_REPLY_SLACK_BYTES) *
-			(size_t) Min(Max(commands[i].argc - 1, 1), 64);
+	scanner_init(&scanner, commands, ncommands, s->label);
 
 	if (!send_all(s, deadline, nothing_received))
 		return false;
@@ -589,15 +916,24 @@ round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
 		{
 			*nothing_received = false;
 			received += n;
-			if (received > budget)
-			{
-				redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s exceeds %zu bytes (redis_cache.max_value_bytes)",
-								s->label, budget);
+			/* every header is checked before hiredis allocates for it */
+			if (!scanner_check(&scanner, buf, (size_t) n))
 				return false;
-			}
 			if (redisReaderFeed(s->reader, buf, n) != REDIS_OK)
 			{
 				redis_fault_set(RC_FAULT_IO, "out of memory reading from Redis");
+				return false;
+			}
+
+			/*
+			 * A server that keeps sending never makes us wait: cancel and
+			 * the deadline are checked between chunks too.
+			 */
+			CHECK_FOR_INTERRUPTS();
+			if (GetCurrentTimestamp() >= deadline)
+			{
+				redis_fault_set(RC_FAULT_TIMEOUT, "timed out reading from Redis at %s after %d ms",
+								s->label, s->timeout_ms);
 				return false;
 			}
 			continue;

@@ -102,10 +102,11 @@ current_prefix(void)
 }
 
 /*
- * Run the check script, flushing when this backend is elected.
+ * Run the check script, flushing when this backend is elected.  flags are
+ * the caller's redis_execute() flags, for reporting.
  */
 static RedisSessionStatus
-run_check(RedisRoundTrip round_trip)
+run_check(RedisRoundTrip round_trip, int flags)
 {
 	const char *prefix = current_prefix();
 	const char *expected = redis_version_expected();
@@ -147,12 +148,14 @@ run_check(RedisRoundTrip round_trip)
 		return RC_SESSION_FAULT;
 	if (reply->type == RC_REPLY_ERROR)
 	{
-		/* EVAL disabled or similar: we cannot vouch for the namespace */
-		ereport(WARNING,
-				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-				 errmsg("redis_cache: cache version check failed, the cache is bypassed"),
-				 errdetail("Redis replied: %s", reply->str)));
-		check_state = CHECK_STALE;
+		/*
+		 * Refused (out of memory, busy, EVAL disabled): we cannot vouch for
+		 * the namespace, so bypass, and check again at the next command.
+		 * Not "superseded": nothing says another version is in force.
+		 */
+		redis_report_reply_error(reply, "the cache version check (the cache is bypassed)",
+								 flags);
+		check_state = CHECK_NONE;
 		return RC_SESSION_BYPASS;
 	}
 	if (reply->type != RC_REPLY_ARRAY || reply->elements < 2 ||
@@ -272,7 +275,7 @@ version_session_check(int flags, RedisRoundTrip round_trip)
 	if (!needed)
 		status = check_state == CHECK_OK ? RC_SESSION_OK : RC_SESSION_BYPASS;
 	else
-		status = run_check(round_trip);
+		status = run_check(round_trip, flags);
 
 	/* say so once per episode, to a client that can hear it */
 	if (status == RC_SESSION_BYPASS && check_state == CHECK_STALE &&
