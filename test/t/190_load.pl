@@ -47,11 +47,24 @@ my $seed = $ENV{RC_LOAD_SEED} // int(rand(2**31));
 srand($seed);
 diag("RC_LOAD_SEED=$seed RC_LOAD_SECONDS=$load_seconds (set them to replay the fault sequence)");
 
+# The fault sequence, drawn from the seed before anything else uses rand():
+# [kind, length (pause: seconds stopped; kill: seconds down), gap after].
+my @plan;
+for (1 .. 200)
+{
+	my $r = rand();
+	my $kind = $r < 0.6 ? 'pause' : $r < 0.8 ? 'kill9' : 'restart';
+	push @plan, [ $kind, $kind eq 'pause' ? 0.2 + rand(1.8) : rand(1.0), 1 + rand(3) ];
+}
+
 my $clients = 20;
 # Total transactions per second (pgbench -R; 0: as fast as it goes).  The
 # machine is shared: a bounded rate keeps the load comparable between runs
 # and lets the worker keep up with the pattern invalidations
-# (product:variants:{id}:*, one SCAN of the keyspace each).
+# (product:variants:{id}:*, one SCAN of the keyspace each, about 50 a
+# second at this rate).  Unbounded (RC_LOAD_RATE=0) on 2 cores, the pattern
+# queue overflows: the namespace is flushed only once the queue drained,
+# after the load, which leaves no template key to check.
 my $rate = $ENV{RC_LOAD_RATE} // 1000;
 my $ntenants = 200;
 my $nproducts = 2000;    # 10 per tenant
@@ -193,7 +206,7 @@ SELECT tenant_by_subdomain('sub' || :id || CASE WHEN :b = 1 THEN '-b' ELSE '' EN
 } ],
 	read_product => [ 15, qq{
 \\set id random(1, $nproducts)
-\\set v random(1, 3)
+\\set v random(1, 2)
 SELECT load_product(:id, :v);
 } ],
 	read_setting => [ 10, qq{
@@ -224,7 +237,7 @@ UPDATE tenants SET name = 'n' || left(md5(random()::text), 8),
   WHERE id = :id;
 } ],
 	# one product: new details, and one time in 10 another tenant
-	write_product => [ 4, qq{
+	write_product => [ 2, qq{
 \\set id random(1, $nproducts)
 \\set r random(1, 10)
 \\set t random(1, $ntenants)
@@ -241,7 +254,7 @@ UPDATE settings SET value = left(md5(random()::text), 10)
 	# rows of two tables in one transaction, a savepoint rolled back, and
 	# a rolled back transaction (rows always locked products first, then
 	# settings, one row each: no deadlock with the other scripts)
-	write_multi => [ 2, qq{
+	write_multi => [ 1, qq{
 \\set id random(1, $nproducts)
 \\set org random(1, $ntenants)
 \\set n random(1, ${\ scalar @setting_names})
@@ -365,16 +378,6 @@ sub redis_keys
 my $pm_start = sql('SELECT pg_postmaster_start_time()');
 my $counters_before = counters();
 my $log_offset = -s $node->logfile;
-
-# The fault sequence, drawn from the seed before anything else uses rand():
-# [kind, length (pause: seconds stopped; kill: seconds down), gap after].
-my @plan;
-for (1 .. 200)
-{
-	my $r = rand();
-	my $kind = $r < 0.6 ? 'pause' : $r < 0.8 ? 'kill9' : 'restart';
-	push @plan, [ $kind, $kind eq 'pause' ? 0.2 + rand(1.8) : rand(1.0), 1 + rand(3) ];
-}
 
 # --- the load -------------------------------------------------------------------
 my $pgb_out = "$dir/190_pgbench.out";
@@ -564,7 +567,7 @@ for (split /\n/, sql('SELECT id, tenant_id, details FROM products'))
 {
 	my ($id, $t, $details) = split /\|/;
 	$expected{"product:details:$id"} = "$t|$details";
-	$expected{"product:variants:$id:v$_"} = "$t|$details" for 1 .. 3;
+	$expected{"product:variants:$id:v$_"} = "$t|$details" for 1 .. 2;
 }
 for (split /\n/, sql('SELECT org, name, value FROM settings'))
 {
