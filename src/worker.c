@@ -792,11 +792,18 @@ redis_cache_worker_main(Datum main_arg)
 	if (RecoveryInProgress())
 	{
 		long		delay = 10;
+		bool		said = false;
 
-		ereport(DEBUG1,
-				(errmsg_internal("redis_cache invalidation worker waiting for the end of recovery")));
 		while (!ShutdownRequestPending && RecoveryInProgress())
 		{
+			/* not at each start, where recovery takes milliseconds */
+			if (delay >= 100 && !said)
+			{
+				ereport(LOG,
+						(errmsg("redis_cache invalidation worker waiting for the end of recovery"),
+						 errdetail("A server in recovery flushes nothing.")));
+				said = true;
+			}
 			(void) WaitLatch(MyLatch,
 							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 delay, PG_WAIT_EXTENSION);

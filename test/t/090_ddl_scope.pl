@@ -51,7 +51,7 @@ CREATE TABLE t (v int);
 SELECT cache_query_json('SELECT v FROM t');});
 my $db4 = $node->safe_psql('postgres', q{SELECT oid FROM pg_database WHERE datname = 'db4'});
 # the namespace of this cluster's query results (keys.c)
-my ($base) = $node->safe_psql('postgres', q{SELECT cache_query_key('SELECT 1')})
+my ($base) = $node->safe_psql('db1', q{SELECT cache_query_key('SELECT 1')})
   =~ /^(query:\d+\.\d+:)/;
 my $gen = $redis->cli('get', "${base}gen:ddl:$db4");
 ok(defined $gen && $gen ne '', 'a result of db4 depends on its DDL generation');
