@@ -7,14 +7,17 @@
  *
  * Design rules: never FLUSHDB, FLUSHALL or KEYS (managed Redis blocks them,
  * and keys outside the namespace must survive); the cache version's
- * bookkeeping keys (keys.c) are never removed; the worker's and the
- * commit's deletes never remove another cluster's (or timeline's) query
- * results under the same prefix (keys.c), which that server ends itself,
- * while the version check's flush removes every cluster's: one flush after
- * a Redis restart serves them all; memory of each SCAN batch is
+ * bookkeeping keys (keys.c) are never removed; memory of each SCAN batch is
  * released before the next one.  SCAN may miss keys added during the
  * iteration: this is a clean-up tool, generations are what make results
  * stale.
+ *
+ * Whose keys: the worker's and the commit's deletes leave the query results
+ * of other clusters (and other timelines) under the same prefix alone
+ * (keys.c): their servers end them.  The version check's flush and
+ * cache_delete_pattern() remove every cluster's: after a Redis restart the
+ * one flush that cache:run_id elects must serve every cluster sharing the
+ * prefix.
  *
  *-------------------------------------------------------------------------
  */
