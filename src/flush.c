@@ -12,6 +12,13 @@
  * iteration: this is a clean-up tool, generations are what make results
  * stale.
  *
+ * Whose keys: the worker's and the commit's deletes leave the query results
+ * of other clusters (and other timelines) under the same prefix alone
+ * (keys.c): their servers end them.  The version check's flush and
+ * cache_delete_pattern() remove every cluster's: after a Redis restart the
+ * one flush that cache:run_id elects must serve every cluster sharing the
+ * prefix.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -55,19 +62,21 @@ scan_round_trip(RedisRoundTrip round_trip, RedisCommand *cmd,
 
 /*
  * SCAN MATCH prefix||pattern and UNLINK what it finds, except the cache
- * version's control keys.  pattern is a glob whose literal parts are
+ * version's control keys and, when own_base is not NULL, the query results
+ * of other clusters (keys.c).  pattern is a glob whose literal parts are
  * already escaped; the prefix is escaped here.  Returns the number of keys
  * removed; on a fault (or when deadline, if not 0, passes between two SCAN
  * rounds) sets *failed and returns what was removed until then.  flags are
  * the redis_execute() flags (faults reported per on_error); round_trip, if
  * not NULL, replaces redis_execute() (the version check's flush).
  */
-int64
-redis_scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
-				  int flags, RedisRoundTrip round_trip, TimestampTz deadline,
-				  bool *failed)
+static int64
+scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
+			int flags, RedisRoundTrip round_trip, TimestampTz deadline,
+			const char *own_base, bool *failed)
 {
 	size_t		prefixlen = strlen(prefix);
+	size_t		own_baselen = own_base ? strlen(own_base) : 0;
 	StringInfoData match;
 	char	   *cursor = pstrdup("0");
 	int64		removed = 0;
@@ -130,6 +139,10 @@ redis_scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 			if (k->type != RC_REPLY_STRING ||
 				redis_is_control_key(k->str, k->len, prefix, prefixlen))
 				continue;
+			if (own_base != NULL &&
+				redis_is_foreign_query_key(k->str, k->len, prefix, prefixlen,
+										   own_base, own_baselen))
+				continue;
 			unlink_cmd.argv[unlink_cmd.argc] = k->str;
 			unlink_cmd.argvlen[unlink_cmd.argc] = k->len;
 			unlink_cmd.argc++;
@@ -156,17 +169,32 @@ redis_scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 	return removed;
 }
 
-/* The worker's and the commit's form: -1 on any fault. */
+/* Every key the pattern matches but the control keys (no other filter). */
+int64
+redis_scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
+				  int flags, RedisRoundTrip round_trip, TimestampTz deadline,
+				  bool *failed)
+{
+	return scan_unlink(prefix, pattern, patternlen, flags, round_trip,
+					   deadline, NULL, failed);
+}
+
+/*
+ * The worker's and the commit's form, which leaves other clusters' query
+ * results alone: -1 on any fault.
+ */
 static int64
 unlink_matching(const char *prefix, const char *pattern, TimestampTz deadline)
 {
 	bool		failed;
-	int64		removed = redis_scan_unlink(prefix, pattern, strlen(pattern),
-											RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
-											RC_EXEC_FAST_CONNECT |
-											RC_EXEC_IGNORE_ENABLED,
-											NULL, deadline, &failed);
+	char	   *own_base = redis_query_base(prefix);
+	int64		removed = scan_unlink(prefix, pattern, strlen(pattern),
+									  RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
+									  RC_EXEC_FAST_CONNECT |
+									  RC_EXEC_IGNORE_ENABLED,
+									  NULL, deadline, own_base, &failed);
 
+	pfree(own_base);
 	return failed ? -1 : removed;
 }
 
@@ -186,8 +214,9 @@ ensure_connection(void)
 }
 
 /*
- * Remove every key of the namespace except its version bookkeeping.
- * Returns the count, or -1 on a fault (nothing is raised).
+ * Remove every key of the namespace except its version bookkeeping and
+ * other clusters' query results.  Returns the count, or -1 on a fault
+ * (nothing is raised).
  */
 int64
 redis_flush_prefix(const char *prefix)

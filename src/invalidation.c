@@ -357,7 +357,7 @@ prepare_commit_work(void)
 		cmd->argc++;
 	}
 
-	/* EVAL <invalidate script> 0 prefix||"query:" generation... */
+	/* EVAL <invalidate script> 0 <query base of prefix> generation... */
 	if (work->ngenerations > 0)
 	{
 		int			c = work->first_generation_command;
@@ -376,7 +376,7 @@ prepare_commit_work(void)
 				cmd->argv[0] = "EVAL";
 				cmd->argv[1] = redis_script_body(RC_SCRIPT_QUERY_INVALIDATE);
 				cmd->argv[2] = "0";
-				cmd->argv[3] = psprintf("%squery:", work->prefixes[p]);
+				cmd->argv[3] = redis_query_base(work->prefixes[p]);
 				for (j = 0; j < 4; j++)
 					cmd->argvlen[j] = strlen(cmd->argv[j]);
 				for (j = 0; j < n; j++)

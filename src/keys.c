@@ -10,10 +10,31 @@
  * would make them ambiguous or unreadable in logs and redis-cli: empty keys,
  * control characters and keys longer than RC_MAX_KEY_BYTES.
  *
+ * Cached query results, their generations and dependency sets live in the
+ * namespace of one WAL history: prefix||"query:<system identifier>.<timeline>:"
+ * (redis_query_base(), the only place that builds it).  Table and database
+ * OIDs are only meaningful inside one cluster, and generations are only
+ * bumped by the writes of one history:
+ *
+ * - the system identifier (chosen at initdb) separates clusters that share
+ *   a Redis and a key_prefix (same migrations give the same OIDs);
+ * - the timeline separates a promoted standby from its old primary: results
+ *   stored while the old primary ran were ended by the old primary's writes
+ *   only, so the promoted server starts with an empty namespace.  A standby
+ *   reads the namespace of the timeline it replays, i.e. its primary's.
+ *
+ * Physical copies keep the system identifier: a copy started as a primary
+ * without a timeline switch, or promoted copies whose timelines happen to
+ * get the same number without a shared WAL archive, share a namespace and
+ * need key_prefix values of their own (README).  The key-value keys and the
+ * cache version's bookkeeping keys are per key_prefix, shared on purpose.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
+#include "access/xlogrecovery.h"
 #include "catalog/namespace.h"
 #include "common/cryptohash.h"
 #include "common/sha1.h"
@@ -156,6 +177,82 @@ redis_is_control_key(const char *key, size_t len, const char *prefix,
 			return true;
 	}
 	return false;
+}
+
+/* ---- the namespace of query results -------------------------------------- */
+
+/*
+ * The timeline of this server's WAL history: the one it writes on a
+ * primary, the one it replays in recovery (a standby reads its primary's
+ * results).  Shared memory only: usable in backends, in the worker and at
+ * XACT_EVENT_COMMIT.
+ */
+static TimeLineID
+current_timeline(void)
+{
+	TimeLineID	tli;
+
+	if (!RecoveryInProgress())
+		return GetWALInsertionTimeLine();
+	(void) GetXLogReplayRecPtr(&tli);
+	return tli;
+}
+
+/*
+ * "<system identifier>.<timeline>" into buf (RC_QUERY_NAMESPACE_LEN
+ * bytes): the identity of the results this server reads and ends.  No
+ * allocation, no catalog access.
+ */
+void
+redis_query_namespace(char *buf)
+{
+	snprintf(buf, RC_QUERY_NAMESPACE_LEN, UINT64_FORMAT ".%u",
+			 GetSystemIdentifier(), (unsigned) current_timeline());
+}
+
+/*
+ * The base of every key of cached query results (entries, locks,
+ * generations, dependency sets) under key_prefix "prefix":
+ * prefix||"query:<system identifier>.<timeline>:", palloc'd.
+ */
+char *
+redis_query_base(const char *prefix)
+{
+	char		ns[RC_QUERY_NAMESPACE_LEN];
+
+	redis_query_namespace(ns);
+	return psprintf("%squery:%s:", prefix, ns);
+}
+
+/*
+ * True for a key of another cluster's (or another timeline's) query
+ * results under the same key_prefix: prefix||"query:<digits>.<digits>:..."
+ * not under own_base.  The worker's flushes and pattern deletes leave them
+ * alone: that server ends them itself.  Keys of the layout before 1.4
+ * (prefix||"query:<db oid>:..." and "query:gen:...") are nobody's and are
+ * not protected.
+ */
+bool
+redis_is_foreign_query_key(const char *key, size_t len, const char *prefix,
+						   size_t prefixlen, const char *own_base,
+						   size_t own_baselen)
+{
+	size_t		i;
+	size_t		digits;
+
+	if (len < prefixlen + 6 || memcmp(key, prefix, prefixlen) != 0 ||
+		memcmp(key + prefixlen, "query:", 6) != 0)
+		return false;
+	if (len >= own_baselen && memcmp(key, own_base, own_baselen) == 0)
+		return false;
+	i = prefixlen + 6;
+	for (digits = 0; i < len && key[i] >= '0' && key[i] <= '9'; i++)
+		digits++;
+	if (digits == 0 || i >= len || key[i++] != '.')
+		return false;
+	for (digits = 0; i < len && key[i] >= '0' && key[i] <= '9'; i++)
+		digits++;
+	return digits > 0 && i < len && key[i] == ':';
 }
 
 /* ---- hashes in key names and script ids ------------------------------------ */

@@ -4,7 +4,8 @@
  *		  Query result caching: cache_query(), cache_query_json(),
  *		  cache_query_invalidate() and cache_query_key().
  *
- * Keys, all under redis_cache.key_prefix ("base" below is prefix||"query:"):
+ * Keys, all under redis_cache.key_prefix ("base" below is
+ * prefix||"query:<system identifier>.<timeline>:", keys.c):
  *
  *		base||<db oid>:<role oid>:<sha256>		a result (hash: meta, deps, data)
  *		base||<db oid>:<role oid>:<sha256>:lock	stampede lock
@@ -103,7 +104,7 @@ typedef struct QueryCall
 	bool	   *param_nulls;
 	int			ttl;
 	TupleDesc	expected;		/* rows: the column definition list */
-	StringInfoData base;		/* prefix||"query:" */
+	StringInfoData base;		/* redis_query_base(prefix) */
 	StringInfoData entry_key;
 	StringInfoData lock_key;
 	char		token[33];
@@ -149,8 +150,8 @@ static void
 make_keys(QueryCall *call)
 {
 	initStringInfo(&call->base);
-	appendStringInfo(&call->base, "%squery:",
-					 redis_cache_key_prefix ? redis_cache_key_prefix : "");
+	appendStringInfoString(&call->base,
+						   redis_query_base(redis_cache_key_prefix ? redis_cache_key_prefix : ""));
 	initStringInfo(&call->entry_key);
 	appendStringInfoString(&call->entry_key,
 						   redis_query_entry_key(call->base.data,
@@ -867,7 +868,7 @@ cache_query_invalidate(PG_FUNCTION_ARGS)
 
 	foreach(lc, prefixes)
 	{
-		char	   *base = psprintf("%squery:", (char *) lfirst(lc));
+		char	   *base = redis_query_base((char *) lfirst(lc));
 		RedisCommand command;
 		RedisReply *reply = NULL;
 

@@ -141,6 +141,15 @@ extern void redis_check_ttl(int ttl_seconds);
 extern char *redis_control_key(const char *prefix, int which);
 extern bool redis_is_control_key(const char *key, size_t len,
 								 const char *prefix, size_t prefixlen);
+/* "<system identifier>.<timeline>": 20 + 1 + 10 digits and a NUL */
+#define RC_QUERY_NAMESPACE_LEN	40
+
+extern void redis_query_namespace(char *buf);
+extern char *redis_query_base(const char *prefix);
+extern bool redis_is_foreign_query_key(const char *key, size_t len,
+									   const char *prefix, size_t prefixlen,
+									   const char *own_base,
+									   size_t own_baselen);
 extern void redis_hash_hex(pg_cryptohash_type type, const void *data,
 						   size_t len, char *out);
 extern char *redis_query_entry_key(const char *base, const char *format,

@@ -18,13 +18,24 @@
  * - second deletes for redis_cache.redelete_delay_ms.
  *
  * Durability: the state file pg_stat/redis_cache.state (state_file.c)
- * lists every namespace ever invalidated, with "missed" flags, and a
- * "clean" line when the worker stopped with nothing pending and no commit
- * in flight.  The first invalidation of a namespace writes it (fsync)
- * before its commit.  At start, the worker flushes every namespace marked
- * missed, or all of them when the last stop was not clean (crash, kill -9,
- * power loss): a commit may have died between its commit record and its
- * send.
+ * lists every namespace ever invalidated, with "missed" flags, the
+ * identity of the WAL history it was written on ("identity <system
+ * identifier>.<timeline>", keys.c) and a "clean" line when the worker
+ * stopped with nothing pending and no commit in flight.  The first
+ * invalidation of a namespace writes it (fsync) before its commit.  At
+ * start, the worker flushes every namespace marked missed, or all of them
+ * when the last stop was not clean (crash, kill -9, power loss): a commit
+ * may have died between its commit record and its send.
+ *
+ * Recovery: a server in recovery never writes, so it never misses an
+ * invalidation, and a standby reads its primary's query results: the
+ * worker reads the state file (a base backup copies the primary's, not
+ * clean) but flushes nothing, writes nothing and takes no work until
+ * recovery ends.  Then it starts as above, and a file written on another
+ * WAL history (promotion, a copy of another server) counts as not clean:
+ * the old primary may have died between a commit and its send, and the
+ * key-value keys it named were replicated here.  The promoted server's
+ * query results start empty in the namespace of its new timeline.
  *
  * Locking: WorkerShared is private to this file.  Its lock protects every
  * field but in_flight (atomic) and is only ever held for memory accesses.
@@ -40,6 +51,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -155,7 +167,8 @@ static bool
 write_state_file(bool clean)
 {
 	WorkerShared *sh = worker_shared;
-	char	   *buf = palloc(RC_MAX_NAMESPACES * (RC_MAX_KEY_BYTES + 16) + 16);
+	char	   *buf = palloc(RC_MAX_NAMESPACES * (RC_MAX_KEY_BYTES + 16) +
+							 RC_QUERY_NAMESPACE_LEN + 32);
 	bool		included[RC_MAX_NAMESPACES];
 	int			len = 0;
 	int			n;
@@ -173,6 +186,13 @@ write_state_file(bool clean)
 			len += sprintf(buf + len, "%s\t%s\n",
 						   sh->namespaces[i].missed ? "missed" : "seen",
 						   sh->namespaces[i].prefix);
+	}
+	/* no tab: version 1.3 skips this line */
+	{
+		char		ns[RC_QUERY_NAMESPACE_LEN];
+
+		redis_query_namespace(ns);
+		len += sprintf(buf + len, "identity %s\n", ns);
 	}
 	if (clean)
 		len += sprintf(buf + len, "clean\n");
@@ -200,10 +220,12 @@ write_state_file(bool clean)
 
 /*
  * Read the state file into shared memory.  Returns whether the last stop was
- * clean; a missing file is a clean first start, a damaged one is not.
+ * clean; a missing file is a clean first start, a damaged one is not.  The
+ * identity it was written on goes to identity (RC_QUERY_NAMESPACE_LEN
+ * bytes), "" when the file has none (version 1.3 and before).
  */
 static bool
-read_state_file(void)
+read_state_file(char *identity)
 {
 	WorkerShared *sh = worker_shared;
 	size_t		len;
@@ -214,6 +236,7 @@ read_state_file(void)
 	char		path[MAXPGPATH];
 	int			i;
 
+	identity[0] = '\0';
 	if (data == NULL)
 	{
 		struct stat st;
@@ -239,6 +262,11 @@ read_state_file(void)
 		if (strcmp(line, "clean") == 0)
 		{
 			clean = true;
+			continue;
+		}
+		if (strncmp(line, "identity ", 9) == 0)
+		{
+			strlcpy(identity, line + 9, RC_QUERY_NAMESPACE_LEN);
 			continue;
 		}
 		tab = strchr(line, '\t');
@@ -373,7 +401,8 @@ redis_worker_namespaces(char ***prefixes)
  * cache_forget_namespace(prefix text) RETURNS boolean: stop tracking a
  * key_prefix no longer in use (a retired environment, a test), so that it
  * is neither flushed after a crash nor sent generation bumps.  Its cached
- * query results are removed first: nothing would end them any more.  False
+ * query results (this cluster's, this timeline's) are removed first:
+ * nothing would end them any more.  Refused in recovery.  False
  * when it was not tracked.  Refused while it has pending work.  A commit
  * of that prefix still in flight, or a later fill, tracks it again.
  */
@@ -382,12 +411,21 @@ cache_forget_namespace(PG_FUNCTION_ARGS)
 {
 	WorkerShared *sh = worker_shared;
 	char	   *prefix = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *own;
+	StringInfoData pattern;
 	bool		pending = false;
 	int			found = -1;
 	int			i;
 
 	if (sh == NULL)
 		PG_RETURN_BOOL(false);
+	/* a standby's query results are its primary's */
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("redis_cache: cannot forget a namespace during recovery"),
+				 errdetail("A server in recovery reads the cached query results of its primary."),
+				 errhint("Run cache_forget_namespace() on the primary.")));
 
 	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 	for (i = 0; i < sh->nnamespaces && found < 0; i++)
@@ -413,7 +451,12 @@ cache_forget_namespace(PG_FUNCTION_ARGS)
 				 errhint("Retry once Redis is reachable and the worker has applied them.")));
 	if (found < 0)
 		PG_RETURN_BOOL(false);
-	if (redis_unlink_pattern(prefix, "query:*") < 0)
+	/* this cluster's results on this timeline, not another cluster's */
+	own = redis_query_base("");
+	initStringInfo(&pattern);
+	redis_append_glob_escaped(&pattern, own, strlen(own));
+	appendStringInfoChar(&pattern, '*');
+	if (redis_unlink_pattern(prefix, pattern.data) < 0)
 	{
 		LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 		sh->namespaces[found].forgotten = false;
@@ -728,6 +771,8 @@ redis_cache_worker_main(Datum main_arg)
 	WorkerShared *sh = worker_shared;
 	MemoryContext loop_context;
 	bool		clean;
+	char		recorded[RC_QUERY_NAMESPACE_LEN];
+	char		identity[RC_QUERY_NAMESPACE_LEN];
 	int			i;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -737,7 +782,53 @@ redis_cache_worker_main(Datum main_arg)
 	/* faults are retried here, never raised */
 	SetConfigOption("redis_cache.on_error", "warning", PGC_SUSET, PGC_S_OVERRIDE);
 
-	clean = read_state_file();
+	/* before any backend can register a namespace and rewrite the file */
+	clean = read_state_file(recorded);
+
+	/*
+	 * In recovery (crash recovery, a standby, a base backup's first start)
+	 * nothing is flushed or written: wait until it ends.
+	 */
+	if (RecoveryInProgress())
+	{
+		long		delay = 10;
+		bool		said = false;
+
+		while (!ShutdownRequestPending && RecoveryInProgress())
+		{
+			/* not at each start, where recovery takes milliseconds */
+			if (delay >= 100 && !said)
+			{
+				ereport(LOG,
+						(errmsg("redis_cache invalidation worker waiting for the end of recovery"),
+						 errdetail("A server in recovery flushes nothing.")));
+				said = true;
+			}
+			(void) WaitLatch(MyLatch,
+							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 delay, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			if (ConfigReloadPending)
+			{
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+			}
+			delay = Min(delay * 2, 1000);
+		}
+		/* the state file stays as found */
+		if (ShutdownRequestPending)
+			proc_exit(0);
+	}
+
+	redis_query_namespace(identity);
+	if (clean && recorded[0] != '\0' && strcmp(recorded, identity) != 0)
+	{
+		ereport(LOG,
+				(errmsg("redis_cache: the state file was written on WAL history %s, this server is on %s (promotion or copy); handling it as an unclean stop",
+						recorded, identity)));
+		clean = false;
+	}
+
 	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 	if (!clean)
 	{

@@ -89,11 +89,18 @@ my ($ret, $stdout, $stderr) = $node->psql('postgres',
 	q{SELECT cache_forget_namespace('legacy:')}, extra_params => [ '-U', 'app' ]);
 like($stderr, qr/permission denied for function cache_forget_namespace/,
 	'cache_forget_namespace is not executable by ordinary roles');
-$redis->cli('set', 'legacy:query:1:10:abc', 'a result');
+# this cluster's namespace of query results (keys.c), and another one's
+my ($ns) = $node->safe_psql('postgres', q{SELECT cache_query_key('SELECT 1')})
+  =~ /^query:(\d+\.\d+):/;
+$redis->cli('set', "legacy:query:$ns:1:10:abc", 'a result');
+$redis->cli('set', 'legacy:query:1.1:1:10:abc', 'another cluster');
 is($node->safe_psql('postgres', q{SELECT cache_forget_namespace('legacy:')}), 't',
 	'a tracked prefix is forgotten');
-is($redis->cli('exists', 'legacy:query:1:10:abc'), '0',
+is($redis->cli('exists', "legacy:query:$ns:1:10:abc"), '0',
 	'forgetting removes the cached query results of the prefix');
+is($redis->cli('get', 'legacy:query:1.1:1:10:abc'), 'another cluster',
+	'forgetting leaves the query results of another cluster');
+$redis->cli('del', 'legacy:query:1.1:1:10:abc');
 is($node->safe_psql('postgres', q{SELECT cache_forget_namespace('legacy:')}), 'f',
 	'forgetting it again says it was not tracked');
 is($node->safe_psql('postgres', q{SELECT cache_forget_namespace('never:')}), 'f',

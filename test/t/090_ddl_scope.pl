@@ -54,10 +54,13 @@ CREATE EXTENSION redis_cache;
 CREATE TABLE t (v int);
 SELECT cache_query_json('SELECT v FROM t');});
 my $db4 = $node->safe_psql('postgres', q{SELECT oid FROM pg_database WHERE datname = 'db4'});
-my $gen = $redis->cli('get', "query:gen:ddl:$db4");
+# the namespace of this cluster's query results (keys.c)
+my ($base) = $node->safe_psql('db1', q{SELECT cache_query_key('SELECT 1')})
+  =~ /^(query:\d+\.\d+:)/;
+my $gen = $redis->cli('get', "${base}gen:ddl:$db4");
 ok(defined $gen && $gen ne '', 'a result of db4 depends on its DDL generation');
 $node->safe_psql('postgres', 'DROP DATABASE db4');
-isnt($redis->cli('get', "query:gen:ddl:$db4"), $gen,
+isnt($redis->cli('get', "${base}gen:ddl:$db4"), $gen,
 	'DROP DATABASE bumps the DDL generation of the dropped database');
 
 $node->safe_psql('postgres', 'CREATE ROLE someone');
