@@ -7,7 +7,9 @@
  * call) as well as from shared_preload_libraries; _PG_init must therefore
  * only do what is legal in both cases.  Each file defines its own settings
  * and, when preloaded, requests its own shared memory; this file only
- * calls them in order.
+ * calls them in order.  The definitions are bracketed by guc.c's settings
+ * guard, which notes the placeholders a session filled before the library
+ * was loaded and then whether their configured values survived.
  *
  *-------------------------------------------------------------------------
  */
@@ -32,6 +34,8 @@ void		_PG_init(void);
 void
 _PG_init(void)
 {
+	/* before any setting is defined: what the session gave beforehand */
+	redis_settings_guard_begin();
 	redis_cache_define_gucs();
 	redis_connection_define_gucs();
 	redis_query_cache_define_gucs();
@@ -39,6 +43,7 @@ _PG_init(void)
 	redis_invalidation_init();
 	redis_query_hooks_init();
 	MarkGUCPrefixReserved("redis_cache");
+	redis_settings_guard_end();
 
 	if (redis_cache_preloaded())
 	{
