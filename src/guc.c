@@ -41,6 +41,7 @@
 #include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/guc_tables.h"
+#include "utils/memutils.h"
 
 #include "redis_cache.h"
 
@@ -60,7 +61,6 @@ static bool preloaded = false;
  * A placeholder of ours seen before the settings were defined: where its
  * reset and current values came from.
  */
-#define RC_MAX_NOTED_PLACEHOLDERS	64
 #define RC_SETTINGS_PREFIX			"redis_cache."
 
 typedef struct NotedPlaceholder
@@ -70,7 +70,7 @@ typedef struct NotedPlaceholder
 	GucSource	source;
 } NotedPlaceholder;
 
-static NotedPlaceholder noted[RC_MAX_NOTED_PLACEHOLDERS];
+static NotedPlaceholder *noted = NULL;	/* TopMemoryContext, until the end */
 static int	nnoted = 0;
 
 /* The first server setting whose configured value this session lost. */
@@ -117,17 +117,23 @@ redis_settings_guard_begin(void)
 		return;
 	vars = get_guc_variables();
 	n = GetNumConfigOptions();
+	/* room for all: a client may add any number of junk names */
+	noted = MemoryContextAlloc(TopMemoryContext, n * sizeof(NotedPlaceholder));
 	for (i = 0; i < n; i++)
 	{
 		struct config_generic *gconf = vars[i];
 
+		/*
+		 * Longer names cannot be ours; a value only SET (no reset value of
+		 * its own) cannot replace a configured one.
+		 */
 		if (!(gconf->flags & GUC_CUSTOM_PLACEHOLDER) ||
 			pg_strncasecmp(gconf->name, RC_SETTINGS_PREFIX,
 						   strlen(RC_SETTINGS_PREFIX)) != 0 ||
-			strlen(gconf->name) >= NAMEDATALEN)
+			strlen(gconf->name) >= NAMEDATALEN ||
+			(gconf->reset_source == PGC_S_DEFAULT &&
+			 gconf->source >= PGC_S_INTERACTIVE))
 			continue;
-		if (nnoted >= RC_MAX_NOTED_PLACEHOLDERS)
-			break;				/* more than we have settings: junk names */
 		strlcpy(noted[nnoted].name, gconf->name, NAMEDATALEN);
 		noted[nnoted].reset_source = gconf->reset_source;
 		noted[nnoted].source = gconf->source;
@@ -158,6 +164,9 @@ redis_settings_guard_end(void)
 			 gconf->source != noted[i].source))
 			strlcpy(untrusted_setting, gconf->name, NAMEDATALEN);
 	}
+	if (noted != NULL)
+		pfree(noted);
+	noted = NULL;
 	nnoted = 0;
 }
 

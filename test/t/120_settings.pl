@@ -132,6 +132,19 @@ SELECT cache_get('base');},
 }
 like($err, qr/HINT:  .*shared_preload_libraries/, 'the hint names shared_preload_libraries');
 
+# other spellings and a crowd of unknown names change nothing
+($rc, $out, $err) = run_as($node, 'appdb', q{SELECT cache_set('spelling', 'v')},
+	pgoptions => join(' ', (map { "-c redis_cache.aaa$_=1" } 1 .. 80),
+		'-c Redis_Cache.Key_Prefix=evil:'));
+like($err, qr/configured value of "redis_cache.key_prefix" is not in force/,
+	'PGOPTIONS in mixed case among 80 unknown redis_cache names: refused');
+
+# user settings remain the client's to choose
+($rc, $out, $err) = run_as($node, 'appdb', q{SELECT cache_set('user_opts', 'v')},
+	pgoptions => '-c redis_cache.default_ttl=50 -c redis_cache.on_error=error');
+is(rcli('-n', 3, 'ttl', 'cfg:user_opts'), '50',
+	'PGOPTIONS with user settings only: accepted, configured server settings in force');
+
 ($rc, $out, $err) = run_as($node, 'appdb', q{
 UPDATE wt SET v = 'tampered' WHERE id = 1;
 SELECT cache_ping();},
@@ -246,6 +259,16 @@ $node->safe_psql('postgres', 'SELECT pg_reload_conf()');
 ok($node->poll_query_until('appdb', q{SELECT cache_set('rotated', 'v')}, 't'),
 	'without preloading a rotated password_file is used by new sessions');
 is(rcli('-n', 3, 'get', 'cfg:rotated'), 'v', 'stored with the rotated password');
+
+# An invalid configured value would leave the default in force as well.
+$node->append_conf('postgresql.conf', "redis_cache.key_prefix = 'bad\\tprefix:'\n");
+$node->reload;
+$node->poll_query_until('postgres',
+	q{SELECT current_setting('redis_cache.key_prefix') LIKE 'bad%'})
+  or die 'not reloaded';
+($rc, $out, $err) = run_as($node, 'appdb', q{SELECT cache_set('invalid_conf', 'v')});
+like($err, qr/configured value of "redis_cache.key_prefix" is not in force/,
+	'an invalid configured key_prefix: the session refuses instead of using the default');
 
 $node->stop;
 my $log = slurp_file($node->logfile);
