@@ -2,8 +2,10 @@
  *
  * guc.c
  *		  The settings several files read: key_prefix, enabled, on_error,
- *		  command_timeout_ms, default_ttl and max_value_bytes; and how the
- *		  library was loaded (redis_cache_preloaded()).
+ *		  command_timeout_ms, default_ttl and max_value_bytes; how the
+ *		  library was loaded (redis_cache_preloaded()); and the guard that
+ *		  tells whether this session's server settings are the configured
+ *		  ones (redis_settings_untrusted()).
  *
  * A setting read by one file only is defined in that file, with the
  * variable static there: the server settings in connection.c, the cache
