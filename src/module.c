@@ -30,6 +30,8 @@ void		_PG_init(void);
  * cache version right after authentication.  Loaded into a backend
  * (session_preload_libraries, or on demand), check it now: a fault is
  * logged, never raised, and the check is repeated at the next command.
+ * Not in a session that lost a configured server setting: it never talks
+ * to Redis, and says so at each call.
  */
 void
 _PG_init(void)
@@ -51,6 +53,7 @@ _PG_init(void)
 		redis_query_tables_shmem_init();
 		redis_worker_init();
 	}
-	else if (IsUnderPostmaster && AmRegularBackendProcess() && !IsBinaryUpgrade)
+	else if (IsUnderPostmaster && AmRegularBackendProcess() && !IsBinaryUpgrade &&
+			 redis_settings_untrusted() == NULL)
 		redis_version_startup_check();
 }
