@@ -15,6 +15,22 @@
  *   the cache for everybody.  The password is hidden from SHOW ALL,
  *   pg_settings and the sample file.
  *
+ * - A session that lost one of its configured server settings before the
+ *   library was loaded (guc.c, redis_settings_untrusted) never reaches
+ *   Redis: redis_execute() refuses with an ERROR, or with a fault where
+ *   ERROR is not allowed, before the breaker, the connect and the version
+ *   check (which could flush the namespace of a default prefix).
+ *
+ * - The password never reaches a log line.  The postmaster logs every
+ *   setting a reload changes with its new text ("parameter ... changed
+ *   to"), comparing the stored values before and after; so the check hook
+ *   stores "" in the setting whatever the password and keeps the password
+ *   in the setting's extra (password_value), and SHOW (superusers only)
+ *   displays it through the show hook.  Without shared_preload_libraries
+ *   the postmaster and every session hold it in a placeholder that any
+ *   role can SHOW and that a reload logs: redis_cache.password is then
+ *   refused at connect (redis_cache.password_file is not affected).
+ *
  * - The handshake (AUTH, SELECT, INFO server) is one pipelined round trip
  *   within the connect deadline; INFO gives the run_id that tells restarts
  *   apart.  Then the session check registered by an upper layer (version.c:
@@ -53,7 +69,8 @@
 static char *server_host = NULL;
 static int	server_port = 6379;
 static char *server_user = NULL;
-static char *server_password = NULL;
+static char *server_password = NULL;	/* always "": see check_password */
+static const char *password_value = "";	/* the password: the GUC's extra */
 static char *server_password_file = NULL;
 static int	server_database = 0;
 static int	connect_timeout_ms = 1000;
@@ -145,8 +162,16 @@ read_password(void)
 	size_t		len;
 	char	   *result;
 
-	if (server_password && server_password[0])
-		return pstrdup(server_password);
+	if (password_value[0])
+	{
+		if (!redis_cache_preloaded())
+		{
+			redis_fault_set(RC_FAULT_CONNECT,
+							"redis_cache.password is not used without shared_preload_libraries (any role can read it before the library is loaded, and a reload logs it): use redis_cache.password_file or preload the library");
+			return NULL;
+		}
+		return pstrdup(password_value);
+	}
 	if (server_password_file == NULL || server_password_file[0] == '\0')
 		return pstrdup("");
 
@@ -638,6 +663,25 @@ redis_warning_due(TimestampTz *last_warning)
 }
 
 /*
+ * This session lost a configured server setting (guc.c): nothing reaches
+ * Redis.  An ERROR where the caller allows one (whatever on_error says:
+ * this is not a Redis fault but a refused privilege), else a fault
+ * reported like the others (a WARNING, or LOG at backend start).
+ */
+static bool
+refuse_untrusted_session(int flags)
+{
+	if (!(flags & RC_EXEC_NO_ERROR))
+		redis_settings_check_trusted();
+	redis_fault_set(RC_FAULT_CONNECT,
+					"the configured value of \"%s\" is not in force in this session, which therefore does not use Redis",
+					redis_settings_untrusted());
+	redis_stats_add(RC_STAT_BYPASSES, 1);
+	report_fault(flags | RC_EXEC_NO_ERROR);
+	return false;
+}
+
+/*
  * One attempt: connect if needed, run the session check, then the
  * commands.  *bypass is set when the check says the namespace must not be
  * used; *nothing_received when a reused connection turned out dead.
@@ -712,6 +756,9 @@ redis_execute(const RedisCommand *commands, int ncommands,
 	if ((!redis_cache_enabled && !(flags & RC_EXEC_IGNORE_ENABLED)) ||
 		ncommands <= 0)
 		return false;
+
+	if (redis_settings_untrusted() != NULL)
+		return refuse_untrusted_session(flags);
 
 	/* a different server deserves a fresh breaker */
 	if (breaker_config_generation != server_config_generation)
@@ -818,6 +865,51 @@ assign_server_int(int newval, void *extra)
 }
 
 /*
+ * redis_cache.password: keep the password in the extra and store "" in the
+ * setting itself, so that the stored value never changes and a reload
+ * never logs it (see the header comment).  Never fails but for out of
+ * memory, and then without the value in the message.
+ */
+static bool
+check_password(char **newval, void **extra, GucSource source)
+{
+	const char *value = *newval ? *newval : "";
+	char	   *copy = malloc(strlen(value) + 1);
+	char	   *empty = NULL;
+
+	if (copy == NULL || (value[0] != '\0' && (empty = strdup("")) == NULL))
+	{
+		free(copy);
+		GUC_check_errcode(ERRCODE_OUT_OF_MEMORY);
+		GUC_check_errmsg("out of memory");
+		return false;
+	}
+	strcpy(copy, value);
+	if (empty != NULL)
+	{
+		explicit_bzero(*newval, strlen(*newval));
+		free(*newval);
+		*newval = empty;
+	}
+	*extra = copy;
+	return true;
+}
+
+static void
+assign_password(const char *newval, void *extra)
+{
+	password_value = extra ? (const char *) extra : "";
+	server_config_generation++;
+}
+
+/* SHOW (superusers and pg_read_all_settings only) displays the password. */
+static const char *
+show_password(void)
+{
+	return password_value;
+}
+
+/*
  * Define this file's settings.  Called once from _PG_init.
  */
 void
@@ -857,7 +949,7 @@ redis_connection_define_gucs(void)
 							   "",
 							   PGC_SUSET,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
-							   NULL, assign_server_string, NULL);
+							   check_password, assign_password, show_password);
 
 	DefineCustomStringVariable("redis_cache.password_file",
 							   gettext_noop("Sets a file whose first line is the Redis password, read at each connect."),

@@ -2,8 +2,10 @@
  *
  * guc.c
  *		  The settings several files read: key_prefix, enabled, on_error,
- *		  command_timeout_ms, default_ttl and max_value_bytes; and how the
- *		  library was loaded (redis_cache_preloaded()).
+ *		  command_timeout_ms, default_ttl and max_value_bytes; how the
+ *		  library was loaded (redis_cache_preloaded()); and the guard that
+ *		  tells whether this session's server settings are the configured
+ *		  ones (redis_settings_untrusted()).
  *
  * A setting read by one file only is defined in that file, with the
  * variable static there: the server settings in connection.c, the cache
@@ -14,6 +16,24 @@
  * is PGC_SUSET; knobs that only change how this session reacts (timeouts,
  * on_error, default_ttl) are PGC_USERSET.
  *
+ * Server settings (every redis_cache setting that is not PGC_USERSET) are
+ * guarded against a session replacing them.  Preloaded, PostgreSQL does it
+ * alone: the settings exist before any session, so SET, PGOPTIONS and
+ * ALTER ROLE / DATABASE by a non-superuser are refused.  Loaded later, the
+ * values a session gave before the load sit in placeholders, and a client
+ * option (PGOPTIONS, PGC_S_CLIENT) becomes the placeholder's reset value,
+ * replacing the one of postgresql.conf.  Defining the setting then refuses
+ * the client's value (permission denied) but the configured one is gone:
+ * the setting falls back to its built-in default.  So _PG_init notes the
+ * placeholders before defining anything (redis_settings_guard_begin) and
+ * compares afterwards (redis_settings_guard_end): a server setting whose
+ * reset value or configuration-level value did not survive marks the
+ * session untrusted, and redis_settings_check_trusted() refuses to use
+ * Redis for the rest of the session.  A plain SET refused at the load is
+ * not a loss (the configured value stays in force; PostgreSQL warns).  No
+ * catalog lookup is needed: PostgreSQL itself judged each value (superuser,
+ * GRANT SET ON PARAMETER) when it re-applied it.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -22,6 +42,8 @@
 
 #include "miscadmin.h"
 #include "utils/guc.h"
+#include "utils/guc_tables.h"
+#include "utils/memutils.h"
 
 #include "redis_cache.h"
 
@@ -38,6 +60,25 @@ int			redis_cache_max_value_bytes = 8 * 1024 * 1024;
 static bool preloaded = false;
 
 /*
+ * A placeholder of ours seen before the settings were defined: where its
+ * reset and current values came from.
+ */
+#define RC_SETTINGS_PREFIX			"redis_cache."
+
+typedef struct NotedPlaceholder
+{
+	char		name[NAMEDATALEN];
+	GucSource	reset_source;
+	GucSource	source;
+} NotedPlaceholder;
+
+static NotedPlaceholder *noted = NULL;	/* TopMemoryContext, until the end */
+static int	nnoted = 0;
+
+/* The first server setting whose configured value this session lost. */
+static char untrusted_setting[NAMEDATALEN];
+
+/*
  * Whether the library was loaded from shared_preload_libraries: the shared
  * statistics, the worker and the table bitmap exist only then.
  */
@@ -45,6 +86,117 @@ bool
 redis_cache_preloaded(void)
 {
 	return preloaded;
+}
+
+/* The GUC record named name (any case), or NULL. */
+static struct config_generic *
+find_setting(const char *name)
+{
+	struct config_generic **vars = get_guc_variables();
+	int			n = GetNumConfigOptions();
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (pg_strcasecmp(vars[i]->name, name) == 0)
+			return vars[i];
+	return NULL;
+}
+
+/*
+ * First thing in _PG_init, before any setting is defined: note our
+ * placeholders and where their values came from.  Nothing to do when
+ * preloaded (no session has given values yet).
+ */
+void
+redis_settings_guard_begin(void)
+{
+	struct config_generic **vars;
+	int			n;
+	int			i;
+
+	untrusted_setting[0] = '\0';
+	if (process_shared_preload_libraries_in_progress)
+		return;
+	vars = get_guc_variables();
+	n = GetNumConfigOptions();
+	/* room for all: a client may add any number of junk names */
+	noted = MemoryContextAlloc(TopMemoryContext, n * sizeof(NotedPlaceholder));
+	for (i = 0; i < n; i++)
+	{
+		struct config_generic *gconf = vars[i];
+
+		/*
+		 * Longer names cannot be ours; a value only SET (no reset value of
+		 * its own) cannot replace a configured one.
+		 */
+		if (!(gconf->flags & GUC_CUSTOM_PLACEHOLDER) ||
+			pg_strncasecmp(gconf->name, RC_SETTINGS_PREFIX,
+						   strlen(RC_SETTINGS_PREFIX)) != 0 ||
+			strlen(gconf->name) >= NAMEDATALEN ||
+			(gconf->reset_source == PGC_S_DEFAULT &&
+			 gconf->source >= PGC_S_INTERACTIVE))
+			continue;
+		strlcpy(noted[nnoted].name, gconf->name, NAMEDATALEN);
+		noted[nnoted].reset_source = gconf->reset_source;
+		noted[nnoted].source = gconf->source;
+		nnoted++;
+	}
+}
+
+/*
+ * After every setting is defined: a server setting (not PGC_USERSET) whose
+ * placeholder's reset value, or current value from a configuration-level
+ * source (anything below SET), was not taken over lost its configured value
+ * to a value PostgreSQL refused.  The session is then untrusted.
+ */
+void
+redis_settings_guard_end(void)
+{
+	int			i;
+
+	for (i = 0; i < nnoted && untrusted_setting[0] == '\0'; i++)
+	{
+		struct config_generic *gconf = find_setting(noted[i].name);
+
+		if (gconf == NULL || (gconf->flags & GUC_CUSTOM_PLACEHOLDER) ||
+			gconf->context == PGC_USERSET)
+			continue;
+		if (gconf->reset_source != noted[i].reset_source ||
+			(noted[i].source < PGC_S_INTERACTIVE &&
+			 gconf->source != noted[i].source))
+			strlcpy(untrusted_setting, gconf->name, NAMEDATALEN);
+	}
+	if (noted != NULL)
+		pfree(noted);
+	noted = NULL;
+	nnoted = 0;
+}
+
+/*
+ * The server setting whose configured value this session lost (see the
+ * header comment), or NULL when the configuration is in force.
+ */
+const char *
+redis_settings_untrusted(void)
+{
+	return untrusted_setting[0] ? untrusted_setting : NULL;
+}
+
+/*
+ * ERROR when this session lost a configured server setting: nothing may
+ * reach Redis (or be queued for it) with the built-in defaults in force.
+ */
+void
+redis_settings_check_trusted(void)
+{
+	if (untrusted_setting[0] == '\0')
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("redis_cache: the configured value of \"%s\" is not in force in this session",
+					untrusted_setting),
+			 errdetail("When the library was loaded, the value this session had for it (from the client's options such as PGOPTIONS, or an invalid configured value) was refused, which would leave the built-in default in force; this session does not use Redis."),
+			 errhint("Remove the redis_cache settings from the client's options, or add redis_cache to shared_preload_libraries.")));
 }
 
 static const struct config_enum_entry on_error_options[] = {

@@ -122,6 +122,8 @@ redis_queue_prefix_index(void)
 	int			i = 0;
 	MemoryContext old;
 
+	/* a session that lost its configured settings could not deliver this */
+	redis_settings_check_trusted();
 	foreach(lc, transaction_prefixes)
 	{
 		if (strcmp((const char *) lfirst(lc), prefix) == 0)

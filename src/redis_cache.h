@@ -173,6 +173,10 @@ extern int	redis_cache_on_error;
 extern int	redis_cache_max_value_bytes;
 extern void redis_cache_define_gucs(void);
 extern bool redis_cache_preloaded(void);
+extern void redis_settings_guard_begin(void);
+extern void redis_settings_guard_end(void);
+extern const char *redis_settings_untrusted(void);
+extern void redis_settings_check_trusted(void);
 
 /* in transport.c */
 typedef enum RedisFaultKind
