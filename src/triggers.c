@@ -17,21 +17,44 @@
  * trigger also reports its table to query_deps.c, so that cached query
  * results over it end at commit even in sessions without the hooks.
  *
+ * Who may delete.  Key templates decide which keys of the shared Redis
+ * database a table's writers delete, so they are honoured only on tables
+ * whose owner (or, for a partition, the owner of an ancestor) is a
+ * superuser or may execute cache_watch(regclass, text[]), which is not
+ * granted to PUBLIC: any role can create a table and a trigger, but not
+ * choose what the trigger deletes.  Otherwise the trigger raises ERROR.
+ * A trigger without templates (cache_watch(tbl)) only ends cached query
+ * results of its own table and runs for anyone.
+ *
+ * Bounded patterns.  A pattern expanded from a row longer than
+ * RC_MAX_PATTERN_BYTES would not fit the worker's queue: the template's
+ * whole family (every placeholder '*') is invalidated instead, with a
+ * WARNING, never a truncated pattern.  cache_watch() of a partitioned table
+ * also installs the TRUNCATE trigger on each partition (TRUNCATE triggers
+ * are not cloned), so truncating one partition ends the parent's keys.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "catalog/partition.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_func.h"
 #include "storage/proc.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 
 #include "redis_cache.h"
 
@@ -72,6 +95,81 @@ typedef struct TemplateCache
 
 static TemplateCache *template_cache = NULL;
 static LocalTransactionId template_cache_lxid = InvalidLocalTransactionId;
+
+/* Last WARNING about a pattern replaced by its family. */
+static TimestampTz last_family_warning = 0;
+
+/* ---- who may delete ------------------------------------------------------ */
+
+/*
+ * cache_watch(regclass, text[]) of the extension whose cache_invalidate()
+ * function is trigger_function, or InvalidOid.
+ */
+static Oid
+cache_watch_function(Oid trigger_function)
+{
+	Oid			nsp = get_func_namespace(trigger_function);
+	char	   *nspname = OidIsValid(nsp) ? get_namespace_name(nsp) : NULL;
+	Oid			argtypes[2] = {REGCLASSOID, TEXTARRAYOID};
+
+	if (nspname == NULL)
+		return InvalidOid;
+	return LookupFuncName(list_make2(makeString(nspname), makeString("cache_watch")),
+						  2, argtypes, true);
+}
+
+static Oid
+relation_owner(Oid relid)
+{
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+		return InvalidOid;
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
+static bool
+role_may_watch(Oid role, Oid watch_function)
+{
+	return OidIsValid(role) &&
+		(superuser_arg(role) ||
+		 (OidIsValid(watch_function) &&
+		  pg_proc_aclcheck(watch_function, role, ACL_EXECUTE) == ACLCHECK_OK));
+}
+
+/*
+ * ERROR unless the templates of trigger on rel may be honoured: the owner of
+ * rel, or of one of its partition ancestors, is a superuser or may execute
+ * cache_watch(regclass, text[]).
+ */
+static void
+check_template_owner(Relation rel, Trigger *trigger)
+{
+	Oid			watch_function = cache_watch_function(trigger->tgfoid);
+	Oid			owner = rel->rd_rel->relowner;
+
+	if (role_may_watch(owner, watch_function))
+		return;
+	if (rel->rd_rel->relispartition)
+	{
+		List	   *ancestors = get_partition_ancestors(RelationGetRelid(rel));
+		ListCell   *lc;
+
+		foreach(lc, ancestors)
+			if (role_may_watch(relation_owner(lfirst_oid(lc)), watch_function))
+				return;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("redis_cache: cache_invalidate() may only run with key templates on tables of roles allowed to call cache_watch()"),
+			 errdetail("Trigger \"%s\" is on \"%s\", owned by role \"%s\", which may not execute cache_watch(regclass, text[]).",
+					   trigger->tgname, RelationGetRelationName(rel),
+					   GetUserNameFromId(owner, true) ? GetUserNameFromId(owner, true) : "?"),
+			 errhint("Key templates choose which Redis keys writers delete. A superuser can GRANT EXECUTE ON FUNCTION cache_watch(regclass, text[]) TO the table's owner, who then calls cache_watch().")));
+}
 
 /*
  * Parse a template against the relation's columns.  ERROR on a malformed
@@ -208,6 +306,12 @@ expand_template(const KeyTemplate *tmpl, HeapTuple tuple, TupleDesc tupdesc,
 	return true;
 }
 
+/*
+ * Queue the keys of one row.  A pattern too long for the invalidation queue
+ * becomes its template's family (every placeholder '*'), which covers it:
+ * template sources are at most RC_MAX_KEY_BYTES, so a family, escaped, is
+ * at most RC_MAX_PATTERN_BYTES.
+ */
 static void
 queue_row(KeyTemplate **templates, int ntemplates, HeapTuple tuple,
 		  TupleDesc tupdesc, int prefix_index, StringInfo buf)
@@ -218,8 +322,22 @@ queue_row(KeyTemplate **templates, int ntemplates, HeapTuple tuple,
 	{
 		bool		is_pattern;
 
-		if (expand_template(templates[i], tuple, tupdesc, false, buf, &is_pattern))
-			redis_queue_invalidation(buf->data, buf->len, is_pattern, prefix_index);
+		if (!expand_template(templates[i], tuple, tupdesc, false, buf, &is_pattern))
+			continue;
+		if (is_pattern && buf->len > RC_MAX_PATTERN_BYTES)
+		{
+			int			len = buf->len;
+
+			expand_template(templates[i], NULL, tupdesc, true, buf, &is_pattern);
+			if (redis_warning_due(&last_family_warning))
+				ereport(WARNING,
+						(errmsg("redis_cache: a key pattern of template \"%s\" is %d bytes long, invalidating the whole family \"%s\" instead",
+								templates[i]->source, len, buf->data),
+						 errdetail("Patterns longer than %d bytes do not fit the invalidation queue.",
+								   RC_MAX_PATTERN_BYTES),
+						 errhint("Use shorter column values in pattern templates, for example an id instead of a name.")));
+		}
+		redis_queue_invalidation(buf->data, buf->len, is_pattern, prefix_index);
 	}
 }
 
@@ -278,6 +396,7 @@ cache_invalidate(PG_FUNCTION_ARGS)
 		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
 		TemplateCache *cache = palloc0(sizeof(TemplateCache));
 
+		check_template_owner(trigdata->tg_relation, trigger);
 		templates = palloc(sizeof(KeyTemplate *) * trigger->tgnargs);
 		for (i = 0; i < trigger->tgnargs; i++)
 			templates[i] = parse_template(pstrdup(trigger->tgargs[i]), tupdesc, relname);
