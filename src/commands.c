@@ -119,7 +119,7 @@ refuse_reserved_keys(char *const *keys, const size_t *lens, const bool *skip,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("redis_cache: cannot %s key \"%s\": it belongs to the extension",
 							action, keys[i]),
-					 errdetail("Keys ending in a cache version bookkeeping name (cache:version, cache:versions, cache:run_id, cache:flush, cache:flushed) and keys under key_prefix || 'query:' are kept by redis_cache itself."),
+					 errdetail("Keys ending in the name of a cache version bookkeeping key (such as cache:version) and keys under key_prefix || 'query:' are kept by redis_cache itself."),
 					 errhint("Change the cache version with the setting redis_cache.version, end cached query results with cache_query_invalidate(), or use another key name.")));
 	}
 }

@@ -31,7 +31,8 @@
  * whole family (every placeholder '*') is invalidated instead, with a
  * WARNING, never a truncated pattern.  cache_watch() of a partitioned table
  * also installs the TRUNCATE trigger on each partition (TRUNCATE triggers
- * are not cloned), so truncating one partition ends the parent's keys.
+ * are not cloned), so truncating one partition ends the parent's keys; a
+ * partition added later is reported (WARNING) by its first write.
  *
  *-------------------------------------------------------------------------
  */
@@ -98,6 +99,36 @@ static LocalTransactionId template_cache_lxid = InvalidLocalTransactionId;
 
 /* Last WARNING about a pattern replaced by its family. */
 static TimestampTz last_family_warning = 0;
+
+/* Last WARNING about a partition without the TRUNCATE trigger. */
+static TimestampTz last_partition_warning = 0;
+
+/*
+ * A row trigger cloned from a partitioned table's (PostgreSQL clones row
+ * triggers to partitions created later, not TRUNCATE triggers): WARNING
+ * when the partition has no TRUNCATE trigger of ours, since truncating it
+ * would leave the parent's keys.  Uses the relation's trigger descriptor
+ * only, no catalog access.
+ */
+static void
+warn_partition_without_truncate(Relation rel, Trigger *trigger)
+{
+	TriggerDesc *desc = rel->trigdesc;
+	int			i;
+
+	if (!trigger->tgisclone || desc == NULL)
+		return;
+	for (i = 0; i < desc->numtriggers; i++)
+		if (desc->triggers[i].tgfoid == trigger->tgfoid &&
+			TRIGGER_FOR_TRUNCATE(desc->triggers[i].tgtype))
+			return;
+	if (redis_warning_due(&last_partition_warning))
+		ereport(WARNING,
+				(errmsg("redis_cache: partition \"%s\" of a watched table has no TRUNCATE trigger",
+						RelationGetRelationName(rel)),
+				 errdetail("TRUNCATE of this partition would not invalidate the keys of its parent's templates."),
+				 errhint("Call cache_watch() on the partitioned table again after adding partitions.")));
+}
 
 /* ---- who may delete ------------------------------------------------------ */
 
@@ -397,6 +428,8 @@ cache_invalidate(PG_FUNCTION_ARGS)
 		TemplateCache *cache = palloc0(sizeof(TemplateCache));
 
 		check_template_owner(trigdata->tg_relation, trigger);
+		if (TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+			warn_partition_without_truncate(trigdata->tg_relation, trigger);
 		templates = palloc(sizeof(KeyTemplate *) * trigger->tgnargs);
 		for (i = 0; i < trigger->tgnargs; i++)
 			templates[i] = parse_template(pstrdup(trigger->tgargs[i]), tupdesc, relname);

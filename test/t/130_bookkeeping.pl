@@ -220,6 +220,21 @@ ok(wait_for(sub { $redis->cli('exists', 'order:eu:1') eq '0' }),
 	"TRUNCATE of one partition deletes the parent's template keys");
 like($node->safe_psql('postgres', $q), qr/"n": 1/,
 	'... and the cached result over the parent is not served stale');
+# a partition added later: its first write warns, cache_watch() again fixes
+($rc, $out, $err) = $node->psql('postgres', q{
+CREATE TABLE orders_asia PARTITION OF orders FOR VALUES IN ('asia');
+INSERT INTO orders VALUES (9, 'asia');});
+like($err, qr/WARNING:.*partition "orders_asia" of a watched table has no TRUNCATE trigger/,
+	'a partition added after cache_watch() is reported by its first write');
+$node->safe_psql('postgres', q{SELECT cache_watch('orders', 'order:{region}:{id}')});
+$redis->cli('set', 'order:asia:9', 'x');
+($rc, $out, $err) = $node->psql('postgres', q{
+INSERT INTO orders VALUES (10, 'asia');
+TRUNCATE orders_asia;});
+unlike($err, qr/WARNING/, '... and no longer after cache_watch() again');
+ok(wait_for(sub { $redis->cli('exists', 'order:asia:9') eq '0' }),
+	'... whose TRUNCATE then invalidates');
+
 # cache_unwatch() removes them again
 $node->safe_psql('postgres', q{SELECT cache_unwatch('orders')});
 is($node->safe_psql('postgres', q{
