@@ -10,9 +10,32 @@
 -- create a table and a trigger, not choose what it deletes.  The owners of
 -- the tables watched with templates when this update runs are granted
 -- cache_watch(regclass, text[]), so that their triggers, and the
--- migrations that call cache_watch(), keep working.
+-- migrations that call cache_watch(), keep working.  Their watches are also
+-- listed in cache_adopted_watches, which pg_dump keeps (a GRANT made here
+-- counts as the extension's initial privilege and is not dumped): after a
+-- restore the triggers still run, a new cache_watch() call needs a GRANT.
 
 REVOKE ALL ON FUNCTION cache_watch(regclass, text[]) FROM PUBLIC;
+
+CREATE TABLE cache_adopted_watches (
+    tbl regclass NOT NULL,
+    owner regrole NOT NULL,
+    key_templates text[] NOT NULL,
+    PRIMARY KEY (tbl, key_templates)
+);
+
+COMMENT ON TABLE cache_adopted_watches IS
+'Key templates of tables watched before version 1.4 by roles that may not call cache_watch(): honoured while the table keeps that owner';
+
+REVOKE ALL ON TABLE cache_adopted_watches FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('cache_adopted_watches', '');
+
+INSERT INTO cache_adopted_watches (tbl, owner, key_templates)
+SELECT DISTINCT w.tbl, c.relowner::regrole, w.key_templates
+  FROM @extschema@.cache_watches() w
+  JOIN pg_class c ON c.oid = w.tbl
+  JOIN pg_roles r ON r.oid = c.relowner
+ WHERE w.key_templates IS NOT NULL AND NOT r.rolsuper;
 
 DO $$
 DECLARE

@@ -22,7 +22,9 @@
  * whose owner (or, for a partition, the owner of an ancestor) is a
  * superuser or may execute cache_watch(regclass, text[]), which is not
  * granted to PUBLIC: any role can create a table and a trigger, but not
- * choose what the trigger deletes.  Otherwise the trigger raises ERROR.
+ * choose what the trigger deletes.  Watches that existed when 1.4 was
+ * installed are listed in the configuration table cache_adopted_watches
+ * and keep working for their owners.  Otherwise the trigger raises ERROR.
  * A trigger without templates (cache_watch(tbl)) only ends cached query
  * results of its own table and runs for anyone.
  *
@@ -173,15 +175,75 @@ role_may_watch(Oid role, Oid watch_function)
 }
 
 /*
+ * True when the table (or an ancestor of the partition) is listed in
+ * cache_adopted_watches with these templates and its current owner: a
+ * watch that existed when 1.4 was installed, kept working for an owner who
+ * may not call cache_watch().  The table is an extension configuration
+ * table, so the list survives pg_dump and restore (where a GRANT made by
+ * the update script does not: it counts as the extension's initial
+ * privilege).  False when the table does not exist yet (library newer than
+ * the installed extension, whose cache_watch() is still PUBLIC's anyway).
+ */
+static bool
+adopted_watch(Oid nsp, List *relids, Trigger *trigger)
+{
+	Datum	   *oids;
+	Datum	   *args;
+	Datum		values[2];
+	Oid			types[2] = {OIDARRAYOID, TEXTARRAYOID};
+	char	   *sql;
+	ListCell   *lc;
+	int			i = 0;
+	int			ret;
+	bool		found;
+	Oid			table = get_relname_relid("cache_adopted_watches", nsp);
+	Oid			save_userid;
+	int			save_sec_context;
+
+	if (!OidIsValid(table))
+		return false;
+	oids = palloc(sizeof(Datum) * list_length(relids));
+	foreach(lc, relids)
+		oids[i++] = ObjectIdGetDatum(lfirst_oid(lc));
+	values[0] = PointerGetDatum(construct_array(oids, list_length(relids), OIDOID,
+												sizeof(Oid), true, TYPALIGN_INT));
+	args = palloc(sizeof(Datum) * trigger->tgnargs);
+	for (i = 0; i < trigger->tgnargs; i++)
+		args[i] = CStringGetTextDatum(trigger->tgargs[i]);
+	values[1] = PointerGetDatum(construct_array(args, trigger->tgnargs, TEXTOID,
+												-1, false, TYPALIGN_INT));
+	/* qualified operators: this runs as the table's owner, whatever search_path */
+	sql = psprintf("SELECT 1 FROM %s a JOIN pg_catalog.pg_class c "
+				   "ON c.oid OPERATOR(pg_catalog.=) a.tbl::pg_catalog.oid "
+				   "WHERE a.tbl::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1) "
+				   "AND a.owner::pg_catalog.oid OPERATOR(pg_catalog.=) c.relowner "
+				   "AND a.key_templates OPERATOR(pg_catalog.=) $2",
+				   quote_qualified_identifier(get_namespace_name(nsp), "cache_adopted_watches"));
+	/* as the table's owner (the writer may not read it), as ri_triggers.c does */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(relation_owner(table),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_NOFORCE_RLS);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ret = SPI_execute_with_args(sql, 2, types, values, NULL, true, 1);
+	found = ret == SPI_OK_SELECT && SPI_processed > 0;
+	SPI_finish();
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	return found;
+}
+
+/*
  * ERROR unless the templates of trigger on rel may be honoured: the owner of
  * rel, or of one of its partition ancestors, is a superuser or may execute
- * cache_watch(regclass, text[]).
+ * cache_watch(regclass, text[]), or the watch was adopted by the 1.4 update.
  */
 static void
 check_template_owner(Relation rel, Trigger *trigger)
 {
 	Oid			watch_function = cache_watch_function(trigger->tgfoid);
 	Oid			owner = rel->rd_rel->relowner;
+	List	   *relids = list_make1_oid(RelationGetRelid(rel));
 
 	if (role_may_watch(owner, watch_function))
 		return;
@@ -193,7 +255,10 @@ check_template_owner(Relation rel, Trigger *trigger)
 		foreach(lc, ancestors)
 			if (role_may_watch(relation_owner(lfirst_oid(lc)), watch_function))
 				return;
+		relids = list_concat(relids, ancestors);
 	}
+	if (adopted_watch(get_func_namespace(trigger->tgfoid), relids, trigger))
+		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("redis_cache: cache_invalidate() may only run with key templates on tables of roles allowed to call cache_watch()"),

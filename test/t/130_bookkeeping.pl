@@ -273,4 +273,51 @@ is($rc, 0, 'the legacy owner keeps cache_watch() (granted by the update)');
 ($rc, $out, $err) = psql_as('app', q{SELECT cache_watch('pg_catalog.pg_class', 'x:{oid}')}, 'up');
 like($err, qr/permission denied for function cache_watch/, '... other roles do not get it');
 
+is($node->safe_psql('up', q{
+SELECT string_agg(tbl::text || ' ' || owner::text || ' ' || key_templates::text, ', '
+                  ORDER BY tbl::text COLLATE "C")
+  FROM cache_adopted_watches}),
+	'legacy.items legacy {item:{id}}, legacy.parts legacy {part:{r}:{id}}, legacy.parts_a legacy {part:{r}:{id}}',
+	'the update lists the watches it adopted');
+
+# pg_dump and restore: the GRANT made by the update script is an initial
+# privilege of the extension, not dumped; the adopted watches are
+my $dump = "$PostgreSQL::Test::Utils::tmp_check/130_dump.sql";
+my ($dout, $derr) = ('', '');
+ok( IPC::Run::run(
+		[ 'pg_dump', '-d', $node->connstr('up'), '-f', $dump ],
+		'>', \$dout, '2>', \$derr,
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default)),
+	'pg_dump of the updated database');
+$node->safe_psql('postgres', 'CREATE DATABASE up2');
+($rc, $out, $err) = $node->psql('up2', slurp_file($dump));
+is($rc, 0, 'the dump restores') or diag($err);
+is($node->safe_psql('up2', q{
+SELECT has_function_privilege('legacy', 'cache_watch(regclass, text[])', 'EXECUTE'),
+       (SELECT count(*) FROM cache_adopted_watches)}), 'f|3',
+	'after the restore the legacy owner has no cache_watch() grant, the adopted watches are there');
+$redis->cli("SET item:2 x
+SET part:a:2 x
+");
+($rc, $out, $err) = psql_as('legacy', q{
+INSERT INTO legacy.items VALUES (2, 2);
+INSERT INTO legacy.parts VALUES (2, 'a');}, 'up2');
+is($rc, 0, "the legacy role's restored triggers still run") or diag($err);
+is($redis->cli('exists', 'item:2', 'part:a:2'), '0', '... and invalidate');
+
+# an adopted watch covers its table and owner only
+$node->safe_psql('up2', q{CREATE SCHEMA app AUTHORIZATION app});
+($rc, $out, $err) = psql_as('app', q{
+CREATE TABLE app.items (id int PRIMARY KEY, v int);
+CREATE TRIGGER redis_cache_invalidate AFTER INSERT ON app.items
+    FOR EACH ROW EXECUTE FUNCTION cache_invalidate('item:{id}');
+INSERT INTO app.items VALUES (1, 1);}, 'up2');
+like($err, qr/may only run with key templates/,
+	"another role's copy of an adopted watch is refused");
+($rc, $out, $err) = psql_as('app', q{
+SET search_path = app, pg_catalog;
+SELECT * FROM cache_adopted_watches;}, 'up2');
+like($err, qr/permission denied for table cache_adopted_watches/,
+	'the adopted watches are not readable by PUBLIC');
+
 done_testing();
