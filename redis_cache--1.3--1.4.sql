@@ -7,13 +7,16 @@
 -- writers delete.  From 1.4 the cache_invalidate() trigger honours templates
 -- only on tables whose owner is a superuser or may execute
 -- cache_watch(regclass, text[]), which PUBLIC no longer may: any role can
--- create a table and a trigger, not choose what it deletes.  The owners of
--- the tables watched with templates when this update runs are granted
--- cache_watch(regclass, text[]), so that their triggers, and the
--- migrations that call cache_watch(), keep working.  Their watches are also
--- listed in cache_adopted_watches, which pg_dump keeps (a GRANT made here
--- counts as the extension's initial privilege and is not dumped): after a
--- restore the triggers still run, a new cache_watch() call needs a GRANT.
+-- create a table and a trigger, not choose what it deletes.
+--
+-- Watches with templates that exist when this update runs are adopted:
+-- listed in cache_adopted_watches (table, owner, templates), they keep
+-- working while the table keeps its owner and the trigger its templates.
+-- It is an extension configuration table, so pg_dump keeps it.  Their
+-- owners are not granted cache_watch() here (a GRANT made by an extension
+-- script counts as an initial privilege, which pg_dump does not dump: it
+-- would vanish at the next restore); a DBA grants it to the roles that
+-- define key families, for example the migration role.
 
 REVOKE ALL ON FUNCTION cache_watch(regclass, text[]) FROM PUBLIC;
 
@@ -36,25 +39,6 @@ SELECT DISTINCT w.tbl, c.relowner::regrole, w.key_templates
   JOIN pg_class c ON c.oid = w.tbl
   JOIN pg_roles r ON r.oid = c.relowner
  WHERE w.key_templates IS NOT NULL AND NOT r.rolsuper;
-
-DO $$
-DECLARE
-    owner name;
-BEGIN
-    FOR owner IN
-        SELECT DISTINCT r.rolname
-          FROM pg_trigger t
-          JOIN pg_class c ON c.oid = t.tgrelid
-          JOIN pg_roles r ON r.oid = c.relowner
-         WHERE t.tgfoid = '@extschema@.cache_invalidate()'::regprocedure
-           AND t.tgnargs > 0
-           AND NOT r.rolsuper
-    LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.cache_watch(regclass, text[]) TO %I',
-                       owner);
-    END LOOP;
-END
-$$;
 
 -- cache_delete_pattern() deletes in bulk (with an empty key_prefix: every
 -- key of the database but the extension's own): the DBA grants it.

@@ -25,8 +25,9 @@ SELECT p.oid::regprocedure::text COLLATE "C" AS not_for_public
                     WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
  ORDER BY 1;
 
--- 1.3 to 1.4: watches made by 1.3 keep working (their owners are granted
--- cache_watch), partitions of a watched table get its TRUNCATE trigger.
+-- 1.3 to 1.4: watches made by 1.3 keep working (adopted: listed in
+-- cache_adopted_watches), partitions of a watched table get its TRUNCATE
+-- trigger.
 DROP EXTENSION redis_cache;
 CREATE EXTENSION redis_cache VERSION '1.3';
 SET redis_cache.key_prefix = 'regress:upgrade:';
@@ -49,6 +50,7 @@ SELECT has_function_privilege('regress_upgrade_owner', 'cache_watch(regclass, te
        has_function_privilege('regress_upgrade_other', 'cache_delete_pattern(text)', 'EXECUTE') AS other_may_delete_pattern;
 SELECT tbl, trigger_name, events, key_templates FROM cache_watches()
  WHERE tbl::text LIKE 'regress_upgrade%';
+SELECT tbl, owner, key_templates FROM cache_adopted_watches ORDER BY tbl::text COLLATE "C";
 
 -- the owner's writes still invalidate
 SET ROLE regress_upgrade_owner;
