@@ -120,6 +120,20 @@ is(scalar(@left), scalar(@query_keys), '... and every key of the query namespace
 is($out, 't', '... so the server is still current');
 $node->safe_psql('postgres', q{REVOKE EXECUTE ON FUNCTION cache_delete_pattern(text) FROM app});
 
+# a namespace nested in ours ('b:' under ''), known to the server because
+# it cached a result: its query namespace is reserved too
+$node->safe_psql('postgres', q{
+SET redis_cache.key_prefix = 'b:';
+SELECT cache_query_json('SELECT id FROM tenants ORDER BY id');});
+ok($redis->cli('--scan', '--pattern', 'b:query:*') ne '', 'namespace b: has a cached result');
+($rc, $out, $err) = psql_as('app', q{SELECT cache_set('b:query:5:10:forged', 'x')});
+like($err, qr/cannot write key "b:query:5:10:forged": it belongs to the extension/,
+	"the query namespace of a nested namespace the server knows is refused");
+($rc, $out, $err) = psql_as('app', q{SELECT cache_set('b:cache:run_id', 'x')});
+like($err, qr/belongs to the extension/, '... and its bookkeeping');
+($rc, $out, $err) = psql_as('app', q{SELECT cache_set('bquery:1', 'x'), cache_set('user:query:1', 'x')});
+is($out, 't|t', 'keys that merely contain "query" are ordinary keys');
+
 # ---- repro 2: a trigger EXECUTE FUNCTION cache_invalidate('*') ----------
 $redis->cli("SET tenant:id:1 acme\nSET tenant:id:2 globex\nSET product:details:7 p\n");
 my $dbsize = $redis->cli('dbsize');
