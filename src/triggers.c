@@ -490,12 +490,16 @@ cache_invalidate(PG_FUNCTION_ARGS)
 		templates = template_cache->templates;
 	else
 	{
-		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
-		TemplateCache *cache = palloc0(sizeof(TemplateCache));
+		MemoryContext old;
+		TemplateCache *cache;
 
+		/* once per trigger and transaction, like the parse */
 		check_template_owner(trigdata->tg_relation, trigger);
 		if (TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
 			warn_partition_without_truncate(trigdata->tg_relation, trigger);
+
+		old = MemoryContextSwitchTo(TopTransactionContext);
+		cache = palloc0(sizeof(TemplateCache));
 		templates = palloc(sizeof(KeyTemplate *) * trigger->tgnargs);
 		for (i = 0; i < trigger->tgnargs; i++)
 			templates[i] = parse_template(pstrdup(trigger->tgargs[i]), tupdesc, relname);
