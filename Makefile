@@ -1,7 +1,7 @@
 # redis_cache: cache query results in Redis from inside PostgreSQL
 
 EXTENSION = redis_cache
-EXTVERSION = 1.3
+EXTVERSION = 1.4
 
 MODULE_big = redis_cache
 OBJS = \

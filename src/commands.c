@@ -14,6 +14,13 @@
  * What comes back is untrusted: a value that is not valid in the database
  * encoding (or contains NUL) is a miss with a WARNING, never invalid text.
  *
+ * Keys reserved to the extension (keys.c: the cache version's bookkeeping,
+ * the query-result namespace) are never written or deleted here, whoever
+ * calls: cache_set, cache_incr, cache_delete, cache_lock and cache_unlock
+ * raise ERROR (42501), cache_delete_pattern skips them.  Reads are allowed:
+ * results are hashes that GET cannot read, and generations and versions are
+ * no secret.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -87,6 +94,43 @@ text_key_for_message(text *key)
 	return text_to_cstring(key);
 }
 
+/*
+ * ERROR when one of the given (prefixed) keys is reserved to the extension.
+ * skip (if not NULL) marks array slots to ignore; action says what was
+ * refused ("write", "delete").
+ */
+static void
+refuse_reserved_keys(char *const *keys, const size_t *lens, const bool *skip,
+					 int nkeys, const char *action)
+{
+	char	  **namespaces = NULL;
+	int			nnamespaces = 0;
+	int			i;
+
+	for (i = 0; i < nkeys; i++)
+	{
+		if ((skip && skip[i]) || !redis_may_be_reserved_key(keys[i], lens[i]))
+			continue;
+		if (namespaces == NULL)
+			nnamespaces = redis_reserved_namespaces(redis_cache_key_prefix ? redis_cache_key_prefix : "",
+													&namespaces);
+		if (redis_is_reserved_key(keys[i], lens[i], namespaces, nnamespaces))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("redis_cache: cannot %s key \"%s\": it belongs to the extension",
+							action, keys[i]),
+					 errdetail("Keys ending in the name of a cache version bookkeeping key (such as cache:version) and keys under key_prefix || 'query:' are kept by redis_cache itself."),
+					 errhint("Change the cache version with the setting redis_cache.version, end cached query results with cache_query_invalidate(), or use another key name.")));
+	}
+}
+
+/* The same for one key. */
+static void
+refuse_reserved_key(char *key, size_t len, const char *action)
+{
+	refuse_reserved_keys(&key, &len, NULL, 1, action);
+}
+
 /* Statistics of one read: hit or miss, totals and per key family. */
 static void
 count_read(text *key, bool hit)
@@ -145,6 +189,7 @@ cache_set(PG_FUNCTION_ARGS)
 	key = PG_GETARG_TEXT_PP(0);
 	value = PG_GETARG_TEXT_PP(1);
 	rkey = redis_make_key(key, &klen);
+	refuse_reserved_key(rkey, klen, "write");
 
 	if (PG_ARGISNULL(2))
 		ttl = redis_cache_default_ttl;
@@ -295,6 +340,7 @@ cache_delete(PG_FUNCTION_ARGS)
 	int64		removed;
 
 	nkeys = array_to_keys(arr, &keys, &lens, &nulls);
+	refuse_reserved_keys(keys, lens, nulls, nkeys, "delete");
 	removed = unlink_keys(keys, lens, nulls, nkeys, 0);
 	if (removed > 0)
 	{
@@ -386,6 +432,7 @@ cache_incr(PG_FUNCTION_ARGS)
 	key = PG_GETARG_TEXT_PP(0);
 	delta = PG_GETARG_INT64(1);
 	rkey = redis_make_key(key, &klen);
+	refuse_reserved_key(rkey, klen, "write");
 	if (PG_ARGISNULL(2))
 		ttl = redis_cache_default_ttl;
 	else
@@ -573,8 +620,9 @@ cache_mget(PG_FUNCTION_ARGS)
 /*
  * cache_delete_pattern(pattern text) RETURNS bigint
  *
- * SCAN MATCH key_prefix||pattern, UNLINK each batch.  SCAN may miss keys
- * created during the iteration: this is a clean-up tool, not a guarantee.
+ * SCAN MATCH key_prefix||pattern, UNLINK each batch, leaving the keys
+ * reserved to the extension alone.  SCAN may miss keys created during the
+ * iteration: this is a clean-up tool, not a guarantee.
  */
 Datum
 cache_delete_pattern(PG_FUNCTION_ARGS)
@@ -587,7 +635,8 @@ cache_delete_pattern(PG_FUNCTION_ARGS)
 	redis_validate_key(VARDATA_ANY(pattern), VARSIZE_ANY_EXHDR(pattern), "pattern");
 	/* on a fault: what was removed until then, the fault already reported */
 	removed = redis_scan_unlink(prefix, VARDATA_ANY(pattern),
-								VARSIZE_ANY_EXHDR(pattern), 0, NULL, 0, &failed);
+								VARSIZE_ANY_EXHDR(pattern), RC_SCAN_KEEP_RESERVED,
+								NULL, 0, &failed);
 	redis_stats_add(RC_STAT_DELETES, removed);
 	PG_RETURN_INT64(removed);
 }
@@ -613,6 +662,7 @@ cache_lock(PG_FUNCTION_ARGS)
 	int			i;
 
 	rkey = redis_make_key(name, &klen);
+	refuse_reserved_key(rkey, klen, "write");
 	redis_check_ttl(ttl);
 	if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
 		ereport(ERROR,
@@ -665,6 +715,7 @@ cache_unlock(PG_FUNCTION_ARGS)
 	size_t		argvlen[5];
 	RedisReply *reply;
 
+	refuse_reserved_key(rkey, klen, "delete");
 	argv[0] = "EVAL";
 	argvlen[0] = 4;
 	argv[1] = unlock_script;

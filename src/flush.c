@@ -7,7 +7,9 @@
  *
  * Design rules: never FLUSHDB, FLUSHALL or KEYS (managed Redis blocks them,
  * and keys outside the namespace must survive); the cache version's
- * bookkeeping keys (keys.c) are never removed; memory of each SCAN batch is
+ * bookkeeping keys (keys.c) are never removed by a scan, and with
+ * RC_SCAN_KEEP_RESERVED (cache_delete_pattern) no key reserved to the
+ * extension is (keys.c, redis_is_reserved_key); memory of each SCAN batch is
  * released before the next one.  SCAN may miss keys added during the
  * iteration: this is a clean-up tool, generations are what make results
  * stale.
@@ -62,8 +64,9 @@ scan_round_trip(RedisRoundTrip round_trip, RedisCommand *cmd,
 
 /*
  * SCAN MATCH prefix||pattern and UNLINK what it finds, except the cache
- * version's control keys and, when own_base is not NULL, the query results
- * of other clusters (keys.c).  pattern is a glob whose literal parts are
+ * version's control keys, with RC_SCAN_KEEP_RESERVED in flags every key
+ * reserved to the extension, and, when own_base is not NULL, the query
+ * results of other clusters (keys.c).  pattern is a glob whose literal parts are
  * already escaped; the prefix is escaped here.  Returns the number of keys
  * removed; on a fault (or when deadline, if not 0, passes between two SCAN
  * rounds) sets *failed and returns what was removed until then.  flags are
@@ -82,8 +85,14 @@ scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 	int64		removed = 0;
 	MemoryContext batch_context;
 	MemoryContext old_context;
+	char	  **reserved = NULL;
+	int			nreserved = 0;
+	bool		keep_reserved = (flags & RC_SCAN_KEEP_RESERVED) != 0;
 
 	*failed = false;
+	flags &= ~RC_SCAN_KEEP_RESERVED;
+	if (keep_reserved)
+		nreserved = redis_reserved_namespaces(prefix, &reserved);
 	initStringInfo(&match);
 	redis_append_glob_escaped(&match, prefix, prefixlen);
 	appendBinaryStringInfo(&match, pattern, (int) patternlen);
@@ -137,7 +146,9 @@ scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 
 			/* the cache version bookkeeping is never removed */
 			if (k->type != RC_REPLY_STRING ||
-				redis_is_control_key(k->str, k->len, prefix, prefixlen))
+				redis_is_control_key(k->str, k->len, prefix, prefixlen) ||
+				(keep_reserved &&
+				 redis_is_reserved_key(k->str, k->len, reserved, nreserved)))
 				continue;
 			if (own_base != NULL &&
 				redis_is_foreign_query_key(k->str, k->len, prefix, prefixlen,
@@ -263,3 +274,25 @@ redis_unlink_raw(const char *key)
 						 RC_EXEC_IGNORE_ENABLED, 2, argv, argvlen) != NULL;
 }
 
+/*
+ * UNLINK the cache version's bookkeeping keys of namespace prefix (a
+ * namespace retired by cache_forget_namespace()).  False on a fault.
+ */
+bool
+redis_unlink_bookkeeping(const char *prefix)
+{
+	const char *argv[1 + RC_NUM_CONTROL_KEYS];
+	size_t		argvlen[1 + RC_NUM_CONTROL_KEYS];
+	int			i;
+
+	argv[0] = "UNLINK";
+	argvlen[0] = 6;
+	for (i = 0; i < RC_NUM_CONTROL_KEYS; i++)
+	{
+		argv[i + 1] = redis_control_key(prefix, i);
+		argvlen[i + 1] = strlen(argv[i + 1]);
+	}
+	return redis_command(RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
+						 RC_EXEC_IGNORE_ENABLED, 1 + RC_NUM_CONTROL_KEYS,
+						 argv, argvlen) != NULL;
+}

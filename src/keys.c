@@ -29,6 +29,12 @@
  * need key_prefix values of their own (README).  The key-value keys and the
  * cache version's bookkeeping keys are per key_prefix, shared on purpose.
  *
+ * Some keys belong to the extension (redis_is_reserved_key): the cache
+ * version's bookkeeping and the query-result namespace.  No SQL function
+ * writes or deletes them on a caller's behalf, whoever the caller: one
+ * cache_set() of 'cache:version' would otherwise disable the cache of every
+ * server, one forged result would be served to other roles.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -139,7 +145,11 @@ redis_check_ttl(int ttl_seconds)
 
 /* ---- the cache version's bookkeeping keys (version.c) ---------------------- */
 
-/* In RedisControlKey order. */
+/*
+ * In RedisControlKey order.  Every key the extension keeps for itself
+ * outside the query namespace must be listed here: these names are what the
+ * SQL functions refuse to write and bulk deletes leave alone.
+ */
 static const char *const control_suffixes[RC_NUM_CONTROL_KEYS] = {
 	"cache:version", "cache:versions", "cache:run_id", "cache:flush",
 	"cache:flushed"
@@ -253,6 +263,120 @@ redis_is_foreign_query_key(const char *key, size_t len, const char *prefix,
 	for (digits = 0; i < len && key[i] >= '0' && key[i] <= '9'; i++)
 		digits++;
 	return digits > 0 && i < len && key[i] == ':';
+}
+
+/* ---- keys reserved to the extension --------------------------------------- */
+
+/*
+ * Where the namespaces known to this server come from (the worker's
+ * registry, registered by worker.c; NULL without shared memory).
+ */
+static RedisNamespaceLister namespace_lister = NULL;
+
+void
+redis_set_namespace_lister(RedisNamespaceLister lister)
+{
+	namespace_lister = lister;
+}
+
+/* True when the len bytes at key end with one of the control suffixes. */
+static bool
+has_control_suffix(const char *key, size_t len)
+{
+	int			i;
+
+	for (i = 0; i < RC_NUM_CONTROL_KEYS; i++)
+	{
+		size_t		slen = strlen(control_suffixes[i]);
+
+		if (len >= slen && memcmp(key + len - slen, control_suffixes[i], slen) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* True when key starts with prefix||RC_QUERY_NAMESPACE. */
+static bool
+in_query_namespace(const char *key, size_t len, const char *prefix)
+{
+	size_t		prefixlen = strlen(prefix);
+	size_t		qlen = strlen(RC_QUERY_NAMESPACE);
+
+	return len >= prefixlen + qlen &&
+		memcmp(key, prefix, prefixlen) == 0 &&
+		memcmp(key + prefixlen, RC_QUERY_NAMESPACE, qlen) == 0;
+}
+
+/*
+ * The namespaces whose reserved keys redis_is_reserved_key() protects:
+ * prefix first, then every other namespace this server knows.  Fetch them
+ * once per SQL call or SCAN, not per key (the registry is in shared memory
+ * behind a lock).
+ */
+int
+redis_reserved_namespaces(const char *prefix, char ***prefixes)
+{
+	char	  **known = NULL;
+	int			nknown = namespace_lister ? namespace_lister(&known) : 0;
+	char	  **result = palloc(sizeof(char *) * (nknown + 1));
+	int			n = 0;
+	int			i;
+
+	result[n++] = pstrdup(prefix);
+	for (i = 0; i < nknown; i++)
+		if (known[i] != NULL && strcmp(known[i], prefix) != 0)
+			result[n++] = known[i];
+	*prefixes = result;
+	return n;
+}
+
+/*
+ * True for a key (full name, prefix included) that belongs to the
+ * extension, which the SQL functions neither write nor delete:
+ *
+ * - the cache version's bookkeeping (control keys), of any namespace:
+ *   every key ending in one of their names, so that a namespace nested in
+ *   another one (key_prefix '' and 'app:' in one Redis database, of this
+ *   cluster or another one) cannot reach the other's;
+ * - the query-result namespace prefix||"query:" (results, generations,
+ *   dependency sets, stampede locks) of the given namespaces
+ *   (redis_reserved_namespaces()).
+ *
+ * The query namespaces of another cluster's prefixes are not known here:
+ * prefixes of clusters sharing a Redis database should not nest.
+ */
+bool
+redis_is_reserved_key(const char *key, size_t len, char *const *prefixes,
+					  int nprefixes)
+{
+	int			i;
+
+	if (has_control_suffix(key, len))
+		return true;
+	for (i = 0; i < nprefixes; i++)
+		if (in_query_namespace(key, len, prefixes[i]))
+			return true;
+	return false;
+}
+
+/*
+ * Cheap pre-test for the hot path: false when key can be reserved in no
+ * namespace (no control suffix and no "query:" anywhere), so the caller
+ * need not fetch the namespaces.
+ */
+bool
+redis_may_be_reserved_key(const char *key, size_t len)
+{
+	size_t		qlen = strlen(RC_QUERY_NAMESPACE);
+	size_t		i;
+
+	if (has_control_suffix(key, len))
+		return true;
+	for (i = 0; i + qlen <= len; i++)
+		if (key[i] == RC_QUERY_NAMESPACE[0] &&
+			memcmp(key + i, RC_QUERY_NAMESPACE, qlen) == 0)
+			return true;
+	return false;
 }
 
 /* ---- hashes in key names and script ids ------------------------------------ */

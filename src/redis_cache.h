@@ -43,6 +43,13 @@ struct SPITupleTable;
 /* Longest key (before key_prefix is added) that the SQL functions accept. */
 #define RC_MAX_KEY_BYTES	1024
 
+/*
+ * Longest glob (after key_prefix) of a pattern invalidation: what the
+ * worker's queue slots hold.  A longer expansion is replaced by its
+ * template's family (triggers.c).
+ */
+#define RC_MAX_PATTERN_BYTES	(RC_MAX_KEY_BYTES * 2)
+
 /* Keys per UNLINK/MGET command when a caller passes many keys. */
 #define RC_KEYS_PER_COMMAND 1000
 
@@ -150,6 +157,18 @@ extern bool redis_is_foreign_query_key(const char *key, size_t len,
 									   const char *prefix, size_t prefixlen,
 									   const char *own_base,
 									   size_t own_baselen);
+
+/* After key_prefix: query results, generations, dependency sets, locks. */
+#define RC_QUERY_NAMESPACE	"query:"
+
+/* Lists the namespaces (key_prefix values) the server knows; palloc'd. */
+typedef int (*RedisNamespaceLister) (char ***prefixes);
+
+extern void redis_set_namespace_lister(RedisNamespaceLister lister);
+extern int	redis_reserved_namespaces(const char *prefix, char ***prefixes);
+extern bool redis_is_reserved_key(const char *key, size_t len,
+								  char *const *prefixes, int nprefixes);
+extern bool redis_may_be_reserved_key(const char *key, size_t len);
 extern void redis_hash_hex(pg_cryptohash_type type, const void *data,
 						   size_t len, char *out);
 extern char *redis_query_entry_key(const char *base, const char *format,
@@ -283,6 +302,10 @@ extern RedisReply *redis_run_script(RedisScriptId id, int nkeys, int nargs,
 									int flags);
 
 /* in flush.c */
+
+/* redis_scan_unlink() flag: leave redis_is_reserved_key() keys alone too */
+#define RC_SCAN_KEEP_RESERVED	0x10000
+
 extern int64 redis_scan_unlink(const char *prefix, const char *pattern,
 							   size_t patternlen, int flags,
 							   RedisRoundTrip round_trip,
@@ -293,6 +316,7 @@ extern int64 redis_unlink_pattern_until(const char *prefix,
 										const char *pattern,
 										TimestampTz deadline);
 extern bool redis_unlink_raw(const char *key);
+extern bool redis_unlink_bookkeeping(const char *prefix);
 
 /* in version.c */
 extern void redis_version_init(void);

@@ -17,21 +17,48 @@
  * trigger also reports its table to query_deps.c, so that cached query
  * results over it end at commit even in sessions without the hooks.
  *
+ * Who may delete.  Key templates decide which keys of the shared Redis
+ * database a table's writers delete, so they are honoured only on tables
+ * whose owner (or, for a partition, the owner of an ancestor) is a
+ * superuser or may execute cache_watch(regclass, text[]), which is not
+ * granted to PUBLIC: any role can create a table and a trigger, but not
+ * choose what the trigger deletes.  Watches that existed when 1.4 was
+ * installed are listed in the configuration table cache_adopted_watches
+ * and keep working for their owners.  Otherwise the trigger raises ERROR.
+ * A trigger without templates (cache_watch(tbl)) only ends cached query
+ * results of its own table and runs for anyone.
+ *
+ * Bounded patterns.  A pattern expanded from a row longer than
+ * RC_MAX_PATTERN_BYTES would not fit the worker's queue: the template's
+ * whole family (every placeholder '*') is invalidated instead, with a
+ * WARNING, never a truncated pattern.  cache_watch() of a partitioned table
+ * also installs the TRUNCATE trigger on each partition (TRUNCATE triggers
+ * are not cloned), so truncating one partition ends the parent's keys; a
+ * partition added later is reported (WARNING) by its first write.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "catalog/partition.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_func.h"
 #include "storage/proc.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 
 #include "redis_cache.h"
 
@@ -72,6 +99,174 @@ typedef struct TemplateCache
 
 static TemplateCache *template_cache = NULL;
 static LocalTransactionId template_cache_lxid = InvalidLocalTransactionId;
+
+/* Last WARNING about a pattern replaced by its family. */
+static TimestampTz last_family_warning = 0;
+
+/* Last WARNING about a partition without the TRUNCATE trigger. */
+static TimestampTz last_partition_warning = 0;
+
+/*
+ * A row trigger cloned from a partitioned table's (PostgreSQL clones row
+ * triggers to partitions created later, not TRUNCATE triggers): WARNING
+ * when the partition has no TRUNCATE trigger of ours, since truncating it
+ * would leave the parent's keys.  Uses the relation's trigger descriptor
+ * only, no catalog access.
+ */
+static void
+warn_partition_without_truncate(Relation rel, Trigger *trigger)
+{
+	TriggerDesc *desc = rel->trigdesc;
+	int			i;
+
+	if (!trigger->tgisclone || desc == NULL)
+		return;
+	for (i = 0; i < desc->numtriggers; i++)
+		if (desc->triggers[i].tgfoid == trigger->tgfoid &&
+			TRIGGER_FOR_TRUNCATE(desc->triggers[i].tgtype))
+			return;
+	if (redis_warning_due(&last_partition_warning))
+		ereport(WARNING,
+				(errmsg("redis_cache: partition \"%s\" of a watched table has no TRUNCATE trigger",
+						RelationGetRelationName(rel)),
+				 errdetail("TRUNCATE of this partition would not invalidate the keys of its parent's templates."),
+				 errhint("Call cache_watch() on the partitioned table again after adding partitions.")));
+}
+
+/* ---- who may delete ------------------------------------------------------ */
+
+/*
+ * cache_watch(regclass, text[]) of the extension whose cache_invalidate()
+ * function is trigger_function, or InvalidOid.
+ */
+static Oid
+cache_watch_function(Oid trigger_function)
+{
+	Oid			nsp = get_func_namespace(trigger_function);
+	char	   *nspname = OidIsValid(nsp) ? get_namespace_name(nsp) : NULL;
+	Oid			argtypes[2] = {REGCLASSOID, TEXTARRAYOID};
+
+	if (nspname == NULL)
+		return InvalidOid;
+	return LookupFuncName(list_make2(makeString(nspname), makeString("cache_watch")),
+						  2, argtypes, true);
+}
+
+static Oid
+relation_owner(Oid relid)
+{
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+		return InvalidOid;
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
+static bool
+role_may_watch(Oid role, Oid watch_function)
+{
+	return OidIsValid(role) &&
+		(superuser_arg(role) ||
+		 (OidIsValid(watch_function) &&
+		  pg_proc_aclcheck(watch_function, role, ACL_EXECUTE) == ACLCHECK_OK));
+}
+
+/*
+ * True when the table (or an ancestor of the partition) is listed in
+ * cache_adopted_watches with these templates and its current owner: a
+ * watch that existed when 1.4 was installed, kept working for an owner who
+ * may not call cache_watch().  The table is an extension configuration
+ * table, so the list survives pg_dump and restore (where a GRANT made by
+ * the update script does not: it counts as the extension's initial
+ * privilege).  False when the table does not exist yet (library newer than
+ * the installed extension, whose cache_watch() is still PUBLIC's anyway).
+ */
+static bool
+adopted_watch(Oid nsp, List *relids, Trigger *trigger)
+{
+	Datum	   *oids;
+	Datum	   *args;
+	Datum		values[2];
+	Oid			types[2] = {OIDARRAYOID, TEXTARRAYOID};
+	char	   *sql;
+	ListCell   *lc;
+	int			i = 0;
+	int			ret;
+	bool		found;
+	Oid			table = get_relname_relid("cache_adopted_watches", nsp);
+	Oid			save_userid;
+	int			save_sec_context;
+
+	if (!OidIsValid(table))
+		return false;
+	oids = palloc(sizeof(Datum) * list_length(relids));
+	foreach(lc, relids)
+		oids[i++] = ObjectIdGetDatum(lfirst_oid(lc));
+	values[0] = PointerGetDatum(construct_array(oids, list_length(relids), OIDOID,
+												sizeof(Oid), true, TYPALIGN_INT));
+	args = palloc(sizeof(Datum) * trigger->tgnargs);
+	for (i = 0; i < trigger->tgnargs; i++)
+		args[i] = CStringGetTextDatum(trigger->tgargs[i]);
+	values[1] = PointerGetDatum(construct_array(args, trigger->tgnargs, TEXTOID,
+												-1, false, TYPALIGN_INT));
+	/* qualified operators: this runs as the table's owner, whatever search_path */
+	sql = psprintf("SELECT 1 FROM %s a JOIN pg_catalog.pg_class c "
+				   "ON c.oid OPERATOR(pg_catalog.=) a.tbl::pg_catalog.oid "
+				   "WHERE a.tbl::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1) "
+				   "AND a.owner::pg_catalog.oid OPERATOR(pg_catalog.=) c.relowner "
+				   "AND a.key_templates OPERATOR(pg_catalog.=) $2",
+				   quote_qualified_identifier(get_namespace_name(nsp), "cache_adopted_watches"));
+	/* as the table's owner (the writer may not read it), as ri_triggers.c does */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(relation_owner(table),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_NOFORCE_RLS);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ret = SPI_execute_with_args(sql, 2, types, values, NULL, true, 1);
+	found = ret == SPI_OK_SELECT && SPI_processed > 0;
+	SPI_finish();
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	return found;
+}
+
+/*
+ * ERROR unless the templates of trigger on rel may be honoured: the owner of
+ * rel, or of one of its partition ancestors, is a superuser or may execute
+ * cache_watch(regclass, text[]), or the watch was adopted by the 1.4 update.
+ */
+static void
+check_template_owner(Relation rel, Trigger *trigger)
+{
+	Oid			watch_function = cache_watch_function(trigger->tgfoid);
+	Oid			owner = rel->rd_rel->relowner;
+	List	   *relids = list_make1_oid(RelationGetRelid(rel));
+
+	if (role_may_watch(owner, watch_function))
+		return;
+	if (rel->rd_rel->relispartition)
+	{
+		List	   *ancestors = get_partition_ancestors(RelationGetRelid(rel));
+		ListCell   *lc;
+
+		foreach(lc, ancestors)
+			if (role_may_watch(relation_owner(lfirst_oid(lc)), watch_function))
+				return;
+		relids = list_concat(relids, ancestors);
+	}
+	if (adopted_watch(get_func_namespace(trigger->tgfoid), relids, trigger))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("redis_cache: cache_invalidate() may only run with key templates on tables of roles allowed to call cache_watch()"),
+			 errdetail("Trigger \"%s\" is on \"%s\", owned by role \"%s\", which may not execute cache_watch(regclass, text[]).",
+					   trigger->tgname, RelationGetRelationName(rel),
+					   GetUserNameFromId(owner, true) ? GetUserNameFromId(owner, true) : "?"),
+			 errhint("Key templates choose which Redis keys writers delete. A superuser can GRANT EXECUTE ON FUNCTION cache_watch(regclass, text[]) TO the table's owner, who then calls cache_watch().")));
+}
 
 /*
  * Parse a template against the relation's columns.  ERROR on a malformed
@@ -208,6 +403,12 @@ expand_template(const KeyTemplate *tmpl, HeapTuple tuple, TupleDesc tupdesc,
 	return true;
 }
 
+/*
+ * Queue the keys of one row.  A pattern too long for the invalidation queue
+ * becomes its template's family (every placeholder '*'), which covers it:
+ * template sources are at most RC_MAX_KEY_BYTES, so a family, escaped, is
+ * at most RC_MAX_PATTERN_BYTES.
+ */
 static void
 queue_row(KeyTemplate **templates, int ntemplates, HeapTuple tuple,
 		  TupleDesc tupdesc, int prefix_index, StringInfo buf)
@@ -218,8 +419,22 @@ queue_row(KeyTemplate **templates, int ntemplates, HeapTuple tuple,
 	{
 		bool		is_pattern;
 
-		if (expand_template(templates[i], tuple, tupdesc, false, buf, &is_pattern))
-			redis_queue_invalidation(buf->data, buf->len, is_pattern, prefix_index);
+		if (!expand_template(templates[i], tuple, tupdesc, false, buf, &is_pattern))
+			continue;
+		if (is_pattern && buf->len > RC_MAX_PATTERN_BYTES)
+		{
+			int			len = buf->len;
+
+			expand_template(templates[i], NULL, tupdesc, true, buf, &is_pattern);
+			if (redis_warning_due(&last_family_warning))
+				ereport(WARNING,
+						(errmsg("redis_cache: a key pattern of template \"%s\" is %d bytes long, invalidating the whole family \"%s\" instead",
+								templates[i]->source, len, buf->data),
+						 errdetail("Patterns longer than %d bytes do not fit the invalidation queue.",
+								   RC_MAX_PATTERN_BYTES),
+						 errhint("Use shorter column values in pattern templates, for example an id instead of a name.")));
+		}
+		redis_queue_invalidation(buf->data, buf->len, is_pattern, prefix_index);
 	}
 }
 
@@ -275,9 +490,16 @@ cache_invalidate(PG_FUNCTION_ARGS)
 		templates = template_cache->templates;
 	else
 	{
-		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
-		TemplateCache *cache = palloc0(sizeof(TemplateCache));
+		MemoryContext old;
+		TemplateCache *cache;
 
+		/* once per trigger and transaction, like the parse */
+		check_template_owner(trigdata->tg_relation, trigger);
+		if (TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+			warn_partition_without_truncate(trigdata->tg_relation, trigger);
+
+		old = MemoryContextSwitchTo(TopTransactionContext);
+		cache = palloc0(sizeof(TemplateCache));
 		templates = palloc(sizeof(KeyTemplate *) * trigger->tgnargs);
 		for (i = 0; i < trigger->tgnargs; i++)
 			templates[i] = parse_template(pstrdup(trigger->tgargs[i]), tupdesc, relname);

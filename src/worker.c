@@ -401,10 +401,12 @@ redis_worker_namespaces(char ***prefixes)
  * cache_forget_namespace(prefix text) RETURNS boolean: stop tracking a
  * key_prefix no longer in use (a retired environment, a test), so that it
  * is neither flushed after a crash nor sent generation bumps.  Its cached
- * query results (this cluster's, this timeline's) are removed first:
- * nothing would end them any more.  Refused in recovery.  False
- * when it was not tracked.  Refused while it has pending work.  A commit
- * of that prefix still in flight, or a later fill, tracks it again.
+ * query results (this cluster's, this timeline's) and its cache version
+ * bookkeeping are removed first (nothing would end the results any more;
+ * the SQL key functions may not delete either).  Refused in recovery.
+ * False when it was not tracked (the keys are removed all the same).
+ * Refused while it has pending work.  A commit of that prefix still in
+ * flight, or a later fill, tracks it again.
  */
 Datum
 cache_forget_namespace(PG_FUNCTION_ARGS)
@@ -449,14 +451,20 @@ cache_forget_namespace(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_IN_USE),
 				 errmsg("redis_cache: namespace \"%s\" has invalidations pending", prefix),
 				 errhint("Retry once Redis is reachable and the worker has applied them.")));
-	if (found < 0)
-		PG_RETURN_BOOL(false);
+
 	/* this cluster's results on this timeline, not another cluster's */
 	own = redis_query_base("");
 	initStringInfo(&pattern);
 	redis_append_glob_escaped(&pattern, own, strlen(own));
 	appendStringInfoChar(&pattern, '*');
-	if (redis_unlink_pattern(prefix, pattern.data) < 0)
+	if (found < 0)
+	{
+		if (redis_unlink_pattern(prefix, pattern.data) >= 0)
+			(void) redis_unlink_bookkeeping(prefix);
+		PG_RETURN_BOOL(false);
+	}
+	if (redis_unlink_pattern(prefix, pattern.data) < 0 ||
+		!redis_unlink_bookkeeping(prefix))
 	{
 		LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 		sh->namespaces[found].forgotten = false;
@@ -527,8 +535,9 @@ redis_mark_missed(int namespace_index)
 }
 
 /*
- * Hand a pattern invalidation to the worker.  When the queue is full the
- * namespace is flushed instead, which covers the pattern.  No ERROR.
+ * Hand a pattern invalidation to the worker.  When the queue is full, or
+ * the pattern longer than a slot, the namespace is flushed instead, which
+ * covers the pattern.  No ERROR.
  */
 void
 redis_queue_pattern(int namespace_index, const char *pattern)
@@ -539,7 +548,9 @@ redis_queue_pattern(int namespace_index, const char *pattern)
 		return;
 	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 	sh->namespaces[namespace_index].forgotten = false;	/* a commit in flight */
-	if (sh->npatterns < RC_MAX_PENDING_PATTERNS)
+	/* a pattern that does not fit its slot: the flush covers it */
+	if (sh->npatterns < RC_MAX_PENDING_PATTERNS &&
+		strlen(pattern) < sizeof(sh->patterns[0].pattern))
 	{
 		sh->patterns[sh->npatterns].namespace_index = namespace_index;
 		strlcpy(sh->patterns[sh->npatterns].pattern, pattern,
@@ -889,6 +900,9 @@ void
 redis_worker_init(void)
 {
 	BackgroundWorker worker;
+
+	/* keys of every namespace we know are reserved (keys.c) */
+	redis_set_namespace_lister(redis_worker_namespaces);
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = worker_shmem_request;

@@ -82,6 +82,10 @@ SET redis_cache.key_prefix = 'regress:basic:x:';
 SELECT cache_get('a') AS literal_prefix_kept;
 SELECT cache_delete('a');
 SET redis_cache.key_prefix = 'regress:basic:';
+-- the bookkeeping of the nested namespaces is the extension's own: the
+-- pattern deletes above leave it, forgetting the namespaces removes it
+SELECT bool_or(cache_forget_namespace(p)) AS any_tracked
+  FROM unnest(ARRAY['regress:basic:other:', 'regress:basic:[x]*:', 'regress:basic:x:']) p;
 
 -- locks: one holder at a time, release needs the token
 SELECT cache_lock('lock:report', 30) AS token \gset
