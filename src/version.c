@@ -182,7 +182,9 @@ run_check(RedisRoundTrip round_trip, int flags)
 		check_state = CHECK_FLUSHING;
 	else if (strcmp(action, "STALE") == 0)
 	{
-		strlcpy(stored_version_seen, reply->element[1]->str ? reply->element[1]->str : "",
+		/* text from Redis: printable ASCII only, it reaches messages and SQL */
+		strlcpy(stored_version_seen,
+				redis_printable(reply->element[1]->str, reply->element[1]->len),
 				sizeof(stored_version_seen));
 		if (check_state != CHECK_STALE)
 			stale_warned = false;
