@@ -86,7 +86,7 @@ sub long_timeout_session
 		extra_params => [ '-U', $role ]);
 	my $pid = $bg->query_safe(q{
 SET redis_cache.command_timeout_ms = 600000;
-SELECT cache_get('warm-up') IS NULL;
+SELECT cache_set('warm-up', 'x');
 SELECT pg_backend_pid()});
 	$pid = (split /\n/, $pid)[-1];
 	return ($bg, $pid);
@@ -134,6 +134,8 @@ sub signal_and_time
 # the wait: the 600 s the role asked for would otherwise hold the locks.
 set_system('redis_cache.commit_timeout_ms', 600000);
 my ($bg, $pid) = long_timeout_session('regress_app');
+# the next part's session, connected while Redis runs
+my ($bg2, $pid2) = long_timeout_session('regress_app');
 $redis->cli('set', 'item:1', 'cached');
 $redis->cli('set', 'item:2', 'cached');
 my $log_offset = -s $node->logfile;
@@ -159,7 +161,7 @@ UPDATE items SET v = 'after' WHERE id = 1 RETURNING v;});
 is($out, 'after', 'terminate: another session updates the row (locks released)');
 
 # --- (a) cancel: same, the session survives ---------------------------------
-($bg, $pid) = long_timeout_session('regress_app');
+($bg, $pid) = ($bg2, $pid2);
 send_async($bg, q{UPDATE items SET v = 'cancelled' WHERE id = 2;});
 ok(wait_in_commit($pid, 'UPDATE items%'),
 	'cancel: the UPDATE waits for the paused Redis');
@@ -169,6 +171,7 @@ note(sprintf('cancel: wait ended %.0f ms after pg_cancel_backend', ($el // $time
 cmp_ok($el // 1e9, '<', 15, 'cancel: within 15 s instead of 600 s');
 is($node->safe_psql('postgres', q{SELECT v FROM items WHERE id = 2}),
 	'cancelled', 'cancel: the transaction committed');
+is($bg->query('SELECT 41 + 1'), '42', 'cancel: the session goes on');
 eval { $bg->quit };
 
 $redis->resume;
@@ -176,7 +179,7 @@ ok(defined wait_gone('item:1'),
 	'terminate: the missed delivery is applied after SIGCONT (item:1 gone)');
 ok(defined wait_gone('item:2'),
 	'cancel: the missed delivery is applied after SIGCONT (item:2 gone)');
-ok( $node->log_contains(qr/apply invalidations missed/, $log_offset),
+ok($node->wait_for_log(qr/apply invalidations missed/, $log_offset),
 	'the worker flushed the namespace the commits missed');
 
 # --- (a) the cap bounds the commit by itself --------------------------------
