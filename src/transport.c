@@ -214,6 +214,23 @@ wait_must_end(void)
 }
 
 /*
+ * The fault of a wait_for_socket() that returned false: a timeout, or a
+ * wait ended by wait_must_end().  doing is "connecting to", "sending to"...
+ */
+static void
+set_wait_fault(RedisSocket *s, const char *doing)
+{
+	if (wait_must_end())
+		redis_fault_set(RC_FAULT_TIMEOUT, "stopped %s Redis at %s: %s",
+						doing, s->label,
+						ShutdownRequestPending ? "shutting down" :
+						ProcDiePending ? "terminating" : "canceling");
+	else
+		redis_fault_set(RC_FAULT_TIMEOUT, "timed out %s Redis at %s after %d ms",
+						doing, s->label, s->timeout_ms);
+}
+
+/*
  * Wait until the socket is readable or writable, the deadline passes, or an
  * interrupt arrives.  Returns false on timeout, and when an interrupt that
  * cannot be serviced now asks the wait to end (wait_must_end()).
@@ -312,8 +329,7 @@ connect_socket(RedisSocket *s, struct sockaddr *addr, socklen_t addrlen,
 	s->socket_events = WL_SOCKET_WRITEABLE;
 	if (!wait_for_socket(s, WL_SOCKET_WRITEABLE, deadline))
 	{
-		redis_fault_set(RC_FAULT_TIMEOUT, "timed out connecting to Redis at %s after %d ms",
-						s->label, s->timeout_ms);
+		set_wait_fault(s, "connecting to");
 		return false;
 	}
 	if (getsockopt(s->sock, SOL_SOCKET, SO_ERROR, &so_error, &optlen) < 0)
@@ -537,8 +553,7 @@ send_all(RedisSocket *s, TimestampTz deadline, bool *nothing_received)
 		{
 			if (!wait_for_socket(s, WL_SOCKET_WRITEABLE, deadline))
 			{
-				redis_fault_set(RC_FAULT_TIMEOUT, "timed out sending to Redis at %s after %d ms",
-								s->label, s->timeout_ms);
+				set_wait_fault(s, "sending to");
 				*nothing_received = false;	/* slow, not dead: no retry */
 				return false;
 			}
@@ -564,8 +579,7 @@ wait_for_reply(RedisSocket *s, TimestampTz deadline, bool *nothing_received)
 {
 	if (wait_for_socket(s, WL_SOCKET_READABLE, deadline))
 		return true;
-	redis_fault_set(RC_FAULT_TIMEOUT, "timed out waiting for Redis at %s after %d ms",
-					s->label, s->timeout_ms);
+	set_wait_fault(s, "waiting for");
 	*nothing_received = false;	/* slow, not dead: no retry */
 	return false;
 }

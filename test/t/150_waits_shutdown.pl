@@ -172,6 +172,8 @@ cmp_ok($el // 1e9, '<', 15, 'cancel: within 15 s instead of 600 s');
 is($node->safe_psql('postgres', q{SELECT v FROM items WHERE id = 2}),
 	'cancelled', 'cancel: the transaction committed');
 is($bg->query('SELECT 41 + 1'), '42', 'cancel: the session goes on');
+like($bg->{stderr}, qr/WARNING:  redis_cache: stopped waiting for Redis at \S+: canceling/,
+	'cancel: the WARNING says the wait was cancelled, not timed out');
 eval { $bg->quit };
 
 $redis->resume;
