@@ -154,7 +154,14 @@ cache_get(PG_FUNCTION_ARGS)
 	RedisReply *reply;
 	text	   *result;
 
-	reply = redis_command(0, 2, argv, argvlen);
+	/* a miss while the worker owes this namespace missed invalidations */
+	if (redis_recovery_pending(redis_cache_key_prefix ? redis_cache_key_prefix : ""))
+	{
+		redis_stats_add(RC_STAT_BYPASSES, 1);
+		reply = NULL;
+	}
+	else
+		reply = redis_command(0, 2, argv, argvlen);
 	result = reply_to_text(reply, key);
 	count_read(key, result != NULL);
 	if (result == NULL)
@@ -542,6 +549,13 @@ cache_mget(PG_FUNCTION_ARGS)
 
 	/* MGET in chunks; non-NULL keys only, mapped back below */
 	ncommands = (nvalid + RC_KEYS_PER_COMMAND - 1) / RC_KEYS_PER_COMMAND;
+	/* all misses while the worker owes this namespace invalidations */
+	if (ncommands > 0 &&
+		redis_recovery_pending(redis_cache_key_prefix ? redis_cache_key_prefix : ""))
+	{
+		redis_stats_add(RC_STAT_BYPASSES, 1);
+		ncommands = 0;
+	}
 	if (ncommands > 0)
 	{
 		int			key_index = 0;

@@ -21,45 +21,117 @@
  * one flush that cache:run_id elects must serve every cluster sharing the
  * prefix.
  *
+ * Every SCAN iteration is bounded: DBSIZE, pipelined with the first SCAN,
+ * gives a number of rounds no real server needs (RC_SCAN_ROUNDS); a server
+ * whose cursor has not come back to 0 by then is a fault (WARNING), and
+ * the caller keeps its work pending.  Each round checks for interrupts and
+ * for the background worker's shutdown request.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "miscadmin.h"
+#include "postmaster/interrupt.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "redis_cache.h"
 
+/* Keys SCAN is asked to look at per round. */
+#define RC_SCAN_COUNT		1000
+
+/*
+ * SCAN stops a round once it has COUNT keys or has visited 10 x COUNT
+ * buckets, and a Redis hash table has at most a few buckets per key, so a
+ * full iteration takes about 2 x DBSIZE / COUNT rounds.  Allowed: 16 per
+ * COUNT keys (keys added meanwhile, rehashing, a table left sparse by a
+ * mass delete) plus a floor.  DBSIZE is clamped: a hostile reply must not
+ * lift the bound (at most 1.6 M rounds, enough for 100 M keys
+ * comfortably); the clamp is also used when DBSIZE is refused.
+ */
+#define RC_SCAN_MIN_ROUNDS	100
+#define RC_SCAN_ROUNDS_PER_COUNT 16
+#define RC_SCAN_MAX_KEYS	INT64CONST(100000000)
+
+static TimestampTz last_scan_warning = 0;
+
+/*
+ * The rounds allowed to a SCAN iteration, from the DBSIZE reply.
+ */
+static int64
+scan_round_limit(const RedisReply *dbsize, int64 *keys)
+{
+	*keys = RC_SCAN_MAX_KEYS;
+	if (dbsize != NULL && dbsize->type == RC_REPLY_INTEGER)
+		*keys = Min(Max(dbsize->integer, 0), RC_SCAN_MAX_KEYS);
+	return RC_SCAN_MIN_ROUNDS +
+		RC_SCAN_ROUNDS_PER_COUNT * (*keys / RC_SCAN_COUNT + 1);
+}
+
 /*
  * One round trip for redis_scan_unlink(): over round_trip when the caller
  * has one (the session check runs on the connection it is checking),
- * otherwise through redis_execute() with the caller's flags.
+ * otherwise through redis_execute() with the caller's flags.  Only the
+ * last command's reply is checked for an error (a DBSIZE before it may be
+ * refused).
  */
 static bool
-scan_round_trip(RedisRoundTrip round_trip, RedisCommand *cmd,
-				RedisReply **reply, int flags, const char *what)
+scan_round_trip(RedisRoundTrip round_trip, RedisCommand *cmds, int ncmds,
+				RedisReply **replies, int flags, const char *what)
 {
+	RedisReply *last;
+
 	if (round_trip != NULL)
 	{
-		if (!round_trip(cmd, 1, reply))
+		if (!round_trip(cmds, ncmds, replies))
 			return false;
-		if ((*reply)->type == RC_REPLY_ERROR)
+		last = replies[ncmds - 1];
+		if (last->type == RC_REPLY_ERROR)
 		{
 			redis_fault_set(RC_FAULT_PROTOCOL, "Redis rejected %s: %s", what,
-							(*reply)->str ? (*reply)->str : "(no message)");
+							redis_printable(last->str, last->len));
 			return false;
 		}
 		return true;
 	}
-	if (!redis_execute(cmd, 1, reply, flags))
+	if (!redis_execute(cmds, ncmds, replies, flags))
 		return false;
-	if ((*reply)->type == RC_REPLY_ERROR)
+	last = replies[ncmds - 1];
+	if (last->type == RC_REPLY_ERROR)
 	{
-		redis_report_reply_error(*reply, what, flags);
+		redis_report_reply_error(last, what, flags);
 		return false;
 	}
 	return true;
+}
+
+/*
+ * A SCAN iteration ran out of rounds: a fault of the server.  Recorded for
+ * the caller, counted, and reported per on_error (rate limited) unless the
+ * caller reports faults itself (round_trip: the session check).
+ */
+static void
+scan_bound_hit(const char *match, int64 rounds, int64 keys, int flags,
+			   RedisRoundTrip round_trip)
+{
+	redis_fault_set(RC_FAULT_PROTOCOL,
+					"SCAN MATCH \"%s\" did not finish within " INT64_FORMAT " rounds (DBSIZE " INT64_FORMAT "): the server's cursor never returned to 0",
+					match, rounds, keys);
+	redis_stats_add(RC_STAT_ERRORS_PROTOCOL, 1);
+	if (round_trip != NULL)
+		return;
+	if (redis_cache_on_error == RC_ON_ERROR_ERROR && !(flags & RC_EXEC_NO_ERROR))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("redis_cache: %s", redis_fault_message()),
+				 errhint("Check that redis_cache.host and redis_cache.port name a Redis server.")));
+	if (redis_warning_due(&last_scan_warning))
+		ereport(WARNING,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("redis_cache: %s", redis_fault_message()),
+				 errdetail("The keys were not all removed; the work stays pending where a worker retries it."),
+				 errhint("Check that redis_cache.host and redis_cache.port name a Redis server.")));
 }
 
 /*
@@ -69,7 +141,8 @@ scan_round_trip(RedisRoundTrip round_trip, RedisCommand *cmd,
  * results of other clusters (keys.c).  pattern is a glob whose literal parts are
  * already escaped; the prefix is escaped here.  Returns the number of keys
  * removed; on a fault (or when deadline, if not 0, passes between two SCAN
- * rounds) sets *failed and returns what was removed until then.  flags are
+ * rounds, or the rounds run out, or the worker is asked to stop) sets
+ * *failed and returns what was removed until then.  flags are
  * the redis_execute() flags (faults reported per on_error); round_trip, if
  * not NULL, replaces redis_execute() (the version check's flush).
  */
@@ -83,6 +156,9 @@ scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 	StringInfoData match;
 	char	   *cursor = pstrdup("0");
 	int64		removed = 0;
+	int64		rounds = 0;
+	int64		max_rounds = 0;
+	int64		dbsize = 0;
 	MemoryContext batch_context;
 	MemoryContext old_context;
 	char	  **reserved = NULL;
@@ -102,33 +178,69 @@ scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 										  ALLOCSET_DEFAULT_SIZES);
 	do
 	{
-		const char *argv[6] = {"SCAN", cursor, "MATCH", match.data, "COUNT", "1000"};
+		const char *argv[6] = {"SCAN", cursor, "MATCH", match.data, "COUNT",
+		CppAsString2(RC_SCAN_COUNT)};
 		size_t		argvlen[6];
-		RedisCommand cmd;
+		const char *dbsize_argv[1] = {"DBSIZE"};
+		size_t		dbsize_argvlen[1] = {6};
+		RedisCommand cmds[2];
+		int			ncmds = 0;
 		RedisCommand unlink_cmd;
+		RedisReply *replies[2];
 		RedisReply *reply;
 		RedisReply *unlink_reply;
 		RedisReply *keys;
 		size_t		i;
 
 		CHECK_FOR_INTERRUPTS();
+		if (ShutdownRequestPending)
+		{
+			redis_fault_set(RC_FAULT_TIMEOUT, "SCAN interrupted by shutdown");
+			*failed = true;
+			break;
+		}
 		if (deadline != 0 && GetCurrentTimestamp() >= deadline)
 		{
 			*failed = true;
 			break;
 		}
+		if (rounds > 0 && rounds >= max_rounds)
+		{
+			scan_bound_hit(match.data, rounds, dbsize, flags, round_trip);
+			*failed = true;
+			break;
+		}
 		old_context = MemoryContextSwitchTo(batch_context);
+		/* the bound comes with the first round, in the same round trip */
+		if (rounds == 0)
+		{
+			cmds[ncmds].argc = 1;
+			cmds[ncmds].argv = dbsize_argv;
+			cmds[ncmds].argvlen = dbsize_argvlen;
+			ncmds++;
+		}
 		for (i = 0; i < 6; i++)
 			argvlen[i] = strlen(argv[i]);
 		argvlen[3] = match.len;
-		cmd.argc = 6;
-		cmd.argv = argv;
-		cmd.argvlen = argvlen;
-		if (!scan_round_trip(round_trip, &cmd, &reply, flags, "SCAN") ||
-			reply->type != RC_REPLY_ARRAY || reply->elements != 2 ||
+		cmds[ncmds].argc = 6;
+		cmds[ncmds].argv = argv;
+		cmds[ncmds].argvlen = argvlen;
+		ncmds++;
+		if (!scan_round_trip(round_trip, cmds, ncmds, replies, flags, "SCAN"))
+		{
+			MemoryContextSwitchTo(old_context);
+			*failed = true;
+			break;
+		}
+		if (rounds == 0)
+			max_rounds = scan_round_limit(replies[0], &dbsize);
+		rounds++;
+		reply = replies[ncmds - 1];
+		if (reply->type != RC_REPLY_ARRAY || reply->elements != 2 ||
 			reply->element[0]->type != RC_REPLY_STRING ||
 			reply->element[1]->type != RC_REPLY_ARRAY)
 		{
+			redis_fault_set(RC_FAULT_PROTOCOL, "unexpected reply to SCAN");
 			MemoryContextSwitchTo(old_context);
 			*failed = true;
 			break;
@@ -160,7 +272,7 @@ scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 		}
 		if (unlink_cmd.argc > 1)
 		{
-			if (!scan_round_trip(round_trip, &unlink_cmd, &unlink_reply, flags, "deleting keys"))
+			if (!scan_round_trip(round_trip, &unlink_cmd, 1, &unlink_reply, flags, "deleting keys"))
 			{
 				MemoryContextSwitchTo(old_context);
 				*failed = true;

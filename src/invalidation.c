@@ -31,6 +31,15 @@
  *   Pattern invalidations need SCAN and go to the worker; without
  *   shared_preload_libraries they run at commit within command_timeout_ms.
  *
+ * - The commit holds its locks while it waits, and command_timeout_ms is
+ *   any role's to set: every wait of the delivery (connect, retry and
+ *   pattern scans included) ends by redis_cache.commit_timeout_ms, a
+ *   superuser setting (transport.c applies the limit).  A terminate or
+ *   cancel arriving meanwhile ends the wait at once (interrupts are held,
+ *   so transport.c checks for them itself); the undelivered work goes to
+ *   the worker as after a timeout, and the backend dies or cancels as soon
+ *   as interrupts resume.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -96,6 +105,9 @@ static CommitWork *commit_work = NULL;
 
 /* redis_cache.redelete_delay_ms */
 static int	redelete_delay_ms = 0;
+
+/* redis_cache.commit_timeout_ms */
+static int	commit_timeout_ms = 1000;
 
 static bool callbacks_registered = false;
 static TimestampTz last_lost_warning = 0;
@@ -473,10 +485,15 @@ send_commit_work(void)
 	bool		have_worker;
 	uint32		saved_holdoff = InterruptHoldoffCount;
 	uint32		saved_cancel_holdoff = QueryCancelHoldoffCount;
+	TimestampTz limit;
 
 	if (work == NULL)
 		return;
 	have_worker = redis_worker_running();
+
+	/* every wait below, whatever command_timeout_ms says */
+	limit = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), commit_timeout_ms);
+	redis_transport_limit_waits(limit, commit_timeout_ms);
 
 	old = MemoryContextSwitchTo(work->context);
 	PG_TRY();
@@ -518,9 +535,9 @@ send_commit_work(void)
 					redis_stats_add(RC_STAT_INVALIDATIONS_QUEUED, 1);
 				}
 				else if (redis_unlink_pattern_until(work->prefixes[p->prefix_index], p->key,
-													TimestampTzPlusMilliseconds(now, redis_cache_command_timeout_ms)) < 0)
+													Min(limit, TimestampTzPlusMilliseconds(now, redis_cache_command_timeout_ms))) < 0)
 				{
-					warn_lost(work, "a pattern invalidation did not finish within redis_cache.command_timeout_ms");
+					warn_lost(work, "a pattern invalidation did not finish within redis_cache.command_timeout_ms or redis_cache.commit_timeout_ms");
 					break;
 				}
 			}
@@ -554,6 +571,7 @@ send_commit_work(void)
 			warn_lost(work, "an error occurred while sending");
 	}
 	PG_END_TRY();
+	redis_transport_limit_waits(0, 0);
 	MemoryContextSwitchTo(old);
 }
 
@@ -674,6 +692,15 @@ redis_invalidation_init(void)
 							gettext_noop("Covers applications that fill the cache from a read that began before the commit. Needs shared_preload_libraries."),
 							&redelete_delay_ms,
 							0, 0, 3600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("redis_cache.commit_timeout_ms",
+							gettext_noop("Sets the longest time a commit waits for Redis to deliver its invalidations."),
+							gettext_noop("Caps redis_cache.command_timeout_ms at commit, connection and retry included, while the transaction still holds its locks; what is not delivered in time goes to the worker."),
+							&commit_timeout_ms,
+							1000, 1, 600000,
 							PGC_SUSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);

@@ -601,7 +601,9 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 {
 	MemoryContext caller_context = CurrentMemoryContext;
 	Oid			cache_function = fcinfo->flinfo->fn_oid;
-	bool		use_cache = redis_cache_enabled && !IsolationUsesXactSnapshot();
+	/* not while the worker owes this namespace missed invalidations */
+	bool		use_cache = redis_cache_enabled && !IsolationUsesXactSnapshot() &&
+		!redis_recovery_pending(redis_cache_key_prefix ? redis_cache_key_prefix : "");
 	/* a result may read this transaction's uncommitted rows (functions) */
 	bool		may_store = !RecoveryInProgress() && !redis_query_xact_has_writes();
 	PreparedQuery *pq = NULL;

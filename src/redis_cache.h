@@ -221,6 +221,7 @@ extern bool redis_socket_round_trip(RedisSocket *s,
 									TimestampTz deadline, int timeout_ms,
 									bool *nothing_received);
 extern void redis_socket_close(RedisSocket *s);
+extern void redis_transport_limit_waits(TimestampTz limit, int limit_ms);
 
 /* in connection.c */
 
@@ -340,6 +341,7 @@ extern bool redis_worker_running(void);
 extern void redis_worker_commit_begin(void);
 extern void redis_worker_commit_end(void);
 extern void redis_mark_missed(int namespace_index);
+extern bool redis_recovery_pending(const char *prefix);
 extern void redis_queue_pattern(int namespace_index, const char *pattern);
 extern void redis_queue_redelete(int namespace_index, const char *key,
 								 size_t len, TimestampTz due);

@@ -12,8 +12,12 @@
  *   WaitEventSet per socket with the process latch and postmaster death, so
  *   statement_timeout, pg_cancel_backend() and shutdown interrupt a call
  *   blocked on a paused Redis, as in postgres_fdw.  Every wait is also
- *   bounded by the caller's deadline, which is what bounds it where
- *   interrupts are held (commit callbacks).
+ *   bounded by the caller's deadline and by the limit a commit sets for
+ *   all its waits (redis_transport_limit_waits()).  Where interrupts are
+ *   held (commit callbacks) CHECK_FOR_INTERRUPTS() does nothing, so a
+ *   pending terminate or cancel ends the wait itself: the caller sees a
+ *   timeout and the backend dies or cancels once interrupts resume.  The
+ *   background worker's SIGTERM (ShutdownRequestPending) ends a wait too.
  *
  * - Bytes move through the send/recv/close functions of RedisTransportOps,
  *   so TLS can be added as a second set without touching callers.
@@ -54,6 +58,7 @@
 
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "postmaster/interrupt.h"
 #include "storage/fd.h"
 #include "storage/latch.h"
 #include "utils/memutils.h"
@@ -94,6 +99,10 @@ struct RedisSocket
 /* The last fault, kept without palloc. */
 static RedisFaultKind fault_kind = RC_FAULT_NONE;
 static char fault_message[512];
+
+/* Deadline of every wait while a commit delivers (0: none), and its bound. */
+static TimestampTz wait_limit = 0;
+static int	wait_limit_ms = 0;
 
 static ssize_t plain_send(RedisSocket *s, const char *buf, size_t len);
 static ssize_t plain_recv(RedisSocket *s, char *buf, size_t len);
@@ -182,13 +191,66 @@ redis_socket_close(RedisSocket *s)
 }
 
 /*
+ * Bound every wait that follows by limit (0 lifts the bound); limit_ms is
+ * the setting behind it, for messages.  The commit pipeline sets it for
+ * its delivery, so that the whole send, connection and retry included,
+ * ends by redis_cache.commit_timeout_ms.
+ */
+void
+redis_transport_limit_waits(TimestampTz limit, int limit_ms)
+{
+	wait_limit = limit;
+	wait_limit_ms = limit_ms;
+}
+
+/*
+ * Whether a wait must end now although CHECK_FOR_INTERRUPTS() returned: a
+ * terminate or cancel that cannot be serviced because interrupts are held
+ * (the commit callback), or the background worker's shutdown request (its
+ * SIGTERM handler sets a flag and the latch, which this loop resets).
+ */
+static bool
+wait_must_end(void)
+{
+	if (ShutdownRequestPending)
+		return true;
+	return !INTERRUPTS_CAN_BE_PROCESSED() &&
+		(ProcDiePending || QueryCancelPending);
+}
+
+/*
+ * The fault of a wait_for_socket() that returned false: a timeout, or a
+ * wait ended by wait_must_end().  doing is "connecting to", "sending to"...
+ */
+static void
+set_wait_fault(RedisSocket *s, const char *doing)
+{
+	if (wait_must_end())
+		redis_fault_set(RC_FAULT_TIMEOUT, "stopped %s Redis at %s: %s",
+						doing, s->label,
+						ShutdownRequestPending ? "shutting down" :
+						ProcDiePending ? "terminating" : "canceling");
+	else
+		redis_fault_set(RC_FAULT_TIMEOUT, "timed out %s Redis at %s after %d ms",
+						doing, s->label, s->timeout_ms);
+}
+
+/*
  * Wait until the socket is readable or writable, the deadline passes, or an
- * interrupt arrives.  Returns false on timeout.  Interrupts are serviced by
- * CHECK_FOR_INTERRUPTS(), which may throw: callers close the socket then.
+ * interrupt arrives.  Returns false on timeout, and when an interrupt that
+ * cannot be serviced now asks the wait to end (wait_must_end()).
+ * Interrupts are serviced by CHECK_FOR_INTERRUPTS(), which may throw:
+ * callers close the socket then.
  */
 static bool
 wait_for_socket(RedisSocket *s, uint32 events, TimestampTz deadline)
 {
+	if (wait_limit != 0 && deadline > wait_limit)
+	{
+		deadline = wait_limit;
+		s->timeout_ms = Min(s->timeout_ms, wait_limit_ms);
+	}
+
 	for (;;)
 	{
 		TimestampTz now = GetCurrentTimestamp();
@@ -197,6 +259,8 @@ wait_for_socket(RedisSocket *s, uint32 events, TimestampTz deadline)
 		int			rc;
 
 		CHECK_FOR_INTERRUPTS();
+		if (wait_must_end())
+			return false;
 
 		if (now >= deadline)
 			return false;
@@ -270,8 +334,7 @@ connect_socket(RedisSocket *s, struct sockaddr *addr, socklen_t addrlen,
 	s->socket_events = WL_SOCKET_WRITEABLE;
 	if (!wait_for_socket(s, WL_SOCKET_WRITEABLE, deadline))
 	{
-		redis_fault_set(RC_FAULT_TIMEOUT, "timed out connecting to Redis at %s after %d ms",
-						s->label, s->timeout_ms);
+		set_wait_fault(s, "connecting to");
 		return false;
 	}
 	if (getsockopt(s->sock, SOL_SOCKET, SO_ERROR, &so_error, &optlen) < 0)
@@ -824,8 +887,7 @@ send_all(RedisSocket *s, TimestampTz deadline, bool *nothing_received)
 		{
 			if (!wait_for_socket(s, WL_SOCKET_WRITEABLE, deadline))
 			{
-				redis_fault_set(RC_FAULT_TIMEOUT, "timed out sending to Redis at %s after %d ms",
-								s->label, s->timeout_ms);
+				set_wait_fault(s, "sending to");
 				*nothing_received = false;	/* slow, not dead: no retry */
 				return false;
 			}
@@ -851,8 +913,7 @@ wait_for_reply(RedisSocket *s, TimestampTz deadline, bool *nothing_received)
 {
 	if (wait_for_socket(s, WL_SOCKET_READABLE, deadline))
 		return true;
-	redis_fault_set(RC_FAULT_TIMEOUT, "timed out waiting for Redis at %s after %d ms",
-					s->label, s->timeout_ms);
+	set_wait_fault(s, "waiting for");
 	*nothing_received = false;	/* slow, not dead: no retry */
 	return false;
 }

@@ -37,8 +37,23 @@
  * key-value keys it named were replicated here.  The promoted server's
  * query results start empty in the namespace of its new timeline.
  *
+ * Stale window: from the moment a namespace is marked missed until the
+ * worker has flushed it (Redis may be back long before that), its cached
+ * entries may be stale.  redis_recovery_pending() says so, and the readers
+ * (cache_query and cache_get) bypass the cache meanwhile.  It reads one
+ * atomic counter when nothing is pending.  Before the worker has read the
+ * state file (just after a start or a crash) every namespace counts as
+ * pending.  A mark that arrives while its namespace is being flushed is
+ * kept for another flush (missed_marks).
+ *
+ * Shutdown: SIGTERM sets ShutdownRequestPending and the latch; the
+ * transport's waits and the SCAN loops end on that flag, and the main loop
+ * checks it again before sleeping, since a wait resets the latch.  No
+ * LWLock (which holds interrupts) is ever held across a Redis call.
+ *
  * Locking: WorkerShared is private to this file.  Its lock protects every
- * field but in_flight (atomic) and is only ever held for memory accesses.
+ * field but in_flight and recovery_pending (atomics, the latter written
+ * under the lock) and is only ever held for memory accesses.
  * A second lock, file_lock, serialises writes of the state file: a writer
  * takes a snapshot under the first lock, releases it, and writes and
  * fsyncs holding only file_lock, so no backend waits for an fsync to mark
@@ -80,11 +95,14 @@
 
 /* How often the worker retries pending work while Redis is unreachable. */
 #define RC_WORKER_RETRY_MS	500
+/* ... and after a protocol fault (a server that is not quite Redis) */
+#define RC_WORKER_FAULT_RETRY_MS	10000
 
 typedef struct RedisNamespace
 {
 	char		prefix[RC_MAX_KEY_BYTES + 1];
 	bool		missed;			/* an invalidation was lost: flush it */
+	uint32		missed_marks;	/* bumped by every mark, for the flush */
 	bool		durable;		/* recorded in the state file */
 	bool		forgotten;		/* cache_forget_namespace(): slot unused */
 } RedisNamespace;
@@ -108,6 +126,9 @@ typedef struct WorkerShared
 	LWLock	   *file_lock;		/* serialises state file writes */
 	Latch	   *worker_latch;	/* NULL while no worker runs */
 	pg_atomic_uint32 in_flight; /* commits sending invalidations now */
+	pg_atomic_uint32 recovery_pending;	/* missed namespaces, +1 until
+										 * state_loaded */
+	bool		state_loaded;	/* the worker has read the state file */
 	bool		state_dirty;	/* state file needs rewriting */
 	int			nnamespaces;
 	RedisNamespace namespaces[RC_MAX_NAMESPACES];
@@ -152,8 +173,52 @@ worker_shmem_startup(void)
 		worker_shared->lock = &locks[0].lock;
 		worker_shared->file_lock = &locks[1].lock;
 		pg_atomic_init_u32(&worker_shared->in_flight, 0);
+		/* nothing may be served before the worker knows what was lost */
+		pg_atomic_init_u32(&worker_shared->recovery_pending, 1);
 	}
 	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Recount recovery_pending after a change of "missed" or state_loaded.
+ * Called with sh->lock held exclusively.
+ */
+static void
+update_recovery_pending(WorkerShared *sh)
+{
+	uint32		n = sh->state_loaded ? 0 : 1;
+	int			i;
+
+	for (i = 0; i < sh->nnamespaces; i++)
+		if (sh->namespaces[i].missed)
+			n++;
+	pg_atomic_write_u32(&sh->recovery_pending, n);
+}
+
+/*
+ * Whether cached entries of namespace "prefix" may be stale because the
+ * worker has not yet applied invalidations a commit could not deliver (or
+ * has not yet read the state file).  Readers then bypass the cache: no hit
+ * is served and nothing is stored.  One atomic read when nothing is
+ * pending; false without shared memory.  Safe in any backend.
+ */
+bool
+redis_recovery_pending(const char *prefix)
+{
+	WorkerShared *sh = worker_shared;
+	bool		result = false;
+	int			i;
+
+	if (sh == NULL || pg_atomic_read_u32(&sh->recovery_pending) == 0)
+		return false;
+	LWLockAcquire(sh->lock, LW_SHARED);
+	if (!sh->state_loaded)
+		result = true;
+	for (i = 0; i < sh->nnamespaces && !result; i++)
+		result = sh->namespaces[i].missed && !sh->namespaces[i].forgotten &&
+			strcmp(sh->namespaces[i].prefix, prefix) == 0;
+	LWLockRelease(sh->lock);
+	return result;
 }
 
 /*
@@ -528,8 +593,10 @@ redis_mark_missed(int namespace_index)
 		return;
 	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 	sh->namespaces[namespace_index].missed = true;
+	sh->namespaces[namespace_index].missed_marks++;
 	sh->namespaces[namespace_index].forgotten = false;	/* a commit in flight */
 	sh->state_dirty = true;
+	update_recovery_pending(sh);
 	LWLockRelease(sh->lock);
 	wake_worker();
 }
@@ -560,7 +627,9 @@ redis_queue_pattern(int namespace_index, const char *pattern)
 	else
 	{
 		sh->namespaces[namespace_index].missed = true;
+		sh->namespaces[namespace_index].missed_marks++;
 		sh->state_dirty = true;
+		update_recovery_pending(sh);
 	}
 	LWLockRelease(sh->lock);
 	wake_worker();
@@ -614,10 +683,14 @@ process_pending(void)
 	{
 		char		prefix[RC_MAX_KEY_BYTES + 1];
 		bool		missed;
+		uint32		marks;
 		int64		removed;
 
+		if (ShutdownRequestPending)
+			return false;
 		LWLockAcquire(sh->lock, LW_SHARED);
 		missed = i < sh->nnamespaces && sh->namespaces[i].missed;
+		marks = sh->namespaces[i].missed_marks;
 		strlcpy(prefix, sh->namespaces[i].prefix, sizeof(prefix));
 		LWLockRelease(sh->lock);
 		if (!missed)
@@ -632,7 +705,12 @@ process_pending(void)
 				(errmsg("redis_cache: flushed " INT64_FORMAT " keys under prefix \"%s\" to apply invalidations missed while Redis was unreachable",
 						removed, prefix)));
 		LWLockAcquire(sh->lock, LW_EXCLUSIVE);
-		sh->namespaces[i].missed = false;
+		/* a commit that missed during the flush may have missed it */
+		if (sh->namespaces[i].missed_marks == marks)
+		{
+			sh->namespaces[i].missed = false;
+			update_recovery_pending(sh);
+		}
 		sh->state_dirty = true;
 		LWLockRelease(sh->lock);
 	}
@@ -644,6 +722,8 @@ process_pending(void)
 		char		prefix[RC_MAX_KEY_BYTES + 1];
 		int			ns;
 
+		if (ShutdownRequestPending)
+			return false;
 		LWLockAcquire(sh->lock, LW_SHARED);
 		if (sh->npatterns == 0)
 		{
@@ -673,6 +753,8 @@ process_pending(void)
 		TimestampTz now = GetCurrentTimestamp();
 		char	   *full;
 
+		if (ShutdownRequestPending)
+			return false;
 		LWLockAcquire(sh->lock, LW_SHARED);
 		if (sh->nredeletes == 0)
 		{
@@ -844,13 +926,18 @@ redis_cache_worker_main(Datum main_arg)
 	if (!clean)
 	{
 		for (i = 0; i < sh->nnamespaces; i++)
+		{
 			sh->namespaces[i].missed = true;
+			sh->namespaces[i].missed_marks++;
+		}
 		if (sh->nnamespaces > 0)
 			ereport(LOG,
 					(errmsg("redis_cache: previous shutdown was not clean; flushing %d cache namespaces to apply invalidations that may have been lost",
 							sh->nnamespaces)));
 	}
 	sh->worker_latch = MyLatch;
+	sh->state_loaded = true;
+	update_recovery_pending(sh);
 	LWLockRelease(sh->lock);
 	/* from now until a clean stop, a crash must be assumed to lose work */
 	if (write_state_file(false))
@@ -876,11 +963,17 @@ redis_cache_worker_main(Datum main_arg)
 		}
 
 		done = process_pending();
-		if (!done || has_urgent_work())
+		if (!done && redis_fault_kind() == RC_FAULT_PROTOCOL)
+			timeout = RC_WORKER_FAULT_RETRY_MS;
+		else if (!done || has_urgent_work())
 			timeout = RC_WORKER_RETRY_MS;
 		else
 			timeout = next_redelete_ms();
 		MemoryContextSwitchTo(TopMemoryContext);
+
+		/* a Redis wait may have reset the latch SIGTERM set */
+		if (ShutdownRequestPending)
+			break;
 
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH |
