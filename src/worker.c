@@ -665,6 +665,42 @@ redis_queue_redelete(int namespace_index, const char *key, size_t len,
 
 /* ---- the worker ---------------------------------------------------------- */
 
+/* Whether a namespace waits for a flush.  Caller holds sh->lock. */
+static bool
+any_namespace_missed(WorkerShared *sh)
+{
+	int			i;
+
+	for (i = 0; i < sh->nnamespaces; i++)
+		if (sh->namespaces[i].missed)
+			return true;
+	return false;
+}
+
+/*
+ * After a flush of namespace ns: its patterns among the first
+ * queued_before (queued before the flush began, so covered by it) are done.
+ * Only the worker removes patterns, so those entries are still the first
+ * ones.  Caller holds sh->lock exclusively.
+ */
+static void
+drop_patterns_covered(WorkerShared *sh, int ns, int queued_before)
+{
+	int			kept = 0;
+	int			i;
+
+	queued_before = Min(queued_before, sh->npatterns);
+	for (i = 0; i < sh->npatterns; i++)
+	{
+		if (i < queued_before && sh->patterns[i].namespace_index == ns)
+			continue;
+		if (kept != i)
+			sh->patterns[kept] = sh->patterns[i];
+		kept++;
+	}
+	sh->npatterns = kept;
+}
+
 /*
  * Do what is pending.  Returns true when nothing is left; false when Redis
  * failed (retry later).  Work is taken out of shared memory only after it
@@ -675,6 +711,7 @@ process_pending(void)
 {
 	WorkerShared *sh = worker_shared;
 	int			i;
+	int			pattern_budget;
 	bool		all_done = true;
 	bool		dirty;
 
@@ -684,6 +721,7 @@ process_pending(void)
 		char		prefix[RC_MAX_KEY_BYTES + 1];
 		bool		missed;
 		uint32		marks;
+		int			queued_before;
 		int64		removed;
 
 		if (ShutdownRequestPending)
@@ -691,6 +729,7 @@ process_pending(void)
 		LWLockAcquire(sh->lock, LW_SHARED);
 		missed = i < sh->nnamespaces && sh->namespaces[i].missed;
 		marks = sh->namespaces[i].missed_marks;
+		queued_before = sh->npatterns;
 		strlcpy(prefix, sh->namespaces[i].prefix, sizeof(prefix));
 		LWLockRelease(sh->lock);
 		if (!missed)
@@ -702,9 +741,10 @@ process_pending(void)
 		redis_stats_add(RC_STAT_FLUSHES, 1);
 		redis_stats_add(RC_STAT_INVALIDATIONS_RETRIED, 1);
 		ereport(LOG,
-				(errmsg("redis_cache: flushed " INT64_FORMAT " keys under prefix \"%s\" to apply invalidations missed while Redis was unreachable",
+				(errmsg("redis_cache: flushed " INT64_FORMAT " keys under prefix \"%s\" to apply invalidations that could not be delivered or queued",
 						removed, prefix)));
 		LWLockAcquire(sh->lock, LW_EXCLUSIVE);
+		drop_patterns_covered(sh, i, queued_before);
 		/* a commit that missed during the flush may have missed it */
 		if (sh->namespaces[i].missed_marks == marks)
 		{
@@ -715,8 +755,15 @@ process_pending(void)
 		LWLockRelease(sh->lock);
 	}
 
-	/* patterns, oldest first */
-	for (;;)
+	/*
+	 * Patterns, oldest first: at most those queued when this pass began, so
+	 * that writers queueing faster than SCAN runs cannot keep the worker
+	 * here, and none once a flush is due (it comes first: it covers them).
+	 */
+	LWLockAcquire(sh->lock, LW_SHARED);
+	pattern_budget = sh->npatterns;
+	LWLockRelease(sh->lock);
+	while (pattern_budget-- > 0)
 	{
 		char		pattern[sizeof(sh->patterns[0].pattern)];
 		char		prefix[RC_MAX_KEY_BYTES + 1];
@@ -728,6 +775,12 @@ process_pending(void)
 		if (sh->npatterns == 0)
 		{
 			LWLockRelease(sh->lock);
+			break;
+		}
+		if (any_namespace_missed(sh))
+		{
+			LWLockRelease(sh->lock);
+			all_done = false;
 			break;
 		}
 		strlcpy(pattern, sh->patterns[0].pattern, sizeof(pattern));
