@@ -11,6 +11,8 @@
  *		base||gen:<db oid>:<table oid>			a table's generation
  *		base||gen:ddl							generation of DDL and privileges
  *		base||deps:<db oid>:<table oid>			set of results that read a table
+ *		base||deps-dead:<stamp>:<db>:<table>	such a set moved aside, draining
+ *		base||deps-dead							list of the sets moved aside
  *
  * The SHA-256 covers the query text, the parameters, the function (rows or
  * JSON), the resolved search_path and the settings that change how values
@@ -24,8 +26,11 @@
  * committed in between has bumped one (at its commit, after its rows were
  * visible), so the result is dropped instead of stored.  A hit is one Lua
  * script that returns the entry only if every generation it recorded is
- * still current.  A writer's commit bumps the generations and deletes the
- * results listed in the tables' dependency sets.
+ * still current (a stale one is deleted).  A writer's commit bumps the
+ * generations and deletes the results listed in the tables' dependency
+ * sets, at most 1000 per script (a set too large is moved aside and
+ * drained by later invalidations; scripts.c), so that Redis is never
+ * blocked long.
  *
  * Bypass.  A transaction at REPEATABLE READ or SERIALIZABLE, or one that
  * wrote a table the query reads, runs the query directly: its snapshot is
@@ -35,7 +40,12 @@
  *
  * Stampede.  The first session to miss takes a lock (SET NX PX) in the same
  * script that found the miss; the others poll for the result until
- * redis_cache.query_lock_timeout_ms and then run the query themselves.
+ * redis_cache.query_lock_timeout_ms and then run the query themselves.  A
+ * holder that fails releases the lock (in PG_CATCH, also when it was
+ * interrupted before the reply to its take arrived), and one poller takes
+ * it over.  The lock's token names the holder's server, backend and
+ * transaction: a poller of the same server takes over the lock of a holder
+ * that has gone or moved on without releasing it (Redis was unreachable).
  *
  * Everything read from Redis is checked by query_format.c before use.
  *
@@ -908,7 +918,11 @@ cache_query_key(PG_FUNCTION_ARGS)
 /*
  * cache_query_invalidate(tbl regclass) RETURNS bigint: end every cached
  * result that read the table (or a table inheriting from it), now, in
- * every namespace known to this server.  Returns how many were deleted.
+ * every namespace known to this server.  Returns how many results it
+ * deleted now: all those listed for the tables, but at most 1000 per
+ * namespace (the rest of a larger set is moved aside and deleted by later
+ * invalidations, and a lookup never serves one); the count may include
+ * results of earlier invalidations drained now.
  */
 Datum
 cache_query_invalidate(PG_FUNCTION_ARGS)
