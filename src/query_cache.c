@@ -617,10 +617,8 @@ wait_for_result(QueryCall *call, RedisReply **hit)
 									 call->entry_key.data)));
 			if (redis_run_script(RC_SCRIPT_QUERY_UNLOCK, 1, 2, args, lens, 0) == NULL)
 				return LOOKUP_FAULT;
-			delay = 0;
-			continue;
 		}
-		delay = Min(Max(delay, 1) * 2, 50);
+		delay = Min(delay * 2, 50);
 	}
 }
 
