@@ -12,6 +12,8 @@
  *		base||gen:<db oid>:<table oid>			a table's generation
  *		base||gen:ddl							generation of DDL and privileges
  *		base||deps:<db oid>:<table oid>			set of results that read a table
+ *		base||deps-dead:<stamp>:<db>:<table>	such a set moved aside, draining
+ *		base||deps-dead							list of the sets moved aside
  *
  * The SHA-256 covers the query text, the parameters, the function (rows or
  * JSON), the resolved search_path and the settings that change a result
@@ -25,8 +27,11 @@
  * committed in between has bumped one (at its commit, after its rows were
  * visible), so the result is dropped instead of stored.  A hit is one Lua
  * script that returns the entry only if every generation it recorded is
- * still current.  A writer's commit bumps the generations and deletes the
- * results listed in the tables' dependency sets.
+ * still current (a stale one is deleted).  A writer's commit bumps the
+ * generations and deletes the results listed in the tables' dependency
+ * sets, at most 1000 per script (a set too large is moved aside and
+ * drained by later invalidations; scripts.c), so that Redis is never
+ * blocked long.
  *
  * Bypass.  A transaction at REPEATABLE READ or SERIALIZABLE, or one that
  * wrote a table the query reads, runs the query directly: its snapshot is
@@ -39,7 +44,12 @@
  *
  * Stampede.  The first session to miss takes a lock (SET NX PX) in the same
  * script that found the miss; the others poll for the result until
- * redis_cache.query_lock_timeout_ms and then run the query themselves.
+ * redis_cache.query_lock_timeout_ms and then run the query themselves.  A
+ * holder that fails releases the lock (in PG_CATCH, also when it was
+ * interrupted before the reply to its take arrived), and one poller takes
+ * it over.  The lock's token names the holder's server, backend and
+ * transaction: a poller of the same server takes over the lock of a holder
+ * that has gone or moved on without releasing it (Redis was unreachable).
  *
  * Everything read from Redis is checked by query_format.c before use.
  *
@@ -65,6 +75,8 @@
 #include "parser/parser.h"
 #include "pgstat.h"
 #include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -75,6 +87,7 @@
 #include "utils/plancache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 #include "utils/typcache.h"
 
 #include "query_format.h"
@@ -94,6 +107,13 @@ typedef enum LookupOutcome
 	LOOKUP_FAULT				/* Redis failed: run without caching */
 } LookupOutcome;
 
+/*
+ * A lock token: system identifier, postmaster start time, PID and local
+ * transaction id of the holder (so that a waiter of the same server can
+ * tell that the holder gave up), then 128 random bits.
+ */
+#define RC_LOCK_TOKEN_LEN	(16 + 1 + 16 + 1 + 10 + 1 + 8 + 1 + 32 + 1)
+
 /* One call of cache_query() or cache_query_json(). */
 typedef struct QueryCall
 {
@@ -107,8 +127,8 @@ typedef struct QueryCall
 	StringInfoData base;		/* redis_query_base(prefix) */
 	StringInfoData entry_key;
 	StringInfoData lock_key;
-	char		token[33];
-	bool		holds_lock;
+	char		token[RC_LOCK_TOKEN_LEN];
+	bool		holds_lock;		/* the lock may be ours: release it */
 } QueryCall;
 
 /* The query, prepared on a miss. */
@@ -369,14 +389,25 @@ set_key_arguments(QueryCall *call, const char **args, size_t *lens)
 	lens[2] = call->base.len;
 }
 
+/*
+ * Look the entry up; mode "take" also takes the stampede lock on a miss,
+ * "peek" only reports it.  When another session holds the lock,
+ * *lock_value (if not NULL) is set to its token (or NULL).
+ *
+ * A "take" marks the lock as possibly ours before it is sent: a cancel or
+ * timeout while waiting for the reply, or a reply that never arrives, may
+ * leave it set in Redis, and only its release (by token, so harmless when
+ * not ours) keeps the next reader from waiting for it.
+ */
 static LookupOutcome
-lookup(QueryCall *call, const char *mode, RedisReply **hit)
+lookup(QueryCall *call, const char *mode, RedisReply **hit, char **lock_value)
 {
 	char		lock_ms[16];
 	const char *args[7];
 	size_t		lens[7];
 	RedisReply *reply;
 	char	   *database_ddl = redis_query_database_ddl_item();
+	bool		take = strcmp(mode, "take") == 0;
 
 	snprintf(lock_ms, sizeof(lock_ms), "%d", Max(query_lock_timeout_ms, 1));
 	set_key_arguments(call, args, lens);
@@ -389,9 +420,16 @@ lookup(QueryCall *call, const char *mode, RedisReply **hit)
 	args[6] = database_ddl;
 	lens[6] = strlen(database_ddl);
 
+	if (lock_value)
+		*lock_value = NULL;
+	if (take)
+		call->holds_lock = true;
 	reply = redis_run_script(RC_SCRIPT_QUERY_LOOKUP, 2, 7, args, lens, 0);
+	/* no answer: the take may still land; keep holds_lock for the release */
 	if (script_failed(reply, "a cached query lookup"))
 		return LOOKUP_FAULT;
+	if (take)
+		call->holds_lock = false;
 	if (reply->type != RC_REPLY_ARRAY || reply->elements < 1 ||
 		reply->element[0]->type != RC_REPLY_INTEGER)
 		return LOOKUP_FAULT;
@@ -411,12 +449,21 @@ lookup(QueryCall *call, const char *mode, RedisReply **hit)
 			call->holds_lock = true;
 			return LOOKUP_LOCK_TAKEN;
 		case 3:
+			if (lock_value && reply->elements > 2 &&
+				reply->element[2]->type == RC_REPLY_STRING)
+				*lock_value = pnstrdup(reply->element[2]->str, reply->element[2]->len);
 			return LOOKUP_LOCKED_ELSEWHERE;
 		default:
 			return LOOKUP_MISS;
 	}
 }
 
+/*
+ * Release the stampede lock if it may be ours (the script deletes it only
+ * if it still holds our token).  Never throws: also called in PG_CATCH,
+ * with interrupts held, bounded by command_timeout_ms (a new connection
+ * too: an interrupted round trip closed the old one).
+ */
 static void
 release_lock(QueryCall *call)
 {
@@ -428,6 +475,54 @@ release_lock(QueryCall *call)
 	call->holds_lock = false;
 	(void) redis_run_script(RC_SCRIPT_QUERY_UNLOCK, 1, 2, args, lens,
 					  RC_EXEC_NO_ERROR | RC_EXEC_FAST_CONNECT);
+}
+
+/*
+ * The lock token of this call (see RC_LOCK_TOKEN_LEN).
+ */
+static void
+make_lock_token(QueryCall *call)
+{
+	uint8		random_bytes[16];
+	char		random_hex[33];
+
+	if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("redis_cache: could not generate a random lock token")));
+	random_hex[hex_encode((const char *) random_bytes, sizeof(random_bytes), random_hex)] = '\0';
+	snprintf(call->token, sizeof(call->token), "%016" INT64_MODIFIER "x-%016" INT64_MODIFIER "x-%d-%08x-%s",
+			 GetSystemIdentifier(), (uint64) PgStartTime, MyProcPid,
+			 (unsigned int) MyProc->lxid, random_hex);
+}
+
+/*
+ * Whether a lock token names a holder of this server that gave up: its
+ * backend is gone, has moved on to another transaction (a holder cancelled
+ * while its release could not reach Redis), or is this very backend (which
+ * is waiting, not computing).  The holder of another server cannot be
+ * checked: its lock is waited for, up to query_lock_timeout_ms.
+ */
+static bool
+lock_holder_gone(const char *token)
+{
+	unsigned long long sysid;
+	unsigned long long started;
+	int			pid;
+	unsigned int lxid;
+	PGPROC	   *proc;
+
+	if (token == NULL ||
+		sscanf(token, "%16llx-%16llx-%d-%8x-", &sysid, &started, &pid, &lxid) != 4)
+		return false;
+	if ((uint64) sysid != GetSystemIdentifier() ||
+		(uint64) started != (uint64) PgStartTime)
+		return false;
+	if (pid == MyProcPid)
+		return true;
+	proc = BackendPidGetProc(pid);
+	/* an unlocked read: lxid is stable while the holder computes */
+	return proc == NULL || ((volatile PGPROC *) proc)->lxid != (LocalTransactionId) lxid;
 }
 
 static void
@@ -486,9 +581,13 @@ use_hit(QueryCall *call, RedisReply *reply, Tuplestorestate *store,
 }
 
 /*
- * Wait for the session holding the lock to store the result.  Returns the
- * outcome of the last look: HIT, MISS (lock released without a result, or
- * timeout: run it ourselves) or FAULT.
+ * Wait for the session holding the lock to store the result.  Each poll
+ * also tries to take the lock, so that when the holder releases it without
+ * a result (its query failed, was not cacheable) one waiter computes and
+ * the others keep waiting for it.  A holder of this server that gave up
+ * without releasing (lock_holder_gone) has its lock removed (by its token)
+ * and taken over.  Returns the outcome of the last look: HIT, LOCK_TAKEN,
+ * MISS (timeout: run the query without the lock) or FAULT.
  */
 static LookupOutcome
 wait_for_result(QueryCall *call, RedisReply **hit)
@@ -500,6 +599,7 @@ wait_for_result(QueryCall *call, RedisReply **hit)
 	for (;;)
 	{
 		LookupOutcome outcome;
+		char	   *holder;
 		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 
 		if (left <= 0)
@@ -509,9 +609,20 @@ wait_for_result(QueryCall *call, RedisReply **hit)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 
-		outcome = lookup(call, "peek", hit);
+		outcome = lookup(call, "take", hit, &holder);
 		if (outcome != LOOKUP_LOCKED_ELSEWHERE)
 			return outcome;
+		if (lock_holder_gone(holder))
+		{
+			const char *args[2] = {call->lock_key.data, holder};
+			size_t		lens[2] = {call->lock_key.len, strlen(holder)};
+
+			ereport(DEBUG1,
+					(errmsg_internal("redis_cache: taking over the lock of \"%s\" from a holder that gave up",
+									 call->entry_key.data)));
+			if (redis_run_script(RC_SCRIPT_QUERY_UNLOCK, 1, 2, args, lens, 0) == NULL)
+				return LOOKUP_FAULT;
+		}
 		delay = Min(delay * 2, 50);
 	}
 }
@@ -633,20 +744,15 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 
 		if (use_cache)
 		{
-			uint8		random_bytes[16];
 			const char *mode = "none";
 
 			make_keys(call);
 			if (may_store && query_lock_timeout_ms > 0)
 			{
-				if (!pg_strong_random(random_bytes, sizeof(random_bytes)))
-					ereport(ERROR,
-							(errcode(ERRCODE_INTERNAL_ERROR),
-							 errmsg("redis_cache: could not generate a random lock token")));
-				call->token[hex_encode((const char *) random_bytes, sizeof(random_bytes), call->token)] = '\0';
+				make_lock_token(call);
 				mode = "take";
 			}
-			outcome = lookup(call, mode, &hit);
+			outcome = lookup(call, mode, &hit, NULL);
 			if (outcome == LOOKUP_LOCKED_ELSEWHERE)
 				outcome = wait_for_result(call, &hit);
 			if (outcome == LOOKUP_HIT)
@@ -817,7 +923,11 @@ cache_query_key(PG_FUNCTION_ARGS)
 /*
  * cache_query_invalidate(tbl regclass) RETURNS bigint: end every cached
  * result that read the table (or a table inheriting from it), now, in
- * every namespace known to this server.  Returns how many were deleted.
+ * every namespace known to this server.  Returns how many results it
+ * deleted now: all those listed for the tables, but at most 1000 per
+ * namespace (the rest of a larger set is moved aside and deleted by later
+ * invalidations, and a lookup never serves one); the count may include
+ * results of earlier invalidations drained now.
  */
 Datum
 cache_query_invalidate(PG_FUNCTION_ARGS)

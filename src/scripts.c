@@ -80,8 +80,8 @@ static const char version_finish_script[] =
 /*
  * Hit: KEYS entry, lock; ARGV base, mode (take|peek|none), token, lock ms,
  * the database's DDL generation item.  Returns {1, meta, data} for a
- * current entry, {2, f} lock taken, {3, f} locked by another session,
- * {0, f} plain miss.  A stale entry is deleted, and so is a value that is
+ * current entry, {2, f} lock taken, {3, f, holder's token} locked by
+ * another session, {0, f} plain miss.  A stale entry is deleted, and so is a value that is
  * not a hash (f = 1: the caller warns).  An entry that does not depend on
  * the database's DDL generation (stored by version 1.2, which had one DDL
  * generation for all databases) is stale.
@@ -106,9 +106,9 @@ static const char lookup_script[] =
 "end "
 "if ARGV[2] == 'take' then "
 "  if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then return {2, f} end "
-"  return {3, f} "
+"  return {3, f, redis.call('GET', KEYS[2])} "
 "elseif ARGV[2] == 'peek' and redis.call('EXISTS', KEYS[2]) == 1 then "
-"  return {3, f} "
+"  return {3, f, redis.call('GET', KEYS[2])} "
 "end "
 "return {0, f}";
 
@@ -131,21 +131,36 @@ static const char generations_script[] =
 /*
  * Store: KEYS entry, lock; ARGV base, token, ttl, meta, data, deps.
  * Stores only if every generation is unchanged; releases our lock.
+ *
+ * Each dependency set gets the entry and a TTL never shorter than the
+ * entry's, so a set outlives none of its results and expires with the
+ * last of them.  A set that keeps being refreshed (a table read often and
+ * never written) would still collect the names of results gone by expiry
+ * or eviction: each store checks two random members and removes those
+ * whose result no longer exists, which keeps at most about half of a set
+ * dead.  A TTL below one second (never sent) stores nothing.
  */
 static const char store_script[] =
 "local stored = 0 "
 "local current = true "
+"local ttl = tonumber(ARGV[3]) or 0 "
+"if ttl < 1 then current = false end "
 "for item, gen in string.gmatch(ARGV[6], '([^=,]+)=([^,]+)') do "
-"  if redis.call('GET', ARGV[1] .. 'gen:' .. item) ~= gen then current = false break end "
+"  if not current then break end "
+"  if redis.call('GET', ARGV[1] .. 'gen:' .. item) ~= gen then current = false end "
 "end "
 "if current then "
-"  local ttl = tonumber(ARGV[3]) "
 "  redis.call('UNLINK', KEYS[1]) "
 "  redis.call('HSET', KEYS[1], 'meta', ARGV[4], 'deps', ARGV[6], 'data', ARGV[5]) "
 "  redis.call('EXPIRE', KEYS[1], ttl) "
 "  for item in string.gmatch(ARGV[6], '([^=,]+)=') do "
 "    if string.sub(item, 1, 3) ~= 'ddl' then "
 "      local s = ARGV[1] .. 'deps:' .. item "
+"      local st = redis.call('TYPE', s).ok "
+"      if st ~= 'set' and st ~= 'none' then redis.call('UNLINK', s) end "
+"      for _, m in ipairs(redis.call('SRANDMEMBER', s, 2)) do "
+"        if redis.call('EXISTS', m) == 0 then redis.call('SREM', s, m) end "
+"      end "
 "      redis.call('SADD', s, KEYS[1]) "
 "      if redis.call('TTL', s) < ttl then redis.call('EXPIRE', s, ttl) end "
 "    end "
@@ -161,23 +176,97 @@ static const char unlock_script[] =
 "return 0";
 
 /*
- * Invalidate: ARGV base, generation items.  Bumps each generation, deletes
- * the results recorded as reading it; returns how many were deleted.
+ * Invalidate: ARGV base, generation items.  Bumps each generation and
+ * deletes the results recorded as reading it, doing at most
+ * RC_DEPS_BUDGET members' work per call, so that one commit never blocks
+ * Redis for long however many results read a table (Redis runs one script
+ * at a time: every client waits).  Returns how many results were deleted.
+ *
+ * The bump alone ends every result listed: a lookup compares generations,
+ * never serves a stale entry and deletes it.  Deleting is only for memory:
+ *
+ * - A dependency set within the remaining budget is deleted with its
+ *   results at once, as all its members are stale now.
+ * - A larger one is moved aside in O(1) (RENAME, keeping its TTL, which is
+ *   never shorter than its members') to base||deps-dead:<stamp>:<item>, and
+ *   its name queued on the list base||deps-dead.  The table's set starts
+ *   empty.
+ * - The rest of the budget drains the oldest queued set (SPOP).  A member
+ *   stored again since the table's last bump is listed in the table's new
+ *   set and is kept (SMISMEMBER; without it, Redis < 6.2, it is deleted:
+ *   one more miss).  A queued set that expired or was drained leaves the
+ *   queue.
+ *
  * A generation that does not exist is left alone: no stored result can
  * match it (the generations script creates it before any fill reads it).
+ * A key of the wrong type where a set or the queue should be is deleted.
  * Also sent at commit by invalidation.c.
  */
+#define RC_DEPS_BUDGET "1000"
 static const char invalidate_script[] =
+"local base = ARGV[1] "
+"local budget = " RC_DEPS_BUDGET " "
 "local n = 0 "
-"for i = 2, #ARGV do "
-"  local g = ARGV[1] .. 'gen:' .. ARGV[i] "
-"  if redis.call('EXISTS', g) == 1 then redis.call('INCR', g) end "
-"  local s = ARGV[1] .. 'deps:' .. ARGV[i] "
-"  local m = redis.call('SMEMBERS', s) "
-"  for j = 1, #m, 1000 do "
-"    n = n + redis.call('UNLINK', unpack(m, j, math.min(j + 999, #m))) "
+"local dead = base .. 'deps-dead' "
+"local t = redis.call('TIME') "
+"local stamp = t[1] .. string.format('%06d', tonumber(t[2])) "
+"local function unlink(keys) "
+"  for j = 1, #keys, 1000 do "
+"    n = n + redis.call('UNLINK', unpack(keys, j, math.min(j + 999, #keys))) "
 "  end "
-"  redis.call('UNLINK', s) "
+"end "
+"if redis.call('TYPE', dead).ok ~= 'list' then redis.call('UNLINK', dead) end "
+"for i = 2, #ARGV do "
+"  local g = base .. 'gen:' .. ARGV[i] "
+"  if redis.call('EXISTS', g) == 1 then redis.call('INCR', g) end "
+"  local s = base .. 'deps:' .. ARGV[i] "
+"  local st = redis.call('TYPE', s).ok "
+"  if st ~= 'set' then "
+"    if st ~= 'none' then redis.call('UNLINK', s) end "
+"  else "
+"    local c = redis.call('SCARD', s) "
+"    if c <= budget then "
+"      unlink(redis.call('SMEMBERS', s)) "
+"      redis.call('UNLINK', s) "
+"      budget = budget - c "
+"    else "
+"      local name = stamp .. '-' .. i .. ':' .. ARGV[i] "
+"      while redis.call('EXISTS', base .. 'deps-dead:' .. name) == 1 do "
+"        name = 'x' .. name "
+"      end "
+"      local ttl = redis.call('PTTL', s) "
+"      local left = redis.call('PTTL', dead) "
+"      redis.call('RENAME', s, base .. 'deps-dead:' .. name) "
+"      redis.call('RPUSH', dead, name) "
+"      if ttl < 0 then redis.call('PERSIST', dead) "
+"      elseif left == -2 or (left >= 0 and left < ttl) then "
+"        redis.call('PEXPIRE', dead, ttl) "
+"      end "
+"    end "
+"  end "
+"end "
+"while budget > 0 do "
+"  local name = redis.call('LINDEX', dead, 0) "
+"  if not name then break end "
+"  local s = base .. 'deps-dead:' .. name "
+"  local st = redis.call('TYPE', s).ok "
+"  local m = {} "
+"  if st == 'set' then "
+"    m = redis.call('SPOP', s, budget) "
+"  elseif st ~= 'none' then "
+"    redis.call('UNLINK', s) "
+"  end "
+"  budget = budget - math.max(#m, 1) "
+"  if #m > 0 then "
+"    local item = string.match(name, '^[^:]*:(.*)$') or '' "
+"    local live = redis.pcall('SMISMEMBER', base .. 'deps:' .. item, unpack(m)) "
+"    local gone = {} "
+"    for j = 1, #m do "
+"      if type(live) ~= 'table' or live[j] ~= 1 then gone[#gone + 1] = m[j] end "
+"    end "
+"    unlink(gone) "
+"  end "
+"  if redis.call('EXISTS', s) == 0 then redis.call('LPOP', dead) end "
 "end "
 "return n";
 
