@@ -201,6 +201,10 @@ update_recovery_pending(WorkerShared *sh)
  * has not yet read the state file).  Readers then bypass the cache: no hit
  * is served and nothing is stored.  One atomic read when nothing is
  * pending; false without shared memory.  Safe in any backend.
+ *
+ * False in recovery: a standby never writes, so it has missed nothing; what
+ * its copied state file says is its primary's business.  At promotion the
+ * worker takes the file over (and flushes), and readers wait for that.
  */
 bool
 redis_recovery_pending(const char *prefix)
@@ -209,7 +213,8 @@ redis_recovery_pending(const char *prefix)
 	bool		result = false;
 	int			i;
 
-	if (sh == NULL || pg_atomic_read_u32(&sh->recovery_pending) == 0)
+	if (sh == NULL || pg_atomic_read_u32(&sh->recovery_pending) == 0 ||
+		RecoveryInProgress())
 		return false;
 	LWLockAcquire(sh->lock, LW_SHARED);
 	if (!sh->state_loaded)
