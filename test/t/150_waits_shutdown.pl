@@ -181,7 +181,7 @@ ok(defined wait_gone('item:1'),
 	'terminate: the missed delivery is applied after SIGCONT (item:1 gone)');
 ok(defined wait_gone('item:2'),
 	'cancel: the missed delivery is applied after SIGCONT (item:2 gone)');
-ok($node->wait_for_log(qr/apply invalidations missed/, $log_offset),
+ok($node->wait_for_log(qr/apply invalidations that could not be delivered/, $log_offset),
 	'the worker flushed the namespace the commits missed');
 
 # --- (a) the cap bounds the commit by itself --------------------------------
@@ -209,7 +209,7 @@ like($err, qr/permission denied to set parameter "redis_cache.commit_timeout_ms"
 $redis->resume;
 ok(defined wait_gone('item:3'), 'cap: the missed delivery is applied after SIGCONT');
 # the keys go during the flush; the namespace is clear once it is logged
-ok($node->wait_for_log(qr/apply invalidations missed/, $log_offset),
+ok($node->wait_for_log(qr/apply invalidations that could not be delivered/, $log_offset),
 	'cap: the worker finished its flush');
 
 # --- (d) no stale hit while missed deliveries are pending -------------------
@@ -275,7 +275,7 @@ REVOKE SELECT ON items FROM regress_other;});
 	{
 		is(join("\n", @got), join("\n", ($expect) x 3),
 			"$variant: fresh rows, the revoke enforced and cache_get misses while the worker has not applied the missed delivery");
-		ok(!$node->log_contains(qr/apply invalidations missed/, $log_offset),
+		ok(!$node->log_contains(qr/apply invalidations that could not be delivered/, $log_offset),
 			"$variant: the worker had indeed not flushed yet");
 		kill 'CONT', $wpid;
 		@worker_stopped = ();
@@ -286,7 +286,7 @@ REVOKE SELECT ON items FROM regress_other;});
 			"$variant: fresh rows, the revoke enforced and cache_get misses right after SIGCONT");
 	}
 	ok(defined wait_gone('item:5'), "$variant: the worker applied the missed delivery");
-	ok($node->wait_for_log(qr/apply invalidations missed/, $log_offset),
+	ok($node->wait_for_log(qr/apply invalidations that could not be delivered/, $log_offset),
 		"$variant: the worker finished its flush");
 	is(as_role('regress_app', $Q), qq{[{"v": "$next"}]}, "$variant: fresh after the worker");
 	$h = hits();
