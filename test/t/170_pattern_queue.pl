@@ -14,10 +14,10 @@
 #     diag, when the queue never overflowed on this machine);
 # (b) once pgbench ended, within RC_PQ_STALE_DEADLINE seconds (default 30),
 #     no variants key is stale: the test sets every product's
-#     product:variants:N:v1 before the load and again once a second during
-#     it but its last 2 s (through redis-cli), and the UPDATE records clock_timestamp(): a
-#     key still in Redis whose product was updated after the last SET
-#     completed is stale;
+#     product:variants:N:v1 (through redis-cli) before the load and once a
+#     second during it but its last 2 s, and the UPDATE records
+#     clock_timestamp(): a key still in Redis whose product was updated
+#     after the last SET completed is stale;
 # (c) with the worker stopped (SIGSTOP) and the queue overflowed by one
 #     commit, cache_get and cache_mget miss keys Redis still holds (no
 #     stale hit while the namespace is marked missed), and
