@@ -31,14 +31,15 @@
  *   Pattern invalidations need SCAN and go to the worker; without
  *   shared_preload_libraries they run at commit within command_timeout_ms.
  *
- * - The commit holds its locks while it waits, and command_timeout_ms is
- *   any role's to set: every wait of the delivery (connect, retry and
- *   pattern scans included) ends by redis_cache.commit_timeout_ms, a
- *   superuser setting (transport.c applies the limit).  A terminate or
- *   cancel arriving meanwhile ends the wait at once (interrupts are held,
- *   so transport.c checks for them itself); the undelivered work goes to
- *   the worker as after a timeout, and the backend dies or cancels as soon
- *   as interrupts resume.
+ * - The commit holds its locks while it waits, and the command and connect
+ *   timeouts are any role's to set: the delivery (connect, retry and
+ *   pattern scans included) is bounded by redis_cache.commit_timeout_ms
+ *   alone, a superuser setting (transport.c applies the limit), so that no
+ *   role can lower it to make its deliveries fail on purpose.  A terminate
+ *   arriving meanwhile ends the wait at once (interrupts are held, so
+ *   transport.c checks for it itself); the undelivered work goes to the
+ *   worker as after a timeout, and the backend dies as soon as interrupts
+ *   resume.  A cancel does not end it: it cannot undo the commit.
  *
  *-------------------------------------------------------------------------
  */

@@ -581,13 +581,14 @@ use_hit(QueryCall *call, RedisReply *reply, Tuplestorestate *store,
 }
 
 /*
- * Wait for the session holding the lock to store the result.  Each poll
- * also tries to take the lock, so that when the holder releases it without
- * a result (its query failed, was not cacheable) one waiter computes and
- * the others keep waiting for it.  A holder of this server that gave up
+ * Wait for the session holding the lock to store the result.  When the
+ * holder releases it without a result (its query failed, was not
+ * cacheable, its fill was ended by a write), every waiter runs the query
+ * at once, as without the lock.  A holder of this server that gave up
  * without releasing (lock_holder_gone) has its lock removed (by its token)
  * and taken over.  Returns the outcome of the last look: HIT, LOCK_TAKEN,
- * MISS (timeout: run the query without the lock) or FAULT.
+ * MISS (released without a result, or timeout: run the query without the
+ * lock) or FAULT.
  */
 static LookupOutcome
 wait_for_result(QueryCall *call, RedisReply **hit)
@@ -595,6 +596,7 @@ wait_for_result(QueryCall *call, RedisReply **hit)
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   query_lock_timeout_ms);
 	long		delay = 2;
+	bool		took_over = false;
 
 	for (;;)
 	{
@@ -609,9 +611,16 @@ wait_for_result(QueryCall *call, RedisReply **hit)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 
-		outcome = lookup(call, "take", hit, &holder);
+		/*
+		 * Peek: a holder that releases without storing (a result too large,
+		 * a fill ended by a write) lets every waiter run the query at once,
+		 * rather than one after the other.  Take only the lock of a holder
+		 * that is gone, which nobody else will release.
+		 */
+		outcome = lookup(call, took_over ? "take" : "peek", hit, &holder);
 		if (outcome != LOOKUP_LOCKED_ELSEWHERE)
 			return outcome;
+		took_over = false;
 		if (lock_holder_gone(holder))
 		{
 			const char *args[2] = {call->lock_key.data, holder};
@@ -622,6 +631,8 @@ wait_for_result(QueryCall *call, RedisReply **hit)
 									 call->entry_key.data)));
 			if (redis_run_script(RC_SCRIPT_QUERY_UNLOCK, 1, 2, args, lens, 0) == NULL)
 				return LOOKUP_FAULT;
+			took_over = true;
+			continue;
 		}
 		delay = Min(delay * 2, 50);
 	}

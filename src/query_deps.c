@@ -265,7 +265,6 @@ utility_is_harmless(Node *parsetree)
 		case T_CommentStmt:
 		case T_SecLabelStmt:
 		case T_AlterSystemStmt:
-		case T_CreateRoleStmt:
 		case T_AlterRoleSetStmt:
 		case T_AlterDatabaseSetStmt:
 		case T_CreatedbStmt:
@@ -291,6 +290,7 @@ changes_roles(Node *parsetree)
 {
 	switch (nodeTag(parsetree))
 	{
+		case T_CreateRoleStmt:	/* to_regrole() and role names read before */
 		case T_AlterRoleStmt:
 		case T_DropRoleStmt:
 		case T_GrantRoleStmt:
@@ -582,7 +582,11 @@ static const Oid stable_allowed_init[] = {
 	F_TO_CHAR_INT8_TEXT, F_TO_CHAR_FLOAT4_TEXT, F_TO_CHAR_FLOAT8_TEXT,
 	F_TO_CHAR_TIMESTAMP_TEXT, F_TO_DATE, F_TO_NUMBER, F_TO_TIMESTAMP_TEXT_TEXT,
 	F_MONEY_INT4, F_MONEY_INT8, F_MONEY_NUMERIC, F_NUMERIC_MONEY,
-	/* values through the output functions of their arguments */
+	/*
+	 * values through the output functions of their arguments (not
+	 * json[b]_populate_record[set] and json[b]_to_record[set]: they run
+	 * input functions, and 'today' in the JSON reads the clock)
+	 */
 	F_ANYTEXTCAT, F_TEXTANYCAT, F_ARRAY_TO_JSON_ANYARRAY,
 	F_ARRAY_TO_JSON_ANYARRAY_BOOL, F_ARRAY_TO_STRING_ANYARRAY_TEXT_TEXT,
 	F_ARRAY_TO_STRING_ANYARRAY_TEXT, F_CONCAT, F_CONCAT_WS, F_FORMAT_TEXT_ANY,
@@ -594,9 +598,7 @@ static const Oid stable_allowed_init[] = {
 	F_JSONB_OBJECT_AGG_TRANSFN, F_JSON_BUILD_ARRAY_ANY, F_JSON_BUILD_ARRAY_,
 	F_JSON_BUILD_OBJECT_ANY, F_JSON_BUILD_OBJECT_, F_JSONB_BUILD_ARRAY_ANY,
 	F_JSONB_BUILD_ARRAY_, F_JSONB_BUILD_OBJECT_ANY, F_JSONB_BUILD_OBJECT_,
-	F_JSON_POPULATE_RECORD, F_JSON_POPULATE_RECORDSET, F_JSON_TO_RECORD,
-	F_JSON_TO_RECORDSET, F_JSONB_POPULATE_RECORD, F_JSONB_POPULATE_RECORDSET,
-	F_JSONB_TO_RECORD, F_JSONB_TO_RECORDSET, F_JSONB_PATH_EXISTS_TZ,
+	F_JSONB_PATH_EXISTS_TZ,
 	F_JSONB_PATH_MATCH_TZ, F_JSONB_PATH_QUERY_ARRAY_TZ,
 	F_JSONB_PATH_QUERY_FIRST_TZ, F_JSONB_PATH_QUERY_TZ,
 	/* encodings by name, the database's encoding */
@@ -745,6 +747,18 @@ type_holds_time(Oid type)
 		return type_holds_time(get_range_subtype(type));
 	if (type_is_multirange(type))
 		return type_holds_time(get_multirange_range(type));
+	return false;
+}
+
+/* Whether text contains needle (lower case ASCII), in any case. */
+static bool
+pg_strcasestr_simple(const char *text, const char *needle)
+{
+	size_t		nlen = strlen(needle);
+
+	for (; *text; text++)
+		if (pg_strncasecmp(text, needle, nlen) == 0)
+			return true;
 	return false;
 }
 
@@ -940,9 +954,16 @@ redis_query_dependencies(List *query_list, const char *query_string,
 	foreach(lc, query_list)
 		(void) scope_walker(lfirst(lc), &walk);
 
-	/* 'now'::timestamptz, date 'today': parsed into a constant long ago */
+	/*
+	 * 'now'::timestamptz, date 'today': parsed into a constant long ago.
+	 * The words may also hide behind escapes (E'\x6eow', U&'\006Eow',
+	 * UESCAPE), which the text check cannot read: refuse those too.
+	 */
 	if (walk.not_cacheable == NULL && walk.has_time_constant &&
-		mentions_current_time(query_string, strlen(query_string)))
+		(mentions_current_time(query_string, strlen(query_string)) ||
+		 strchr(query_string, '\\') != NULL ||
+		 pg_strcasestr_simple(query_string, "u&") ||
+		 pg_strcasestr_simple(query_string, "uescape")))
 		walk.not_cacheable = "a date or time constant may be 'now', 'today', 'tomorrow' or 'yesterday'";
 
 	/* GIN index scans then return a random subset of the rows */

@@ -205,17 +205,22 @@ redis_transport_limit_waits(TimestampTz limit, int limit_ms)
 
 /*
  * Whether a wait must end now although CHECK_FOR_INTERRUPTS() returned: a
- * terminate or cancel that cannot be serviced because interrupts are held
- * (the commit callback), or the background worker's shutdown request (its
+ * terminate that cannot be serviced because interrupts are held (the
+ * commit callback), or the background worker's shutdown request (its
  * SIGTERM handler sets a flag and the latch, which this loop resets).
+ *
+ * Not a cancel: a cancel cannot undo a committed transaction, the commit's
+ * wait is bounded by the superuser's cap anyway, and a role able to cancel
+ * its own commits at will must not be able to make their deliveries fail
+ * (until the worker replays them exactly, a missed delivery flushes the
+ * namespace).
  */
 static bool
 wait_must_end(void)
 {
 	if (ShutdownRequestPending)
 		return true;
-	return !INTERRUPTS_CAN_BE_PROCESSED() &&
-		(ProcDiePending || QueryCancelPending);
+	return !INTERRUPTS_CAN_BE_PROCESSED() && ProcDiePending;
 }
 
 /*
@@ -228,8 +233,7 @@ set_wait_fault(RedisSocket *s, const char *doing)
 	if (wait_must_end())
 		redis_fault_set(RC_FAULT_TIMEOUT, "stopped %s Redis at %s: %s",
 						doing, s->label,
-						ShutdownRequestPending ? "shutting down" :
-						ProcDiePending ? "terminating" : "canceling");
+						ShutdownRequestPending ? "shutting down" : "terminating");
 	else
 		redis_fault_set(RC_FAULT_TIMEOUT, "timed out %s Redis at %s after %d ms",
 						doing, s->label, s->timeout_ms);
@@ -245,10 +249,15 @@ set_wait_fault(RedisSocket *s, const char *doing)
 static bool
 wait_for_socket(RedisSocket *s, uint32 events, TimestampTz deadline)
 {
-	if (wait_limit != 0 && deadline > wait_limit)
+	/*
+	 * At commit the superuser's cap is the one deadline: the settings any
+	 * role may lower (command and connect timeouts) must not let it make
+	 * its own deliveries fail on purpose.
+	 */
+	if (wait_limit != 0)
 	{
 		deadline = wait_limit;
-		s->timeout_ms = Min(s->timeout_ms, wait_limit_ms);
+		s->timeout_ms = wait_limit_ms;
 	}
 
 	for (;;)

@@ -217,6 +217,10 @@ refused(q{'today' as a parameter}, sub { sql($q) }, sub { sql($q) }, qr/^\[\{"d"
 
 $q = q{SELECT cache_query_json('SELECT ''today''::text::date - date ''2000-01-01'' AS d')};
 refused('text cast to a date at run time', sub { sql($q) }, sub { sql($q) }, qr/^\[\{"d": \d+\}\]$/);
+$q = q{SELECT cache_query_json($x$SELECT r.d - date '2000-01-01' AS d FROM jsonb_to_record('{"d": "today"}') AS r(d date)$x$)};
+refused(q{'today' read by jsonb_to_record()}, sub { sql($q) }, sub { sql($q) }, qr/^\[\{"d": \d+\}\]$/);
+$q = q{SELECT cache_query_json($x$SELECT E'\\x6eow'::date - date '2000-01-01' AS d$x$)};
+refused(q{'now' behind an escape string}, sub { sql($q) }, sub { sql($q) }, qr/^\[\{"d": \d+\}\]$/);
 
 $node->safe_psql('postgres', q{
 CREATE ROLE u1; CREATE ROLE u2; CREATE ROLE grp;
