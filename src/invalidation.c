@@ -29,7 +29,7 @@
  *   any problem to a WARNING.  What could not be delivered is handed to the
  *   worker (worker.c), which flushes the namespace once Redis is back.
  *   Pattern invalidations need SCAN and go to the worker; without
- *   shared_preload_libraries they run at commit within command_timeout_ms.
+ *   shared_preload_libraries they run at commit within commit_timeout_ms.
  *
  * - The commit holds its locks while it waits, and the command and connect
  *   timeouts are any role's to set: the delivery (connect, retry and
@@ -536,9 +536,9 @@ send_commit_work(void)
 					redis_stats_add(RC_STAT_INVALIDATIONS_QUEUED, 1);
 				}
 				else if (redis_unlink_pattern_until(work->prefixes[p->prefix_index], p->key,
-													Min(limit, TimestampTzPlusMilliseconds(now, redis_cache_command_timeout_ms))) < 0)
+													limit) < 0)
 				{
-					warn_lost(work, "a pattern invalidation did not finish within redis_cache.command_timeout_ms or redis_cache.commit_timeout_ms");
+					warn_lost(work, "a pattern invalidation did not finish within redis_cache.commit_timeout_ms");
 					break;
 				}
 			}
@@ -699,7 +699,7 @@ redis_invalidation_init(void)
 
 	DefineCustomIntVariable("redis_cache.commit_timeout_ms",
 							gettext_noop("Sets the longest time a commit waits for Redis to deliver its invalidations."),
-							gettext_noop("Caps redis_cache.command_timeout_ms at commit, connection and retry included, while the transaction still holds its locks; what is not delivered in time goes to the worker."),
+							gettext_noop("The one bound of a commit's delivery, connection, retry and pattern scans included, while the transaction still holds its locks (the command and connect timeouts do not apply there); what is not delivered in time goes to the worker."),
 							&commit_timeout_ms,
 							1000, 1, 600000,
 							PGC_SUSET,
