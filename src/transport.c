@@ -12,12 +12,14 @@
  *   WaitEventSet per socket with the process latch and postmaster death, so
  *   statement_timeout, pg_cancel_backend() and shutdown interrupt a call
  *   blocked on a paused Redis, as in postgres_fdw.  Every wait is also
- *   bounded by the caller's deadline and by the limit a commit sets for
- *   all its waits (redis_transport_limit_waits()).  Where interrupts are
- *   held (commit callbacks) CHECK_FOR_INTERRUPTS() does nothing, so a
- *   pending terminate or cancel ends the wait itself: the caller sees a
- *   timeout and the backend dies or cancels once interrupts resume.  The
- *   background worker's SIGTERM (ShutdownRequestPending) ends a wait too.
+ *   bounded by the caller's deadline, except during a commit's delivery,
+ *   whose operations all end by the limit it sets
+ *   (redis_transport_limit_waits()) and by nothing a role may lower.
+ *   Where interrupts are held (commit callbacks) CHECK_FOR_INTERRUPTS()
+ *   does nothing, so a pending terminate ends the wait itself: the caller
+ *   sees a timeout and the backend dies once interrupts resume.  A cancel
+ *   does not (it cannot undo the commit).  The background worker's SIGTERM
+ *   (ShutdownRequestPending) ends a wait too.
  *
  * - Bytes move through the send/recv/close functions of RedisTransportOps,
  *   so TLS can be added as a second set without touching callers.
@@ -204,6 +206,22 @@ redis_transport_limit_waits(TimestampTz limit, int limit_ms)
 }
 
 /*
+ * The deadline of an operation starting now: at commit the superuser's cap
+ * is the one deadline, since the settings any role may lower (command and
+ * connect timeouts) must not let it make its own deliveries fail on
+ * purpose.  Otherwise the caller's.
+ */
+static TimestampTz
+operation_deadline(RedisSocket *s, TimestampTz deadline)
+{
+	if (wait_limit == 0)
+		return deadline;
+	if (s != NULL)
+		s->timeout_ms = wait_limit_ms;
+	return wait_limit;
+}
+
+/*
  * Whether a wait must end now although CHECK_FOR_INTERRUPTS() returned: a
  * terminate that cannot be serviced because interrupts are held (the
  * commit callback), or the background worker's shutdown request (its
@@ -249,16 +267,8 @@ set_wait_fault(RedisSocket *s, const char *doing)
 static bool
 wait_for_socket(RedisSocket *s, uint32 events, TimestampTz deadline)
 {
-	/*
-	 * At commit the superuser's cap is the one deadline: the settings any
-	 * role may lower (command and connect timeouts) must not let it make
-	 * its own deliveries fail on purpose.
-	 */
-	if (wait_limit != 0)
-	{
+	if (wait_limit != 0 && deadline > wait_limit)
 		deadline = wait_limit;
-		s->timeout_ms = wait_limit_ms;
-	}
 
 	for (;;)
 	{
@@ -423,6 +433,7 @@ redis_socket_open(const char *host, int port, int timeout_ms,
 	s->ops = &plain_ops;
 	s->external_fd_acquired = true;
 	s->timeout_ms = timeout_ms;
+	deadline = operation_deadline(s, deadline);
 	if (host[0] == '/')
 		strlcpy(s->label, host, sizeof(s->label));
 	else
@@ -1036,6 +1047,7 @@ redis_socket_round_trip(RedisSocket *s, const RedisCommand *commands,
 	bool		ok;
 
 	s->timeout_ms = timeout_ms;
+	deadline = operation_deadline(s, deadline);
 	ok = round_trip_io(s, commands, ncommands, replies, deadline,
 					   nothing_received);
 	redis_stats_add(RC_STAT_ROUND_TRIPS, 1);
