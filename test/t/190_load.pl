@@ -275,6 +275,9 @@ ROLLBACK;
 \\set id random(1, $nproducts)
 \\set t random(1, $ntenants)
 BEGIN;
+-- two clients deleting and re-inserting the same id would collide on the
+-- key (READ COMMITTED): one id at a time
+SELECT pg_advisory_xact_lock(190, :id);
 DELETE FROM products WHERE id = :id;
 INSERT INTO products VALUES (:id, :t, md5(random()::text));
 COMMIT;
