@@ -53,27 +53,9 @@ sub psql_out
 	return ($stdout, $stderr);
 }
 
-# psql started in the background, one -c per statement.
-my $psql_bin = $node->installed_command('psql');
-my $connstr = $node->connstr('postgres');
-sub start_psql
-{
-	my (@statements) = @_;
-	my $s = { out => '', err => '' };
-	$s->{h} = IPC::Run::start(
-		[ $psql_bin, '-XAtq', '-d', $connstr, map { ('-c', $_) } @statements ],
-		'<', '/dev/null', '>', \$s->{out}, '2>', \$s->{err},
-		IPC::Run::timeout($timeout));
-	return $s;
-}
-
-sub finish_psql
-{
-	my ($s) = @_;
-	$s->{h}->finish;
-	chomp $s->{out};
-	return $s;
-}
+# psql started in the background, one -c per statement (Server.pm).
+sub start_psql { return RedisCache::Server::start_psql($node, @_); }
+sub finish_psql { return RedisCache::Server::finish_psql(@_); }
 
 # A session of the test holding advisory locks that slow queries wait for.
 my $locker = $node->background_psql('postgres');

@@ -63,7 +63,13 @@ $node->safe_psql('postgres', 'DROP DATABASE db4');
 isnt($redis->cli('get', "${base}gen:ddl:$db4"), $gen,
 	'DROP DATABASE bumps the DDL generation of the dropped database');
 
+# CREATE ROLE alone: role names read before (to_regrole, ::regrole) change
+%now = map { $_ => $node->safe_psql($_, $q) } ('db1', 'db2');
+is($node->safe_psql('db1', $q), $now{db1}, 'db1: cached before CREATE ROLE');
 $node->safe_psql('postgres', 'CREATE ROLE someone');
+isnt($node->safe_psql('db1', $q), $now{db1}, 'CREATE ROLE ends the results of db1');
+isnt($node->safe_psql('db2', $q), $now{db2}, 'and of db2');
+%now = map { $_ => $node->safe_psql($_, $q) } ('db1', 'db2');
 $node->safe_psql('db2', 'ALTER ROLE someone BYPASSRLS');
 isnt($node->safe_psql('db1', $q), $now{db1}, 'a change of roles ends the results of db1');
 isnt($node->safe_psql('db2', $q), $now{db2}, 'and of db2');

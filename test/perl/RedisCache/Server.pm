@@ -272,6 +272,43 @@ sub new_pg_node
 	return $node;
 }
 
+=pod
+
+=item RedisCache::Server::start_psql($node, @statements)
+
+Starts psql in the background on $node's postgres database, one C<-c> per
+statement, and returns a handle for finish_psql.  Standard output and error
+are collected in C<< $s->{out} >> and C<< $s->{err} >>.
+
+=item RedisCache::Server::finish_psql($s)
+
+Waits for that psql to end; returns the handle, C<out> chomped.
+
+=cut
+
+sub start_psql
+{
+	my ($node, @statements) = @_;
+	my $s = { out => '', err => '' };
+	$s->{h} = IPC::Run::start(
+		[
+			$node->installed_command('psql'), '-XAtq',
+			'-d', $node->connstr('postgres'),
+			map { ('-c', $_) } @statements
+		],
+		'<', '/dev/null', '>', \$s->{out}, '2>', \$s->{err},
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+	return $s;
+}
+
+sub finish_psql
+{
+	my ($s) = @_;
+	$s->{h}->finish;
+	chomp $s->{out};
+	return $s;
+}
+
 END
 {
 	my $exit = $?;
