@@ -1,7 +1,7 @@
 # redis_cache: cache query results in Redis from inside PostgreSQL
 
 EXTENSION = redis_cache
-EXTVERSION = 1.4
+EXTVERSION = 1.5
 
 MODULE_big = redis_cache
 OBJS = \
@@ -13,9 +13,11 @@ OBJS = \
 	src/transport.o \
 	src/connection.o \
 	src/scripts.o \
+	src/families.o \
 	src/flush.o \
 	src/version.o \
 	src/query_tables.o \
+	src/replay.o \
 	src/worker.o \
 	src/invalidation.o \
 	src/query_deps.o \

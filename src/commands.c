@@ -154,8 +154,9 @@ cache_get(PG_FUNCTION_ARGS)
 	RedisReply *reply;
 	text	   *result;
 
-	/* a miss while the worker owes this namespace missed invalidations */
-	if (redis_recovery_pending(redis_cache_key_prefix ? redis_cache_key_prefix : ""))
+	/* a miss while the worker owes this key an invalidation */
+	if (redis_key_pending(redis_cache_key_prefix ? redis_cache_key_prefix : "",
+						  VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)))
 	{
 		redis_stats_add(RC_STAT_BYPASSES, 1);
 		reply = NULL;
@@ -614,6 +615,15 @@ cache_mget(PG_FUNCTION_ARGS)
 					while (nulls[key_index])
 						key_index++;
 					t = reply_to_text(reply->element[j], DatumGetTextPP(elems[key_index]));
+					/* a miss while the worker owes this key an invalidation */
+					if (t != NULL &&
+						redis_key_pending(redis_cache_key_prefix ? redis_cache_key_prefix : "",
+										  VARDATA_ANY(DatumGetTextPP(elems[key_index])),
+										  VARSIZE_ANY_EXHDR(DatumGetTextPP(elems[key_index]))))
+					{
+						redis_stats_add(RC_STAT_BYPASSES, 1);
+						t = NULL;
+					}
 					count_read(DatumGetTextPP(elems[key_index]), t != NULL);
 					if (t != NULL)
 					{

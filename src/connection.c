@@ -611,8 +611,32 @@ redis_report_reply_error(const RedisReply *reply, const char *what, int flags)
 			hint = "See the Redis log for the snapshot error; Redis refuses writes while stop-writes-on-bgsave-error is yes.";
 			break;
 		case RC_ERR_NOPERM:
-			message = psprintf("Redis denied the ACL permission for %s", what);
-			hint = "Grant the user of redis_cache.user the commands and keys under redis_cache.key_prefix.";
+			{
+				/* Redis 7: "... permissions to run the 'get' command" */
+				const char *open_quote = strchr(text, '\'');
+				const char *close_quote = open_quote ? strchr(open_quote + 1, '\'') : NULL;
+				const char *prefix = redis_cache_key_prefix ? redis_cache_key_prefix : "";
+
+				if (close_quote != NULL && close_quote - open_quote < 64)
+				{
+					char	   *command = redis_printable(open_quote + 1,
+														  close_quote - open_quote - 1);
+
+					message = psprintf("Redis denied the ACL permission to run command \"%s\" for %s",
+									   command, what);
+					hint = psprintf("Grant the command to the user of redis_cache.user, for example ACL SETUSER <user> +%s (the README lists every command needed).",
+									command);
+				}
+				else
+				{
+					char	   *pattern = redis_printable(prefix, strlen(prefix));
+
+					message = psprintf("Redis denied the ACL permission to access a key matching \"%s*\" for %s",
+									   pattern, what);
+					hint = psprintf("Grant the key pattern to the user of redis_cache.user, for example ACL SETUSER <user> ~%s* (the README lists what is needed).",
+									pattern);
+				}
+			}
 			break;
 		case RC_ERR_MOVED:
 		case RC_ERR_ASK:

@@ -6,7 +6,10 @@
  *		  commit path and cache_delete_pattern().
  *
  * Design rules: never FLUSHDB, FLUSHALL or KEYS (managed Redis blocks them,
- * and keys outside the namespace must survive); the cache version's
+ * and keys outside the namespace must survive); a flush of a namespace
+ * removes only the keys the extension owns (families.c): its query-result
+ * namespace and the owned families, in one SCAN pass matched here, never
+ * every key under the prefix; the cache version's
  * bookkeeping keys (keys.c) are never removed by a scan, and with
  * RC_SCAN_KEEP_RESERVED (cache_delete_pattern) no key reserved to the
  * extension is (keys.c, redis_is_reserved_key); memory of each SCAN batch is
@@ -146,10 +149,36 @@ scan_bound_hit(const char *match, int64 rounds, int64 keys, int flags,
  * the redis_execute() flags (faults reported per on_error); round_trip, if
  * not NULL, replaces redis_execute() (the version check's flush).
  */
+/*
+ * What a flush of a namespace may remove (after the prefix): keys starting
+ * with query_base, and keys matching one of the globs.
+ */
+typedef struct OwnedKeys
+{
+	const char *query_base;
+	size_t		query_baselen;
+	int			nglobs;
+	char	  **globs;
+} OwnedKeys;
+
+static bool
+is_owned(const OwnedKeys *owned, const char *key, size_t len)
+{
+	int			i;
+
+	if (len >= owned->query_baselen &&
+		memcmp(key, owned->query_base, owned->query_baselen) == 0)
+		return true;
+	for (i = 0; i < owned->nglobs; i++)
+		if (redis_glob_match(owned->globs[i], strlen(owned->globs[i]), key, len))
+			return true;
+	return false;
+}
+
 static int64
 scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 			int flags, RedisRoundTrip round_trip, TimestampTz deadline,
-			const char *own_base, bool *failed)
+			const char *own_base, const OwnedKeys *owned, bool *failed)
 {
 	size_t		prefixlen = strlen(prefix);
 	size_t		own_baselen = own_base ? strlen(own_base) : 0;
@@ -266,6 +295,11 @@ scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 				redis_is_foreign_query_key(k->str, k->len, prefix, prefixlen,
 										   own_base, own_baselen))
 				continue;
+			/* a flush: only what the extension owns */
+			if (owned != NULL &&
+				(k->len < prefixlen ||
+				 !is_owned(owned, k->str + prefixlen, k->len - prefixlen)))
+				continue;
 			unlink_cmd.argv[unlink_cmd.argc] = k->str;
 			unlink_cmd.argvlen[unlink_cmd.argc] = k->len;
 			unlink_cmd.argc++;
@@ -299,7 +333,7 @@ redis_scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 				  bool *failed)
 {
 	return scan_unlink(prefix, pattern, patternlen, flags, round_trip,
-					   deadline, NULL, failed);
+					   deadline, NULL, NULL, failed);
 }
 
 /*
@@ -315,7 +349,7 @@ unlink_matching(const char *prefix, const char *pattern, TimestampTz deadline)
 									  RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
 									  RC_EXEC_FAST_CONNECT |
 									  RC_EXEC_IGNORE_ENABLED,
-									  NULL, deadline, own_base, &failed);
+									  NULL, deadline, own_base, NULL, &failed);
 
 	pfree(own_base);
 	return failed ? -1 : removed;
@@ -337,16 +371,49 @@ ensure_connection(void)
 }
 
 /*
- * Remove every key of the namespace except its version bookkeeping and
- * other clusters' query results.  Returns the count, or -1 on a fault
- * (nothing is raised).
+ * Flush namespace prefix: remove the keys it owns (families.c), in one SCAN
+ * pass, and nothing else: the query-result namespace (every cluster's with
+ * all_clusters, the version check's flush, which serves every server
+ * sharing the prefix; else this cluster's and timeline's only, the
+ * worker's) and the owned families.  The version bookkeeping is kept.
+ * flags and round_trip as redis_scan_unlink(); deadline 0 for none.
+ * Returns the count; on a fault sets *failed (also when the families could
+ * not be read: a partial list would leave stale keys).
  */
 int64
-redis_flush_prefix(const char *prefix)
+redis_flush_owned(const char *prefix, int flags, RedisRoundTrip round_trip,
+				  bool all_clusters, TimestampTz deadline, bool *failed)
 {
-	if (!ensure_connection())
-		return -1;
-	return unlink_matching(prefix, "*", 0);
+	OwnedKeys	owned;
+	char	   *own_base = NULL;
+	size_t		prefixlen = strlen(prefix);
+	int64		removed;
+
+	*failed = false;
+	if (round_trip == NULL && !ensure_connection())
+	{
+		*failed = true;
+		return 0;
+	}
+	owned.nglobs = redis_owned_families(prefix, flags, round_trip, &owned.globs);
+	if (owned.nglobs < 0)
+	{
+		*failed = true;
+		return 0;
+	}
+	if (all_clusters)
+		owned.query_base = RC_QUERY_NAMESPACE;
+	else
+	{
+		own_base = redis_query_base(prefix);
+		owned.query_base = own_base + prefixlen;
+	}
+	owned.query_baselen = strlen(owned.query_base);
+	removed = scan_unlink(prefix, "*", 1, flags, round_trip, deadline,
+						  own_base, &owned, failed);
+	if (own_base)
+		pfree(own_base);
+	return removed;
 }
 
 /*

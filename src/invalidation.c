@@ -65,6 +65,7 @@ typedef struct PendingItem
 {
 	int			prefix_index;	/* into transaction_prefixes */
 	bool		is_generation;
+	bool		is_family;		/* a template's family (triggers.c) */
 	bool		is_pattern;
 	int			len;
 	char		key[FLEXIBLE_ARRAY_MEMBER];
@@ -98,7 +99,11 @@ typedef struct CommitWork
 	PendingItem **keys;
 	int			ngenerations;
 	PendingItem **generations;
-	int			first_generation_command;	/* EVALs follow the UNLINKs */
+	int			nfamilies;
+	PendingItem **families;
+	int			first_generation_command;	/* UNLINKs, SADDs, then EVALs */
+	int			nreplay;		/* the hand-over if delivery fails */
+	RedisReplayItem *replay;
 	bool		counted_in_flight;
 } CommitWork;
 
@@ -112,6 +117,7 @@ static int	commit_timeout_ms = 1000;
 
 static bool callbacks_registered = false;
 static TimestampTz last_lost_warning = 0;
+static TimestampTz last_overflow_warning = 0;
 
 /*
  * Test hook (test/specs): a session-level advisory lock key that a
@@ -151,7 +157,7 @@ redis_queue_prefix_index(void)
 
 static void
 queue_any_item(const char *key, int len, bool is_pattern, bool is_generation,
-			   int prefix_index)
+			   bool is_family, int prefix_index)
 {
 	int			level = GetCurrentTransactionNestLevel();
 	MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
@@ -174,6 +180,7 @@ queue_any_item(const char *key, int len, bool is_pattern, bool is_generation,
 
 		if (last->len == len && last->is_pattern == is_pattern &&
 			last->is_generation == is_generation &&
+			last->is_family == is_family &&
 			last->prefix_index == prefix_index && memcmp(last->key, key, len) == 0)
 		{
 			MemoryContextSwitchTo(old);
@@ -185,6 +192,7 @@ queue_any_item(const char *key, int len, bool is_pattern, bool is_generation,
 	item->prefix_index = prefix_index;
 	item->is_pattern = is_pattern;
 	item->is_generation = is_generation;
+	item->is_family = is_family;
 	item->len = len;
 	memcpy(item->key, key, len);
 	item->key[len] = '\0';
@@ -200,7 +208,19 @@ void
 redis_queue_invalidation(const char *key, int len, bool is_pattern,
 						 int prefix_index)
 {
-	queue_any_item(key, len, is_pattern, false, prefix_index);
+	queue_any_item(key, len, is_pattern, false, false, prefix_index);
+}
+
+/*
+ * Queue the family (a glob after key_prefix, every placeholder '*') of a
+ * template whose keys this transaction deletes (triggers.c): recorded in
+ * Redis with the deletes (families.c), and the fallback of a hand-over that
+ * does not fit the replay queue.
+ */
+void
+redis_queue_family(const char *glob, int len, int prefix_index)
+{
+	queue_any_item(glob, len, true, false, true, prefix_index);
 }
 
 /*
@@ -212,7 +232,102 @@ redis_queue_generation_bump(const char *item, int len)
 {
 	/* generations are not per prefix: note the prefix, queue under 0 */
 	(void) redis_queue_prefix_index();
-	queue_any_item(item, len, false, true, 0);
+	queue_any_item(item, len, false, true, false, 0);
+}
+
+/* Commands of a bump of nitems generations in one namespace. */
+static int
+bump_command_count(int nitems)
+{
+	return (nitems + RC_KEYS_PER_COMMAND - 1) / RC_KEYS_PER_COMMAND;
+}
+
+/*
+ * EVAL <invalidate script> 0 <query base of prefix> item...: the bump of
+ * nitems generations in namespace prefix (scripts.c deletes the results of
+ * their dependency sets), RC_KEYS_PER_COMMAND items per command, into
+ * commands (bump_command_count() of them).  The commit and
+ * cache_query_invalidate() send the same commands.  Returns the count.
+ */
+static int
+build_bump_commands(const char *prefix, char **items, const size_t *lens,
+					int nitems, RedisCommand *commands)
+{
+	int			c = 0;
+	int			i;
+
+	for (i = 0; i < nitems; i += RC_KEYS_PER_COMMAND)
+	{
+		RedisCommand *cmd = &commands[c++];
+		int			n = Min(RC_KEYS_PER_COMMAND, nitems - i);
+		int			j;
+
+		cmd->argv = palloc(sizeof(char *) * (n + 4));
+		cmd->argvlen = palloc(sizeof(size_t) * (n + 4));
+		cmd->argv[0] = "EVAL";
+		cmd->argv[1] = redis_script_body(RC_SCRIPT_QUERY_INVALIDATE);
+		cmd->argv[2] = "0";
+		cmd->argv[3] = redis_query_base(prefix);
+		for (j = 0; j < 4; j++)
+			cmd->argvlen[j] = strlen(cmd->argv[j]);
+		for (j = 0; j < n; j++)
+		{
+			cmd->argv[4 + j] = items[i + j];
+			cmd->argvlen[4 + j] = lens[i + j];
+		}
+		cmd->argc = n + 4;
+	}
+	return c;
+}
+
+/*
+ * Bump generations now, outside the commit (cache_query_invalidate()): the
+ * commit's commands, for the current namespace and every namespace the
+ * worker knows (sessions with another key_prefix may hold results of these
+ * tables).  Faults are reported per on_error.  Returns the count of
+ * results removed, or -1.
+ */
+int64
+redis_invalidate_generations_now(char **items, int nitems)
+{
+	const char *current = redis_cache_key_prefix ? redis_cache_key_prefix : "";
+	size_t	   *lens = palloc(sizeof(size_t) * Max(nitems, 1));
+	RedisCommand *commands = palloc0(sizeof(RedisCommand) * bump_command_count(nitems));
+	char	  **known;
+	int			nknown = redis_worker_namespaces(&known);
+	int64		removed = 0;
+	int			k;
+	int			i;
+
+	for (i = 0; i < nitems; i++)
+		lens[i] = strlen(items[i]);
+	/* k = -1: the current namespace, then the others */
+	for (k = -1; k < nknown; k++)
+	{
+		const char *prefix = k < 0 ? current : known[k];
+		int			ncommands;
+		RedisReply **replies;
+
+		if (k >= 0 && (prefix == NULL || strcmp(prefix, current) == 0))
+			continue;
+		ncommands = build_bump_commands(prefix, items, lens, nitems, commands);
+		replies = palloc0(sizeof(RedisReply *) * ncommands);
+		/* other namespaces are bookkeeping: no version check of theirs */
+		if (!redis_execute(commands, ncommands, replies,
+						   k < 0 ? 0 : RC_EXEC_INTERNAL))
+			return -1;
+		for (i = 0; i < ncommands; i++)
+		{
+			if (replies[i]->type == RC_REPLY_ERROR)
+			{
+				redis_report_reply_error(replies[i], "invalidating cached query results", 0);
+				return -1;
+			}
+			if (replies[i]->type == RC_REPLY_INTEGER)
+				removed += replies[i]->integer;
+		}
+	}
+	return removed;
 }
 
 /* ---- transaction callbacks ---------------------------------------------- */
@@ -226,6 +341,8 @@ compare_items(const void *a, const void *b)
 
 	if (x->is_generation != y->is_generation)
 		return (int) x->is_generation - (int) y->is_generation;
+	if (x->is_family != y->is_family)
+		return (int) x->is_family - (int) y->is_family;
 	if (x->prefix_index != y->prefix_index)
 		return x->prefix_index - y->prefix_index;
 	c = memcmp(x->key, y->key, Min(x->len, y->len));
@@ -251,6 +368,7 @@ prepare_commit_work(void)
 	bool	   *has_keys;
 	char	  **known = NULL;
 	int			nknown;
+	int			ncommands_families;
 
 	for (l = pending; l != NULL; l = l->upper)
 		items = list_concat(items, l->items);
@@ -274,6 +392,7 @@ prepare_commit_work(void)
 	work->keys = palloc(sizeof(PendingItem *) * nall);
 	work->patterns = palloc(sizeof(PendingItem *) * nall);
 	work->generations = palloc(sizeof(PendingItem *) * nall);
+	work->families = palloc(sizeof(PendingItem *) * nall);
 	for (i = 0; i < nall; i++)
 	{
 		PendingItem *item = all[i];
@@ -286,6 +405,8 @@ prepare_commit_work(void)
 		memcpy(copy, item, offsetof(PendingItem, key) + item->len + 1);
 		if (item->is_generation)
 			work->generations[work->ngenerations++] = copy;
+		else if (item->is_family)
+			work->families[work->nfamilies++] = copy;
 		else
 		{
 			has_keys[item->prefix_index] = true;
@@ -337,14 +458,23 @@ prepare_commit_work(void)
 		}
 	}
 
-	/* UNLINK prefix||key, RC_KEYS_PER_COMMAND keys per command */
+	/*
+	 * UNLINK prefix||key, RC_KEYS_PER_COMMAND keys per command; one SADD of
+	 * the families per prefix; the generation bumps of every namespace.
+	 */
 	work->ncommands = (work->nkeys + RC_KEYS_PER_COMMAND - 1) / RC_KEYS_PER_COMMAND;
-	work->first_generation_command = work->ncommands;
-	if (work->ngenerations > 0)
-		work->ncommands += work->nprefixes *
-			((work->ngenerations + RC_KEYS_PER_COMMAND - 1) / RC_KEYS_PER_COMMAND);
+	ncommands_families = work->nfamilies > 0 ? work->nprefixes : 0;
+	work->first_generation_command = work->ncommands + ncommands_families;
+	work->ncommands = work->first_generation_command +
+		(work->ngenerations > 0 ?
+		 work->nprefixes * bump_command_count(work->ngenerations) : 0);
 	work->commands = palloc0(sizeof(RedisCommand) * Max(work->ncommands, 1));
 	work->replies = palloc0(sizeof(RedisReply *) * Max(work->ncommands, 1));
+
+	/* keys, bumps of every namespace, families: the worst case */
+	work->replay = palloc(sizeof(RedisReplayItem) *
+						  (work->nkeys + work->nfamilies +
+						   work->ngenerations * work->nprefixes + 1));
 	for (i = 0; i < work->nkeys; i++)
 	{
 		int			c = i / RC_KEYS_PER_COMMAND;
@@ -353,6 +483,7 @@ prepare_commit_work(void)
 		const char *prefix = work->prefixes[item->prefix_index];
 		size_t		plen = strlen(prefix);
 		char	   *full;
+		RedisReplayItem *r = &work->replay[work->nreplay++];
 
 		if (cmd->argc == 0)
 		{
@@ -370,36 +501,89 @@ prepare_commit_work(void)
 		cmd->argv[cmd->argc] = full;
 		cmd->argvlen[cmd->argc] = plen + item->len;
 		cmd->argc++;
+
+		r->namespace_index = work->namespace_index[item->prefix_index];
+		r->kind = RC_REPLAY_KEY;
+		r->data = full;
+		r->len = (uint32) (plen + item->len);
+		r->hash = redis_replay_key_hash(full, plen + item->len);
 	}
 
-	/* EVAL <invalidate script> 0 <query base of prefix> generation... */
-	if (work->ngenerations > 0)
+	/* SADD <prefix>cache:families family... (families.c) */
+	if (ncommands_families > 0)
 	{
-		int			c = work->first_generation_command;
+		int			c = (work->nkeys + RC_KEYS_PER_COMMAND - 1) / RC_KEYS_PER_COMMAND;
 		int			p;
 
 		for (p = 0; p < work->nprefixes; p++)
 		{
-			for (i = 0; i < work->ngenerations; i += RC_KEYS_PER_COMMAND)
-			{
-				RedisCommand *cmd = &work->commands[c++];
-				int			n = Min(RC_KEYS_PER_COMMAND, work->ngenerations - i);
-				int			j;
+			RedisCommand *cmd = &work->commands[c + p];
 
-				cmd->argv = palloc(sizeof(char *) * (n + 4));
-				cmd->argvlen = palloc(sizeof(size_t) * (n + 4));
-				cmd->argv[0] = "EVAL";
-				cmd->argv[1] = redis_script_body(RC_SCRIPT_QUERY_INVALIDATE);
-				cmd->argv[2] = "0";
-				cmd->argv[3] = redis_query_base(work->prefixes[p]);
-				for (j = 0; j < 4; j++)
-					cmd->argvlen[j] = strlen(cmd->argv[j]);
-				for (j = 0; j < n; j++)
-				{
-					cmd->argv[4 + j] = work->generations[i + j]->key;
-					cmd->argvlen[4 + j] = work->generations[i + j]->len;
-				}
-				cmd->argc = n + 4;
+			cmd->argv = palloc(sizeof(char *) * (work->nfamilies + 2));
+			cmd->argvlen = palloc(sizeof(size_t) * (work->nfamilies + 2));
+			cmd->argv[0] = "SADD";
+			cmd->argv[1] = redis_control_key(work->prefixes[p], RC_CONTROL_FAMILIES);
+			cmd->argvlen[0] = 4;
+			cmd->argvlen[1] = strlen(cmd->argv[1]);
+			cmd->argc = 2;
+			for (i = 0; i < work->nfamilies; i++)
+			{
+				PendingItem *f = work->families[i];
+				RedisReplayItem *r;
+
+				if (f->prefix_index != p)
+					continue;
+				cmd->argv[cmd->argc] = f->key;
+				cmd->argvlen[cmd->argc] = f->len;
+				cmd->argc++;
+				r = &work->replay[work->nreplay++];
+				r->namespace_index = work->namespace_index[p];
+				r->kind = RC_REPLAY_FAMILY;
+				r->data = f->key;
+				r->len = (uint32) f->len;
+				r->hash = 0;
+			}
+		}
+		/* prefixes without families: drop their empty SADDs */
+		{
+			int			kept = c;
+
+			for (p = 0; p < work->nprefixes; p++)
+				if (work->commands[c + p].argc > 2)
+					work->commands[kept++] = work->commands[c + p];
+			memmove(&work->commands[kept], &work->commands[c + work->nprefixes],
+					sizeof(RedisCommand) * (work->ncommands - c - work->nprefixes));
+			work->ncommands -= c + work->nprefixes - kept;
+			work->first_generation_command -= c + work->nprefixes - kept;
+		}
+	}
+
+	if (work->ngenerations > 0)
+	{
+		char	  **items = palloc(sizeof(char *) * work->ngenerations);
+		size_t	   *lens = palloc(sizeof(size_t) * work->ngenerations);
+		int			c = work->first_generation_command;
+		int			p;
+
+		for (i = 0; i < work->ngenerations; i++)
+		{
+			items[i] = work->generations[i]->key;
+			lens[i] = work->generations[i]->len;
+		}
+		for (p = 0; p < work->nprefixes; p++)
+		{
+			c += build_bump_commands(work->prefixes[p], items, lens,
+									 work->ngenerations, &work->commands[c]);
+			/* a namespace the worker does not know holds no results */
+			for (i = 0; i < work->ngenerations && work->namespace_index[p] >= 0; i++)
+			{
+				RedisReplayItem *r = &work->replay[work->nreplay++];
+
+				r->namespace_index = work->namespace_index[p];
+				r->kind = RC_REPLAY_GENERATION;
+				r->data = items[i];
+				r->len = (uint32) lens[i];
+				r->hash = 0;
 			}
 		}
 	}
@@ -413,15 +597,65 @@ prepare_commit_work(void)
 	work->counted_in_flight = true;
 }
 
+/*
+ * Delivery failed: hand the worker exactly what this commit had to send
+ * (replay.c), and the patterns, which the worker runs anyway.  When the
+ * keys do not fit, the worker deletes the families of the templates
+ * concerned instead (pattern queue); when bumps or families do not fit,
+ * or the pattern queue is full, it flushes the namespace's owned keys.
+ * Never more than the cache owns.  XACT_EVENT_COMMIT: no ERROR, no
+ * allocation.
+ */
 static void
 hand_everything_to_worker(CommitWork *work)
 {
+	int			failed;
 	int			i;
 
 	redis_stats_add(RC_STAT_INVALIDATIONS_QUEUED,
 					work->nkeys + work->npatterns + work->ngenerations);
-	for (i = 0; i < work->nprefixes; i++)
-		redis_mark_missed(work->namespace_index[i]);
+	failed = redis_replay_hand_over(work->replay, work->nreplay);
+	redis_worker_wake();
+	if (failed & RC_REPLAY_FAILED(RC_REPLAY_KEY))
+	{
+		for (i = 0; i < work->nfamilies; i++)
+		{
+			PendingItem *f = work->families[i];
+
+			redis_queue_pattern(work->namespace_index[f->prefix_index], f->key);
+		}
+		for (i = 0; i < work->nkeys; i++)
+		{
+			int			p = work->keys[i]->prefix_index;
+			int			j;
+
+			/* keys of a prefix without families: the flush covers them */
+			for (j = 0; j < work->nfamilies; j++)
+				if (work->families[j]->prefix_index == p)
+					break;
+			if (j == work->nfamilies)
+				redis_mark_missed(work->namespace_index[p]);
+		}
+	}
+	if (failed & (RC_REPLAY_FAILED(RC_REPLAY_GENERATION) |
+				  RC_REPLAY_FAILED(RC_REPLAY_FAMILY)))
+	{
+		for (i = 0; i < work->nreplay; i++)
+			if (work->replay[i].kind != RC_REPLAY_KEY)
+				redis_mark_missed(work->replay[i].namespace_index);
+	}
+	if (failed && redis_warning_due(&last_overflow_warning))
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("redis_cache: the replay queue is full; the worker will delete the owned key families of this transaction's tables instead of its %d keys",
+						work->nkeys),
+				 errhint("Raise redis_cache.replay_queue_keys (server start) to keep exact replays through longer Redis outages.")));
+	for (i = 0; i < work->npatterns; i++)
+	{
+		PendingItem *p = work->patterns[i];
+
+		redis_queue_pattern(work->namespace_index[p->prefix_index], p->key);
+	}
 }
 
 static void
@@ -472,6 +706,19 @@ drop_unneeded_generations(CommitWork *work)
 	}
 	work->ncommands = keep;
 	work->ngenerations = needed;
+
+	/* the hand-over too */
+	keep = 0;
+	for (c = 0; c < work->nreplay; c++)
+	{
+		RedisReplayItem *r = &work->replay[c];
+
+		if (r->kind == RC_REPLAY_GENERATION &&
+			!redis_query_generation_needed(r->data, (int) r->len))
+			continue;
+		work->replay[keep++] = *r;
+	}
+	work->nreplay = keep;
 }
 
 /*

@@ -152,7 +152,7 @@ redis_check_ttl(int ttl_seconds)
  */
 static const char *const control_suffixes[RC_NUM_CONTROL_KEYS] = {
 	"cache:version", "cache:versions", "cache:run_id", "cache:flush",
-	"cache:flushed"
+	"cache:flushed", "cache:families"
 };
 
 /*
@@ -187,6 +187,133 @@ redis_is_control_key(const char *key, size_t len, const char *prefix,
 			return true;
 	}
 	return false;
+}
+
+/* ---- globs and owned families ------------------------------------------- */
+
+/*
+ * Whether str matches the Redis glob pattern (the semantics of Redis'
+ * stringmatchlen(): '*', '?', '[...]' with '^' and ranges, '\\' escapes),
+ * case-sensitive.  Iterative with backtracking to the last '*', so no input
+ * can make it recurse or run in exponential time.
+ */
+bool
+redis_glob_match(const char *pattern, size_t plen, const char *str, size_t slen)
+{
+	size_t		p = 0;
+	size_t		s = 0;
+	size_t		star_p = (size_t) -1;
+	size_t		star_s = 0;
+
+	while (s < slen)
+	{
+		if (p < plen && pattern[p] == '*')
+		{
+			while (p < plen && pattern[p] == '*')
+				p++;
+			if (p == plen)
+				return true;
+			star_p = p;
+			star_s = s;
+			continue;
+		}
+		if (p < plen)
+		{
+			bool		matched = false;
+			size_t		next = p + 1;
+
+			if (pattern[p] == '?')
+				matched = true;
+			else if (pattern[p] == '[')
+			{
+				size_t		q = p + 1;
+				bool		negate = false;
+				bool		found = false;
+
+				if (q < plen && pattern[q] == '^')
+				{
+					negate = true;
+					q++;
+				}
+				while (q < plen && pattern[q] != ']')
+				{
+					if (pattern[q] == '\\' && q + 1 < plen)
+					{
+						q++;
+						if (pattern[q] == str[s])
+							found = true;
+					}
+					else if (q + 2 < plen && pattern[q + 1] == '-')
+					{
+						unsigned char lo = (unsigned char) pattern[q];
+						unsigned char hi = (unsigned char) pattern[q + 2];
+						unsigned char c = (unsigned char) str[s];
+
+						if (lo > hi)
+						{
+							unsigned char t = lo;
+
+							lo = hi;
+							hi = t;
+						}
+						if (c >= lo && c <= hi)
+							found = true;
+						q += 2;
+					}
+					else if (pattern[q] == str[s])
+						found = true;
+					q++;
+				}
+				/* an unterminated class ends the pattern, as in Redis */
+				next = q < plen ? q + 1 : q;
+				matched = negate ? !found : found;
+			}
+			else if (pattern[p] == '\\' && p + 1 < plen)
+			{
+				matched = pattern[p + 1] == str[s];
+				next = p + 2;
+			}
+			else
+				matched = pattern[p] == str[s];
+			if (matched)
+			{
+				p = next;
+				s++;
+				continue;
+			}
+		}
+		if (star_p == (size_t) -1)
+			return false;
+		p = star_p;
+		s = ++star_s;
+	}
+	while (p < plen && pattern[p] == '*')
+		p++;
+	return p == plen;
+}
+
+/*
+ * Whether glob may name a family of keys the extension owns (and so
+ * deletes in bulk): it must begin with literal text, so that no family is
+ * ever a whole key_prefix or database ("*", "?x", "[a-z]*", "{id}").  NULL
+ * when acceptable, else why not.
+ */
+const char *
+redis_family_unacceptable(const char *glob, size_t len)
+{
+	size_t		i;
+
+	if (len == 0)
+		return "a family must not be empty";
+	if (len > RC_MAX_PATTERN_BYTES)
+		return "a family is too long";
+	for (i = 0; i < len; i++)
+		if ((unsigned char) glob[i] < 0x20 || glob[i] == 0x7F)
+			return "a family must not contain control characters";
+	if (glob[0] == '*' || glob[0] == '?' || glob[0] == '[' ||
+		(glob[0] == '\\' && len < 2))
+		return "a family must begin with literal text, such as \"tenant:\"";
+	return NULL;
 }
 
 /* ---- the namespace of query results -------------------------------------- */

@@ -160,6 +160,22 @@ cache_health(PG_FUNCTION_ARGS)
 	append_json_field(&buf, "host", redis_server_host(), false);
 	snprintf(latency, sizeof(latency), "%d", redis_server_port());
 	append_json_field(&buf, "port", latency, true);
+	{
+		/* the worker's replay queue (replay.c): exact, undelivered work */
+		int64		counts[5];
+		static const char *const names[] = {
+			"replay_queued", "replay_capacity", "replay_enqueued",
+			"replay_replayed", "replay_overflows"
+		};
+
+		redis_replay_counts(&counts[0], &counts[1], &counts[2], &counts[3],
+							&counts[4]);
+		for (i = 0; i < 5; i++)
+		{
+			snprintf(latency, sizeof(latency), INT64_FORMAT, counts[i]);
+			append_json_field(&buf, names[i], latency, true);
+		}
+	}
 	if (ok)
 	{
 		const char *info = "";

@@ -725,7 +725,7 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 	Oid			cache_function = fcinfo->flinfo->fn_oid;
 	/* not while the worker owes this namespace missed invalidations */
 	bool		use_cache = redis_cache_enabled && !IsolationUsesXactSnapshot() &&
-		!redis_recovery_pending(redis_cache_key_prefix ? redis_cache_key_prefix : "");
+		!redis_results_pending(redis_cache_key_prefix ? redis_cache_key_prefix : "");
 	/* a result may read this transaction's uncommitted rows (functions) */
 	bool		may_store = !RecoveryInProgress() && !redis_query_xact_has_writes();
 	PreparedQuery *pq = NULL;
@@ -945,14 +945,10 @@ cache_query_invalidate(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
 	List	   *tables;
-	List	   *prefixes = NIL;
-	const char *current = redis_cache_key_prefix ? redis_cache_key_prefix : "";
 	ListCell   *lc;
-	int64		removed = 0;
-	int			nargs;
-	const char **args;
-	size_t	   *lens;
-	int			i;
+	int64		removed;
+	char	  **items;
+	int			nitems = 0;
 
 	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
 		ereport(ERROR,
@@ -968,56 +964,13 @@ cache_query_invalidate(PG_FUNCTION_ARGS)
 				 errhint("Invalidating needs a privilege to change the table: INSERT, UPDATE, DELETE or TRUNCATE.")));
 
 	tables = find_all_inheritors(relid, AccessShareLock, NULL);
-	nargs = list_length(tables) + 1;
-	args = palloc(sizeof(char *) * nargs);
-	lens = palloc(sizeof(size_t) * nargs);
-	i = 1;
+	items = palloc(sizeof(char *) * list_length(tables));
 	foreach(lc, tables)
-	{
-		args[i] = redis_query_generation_item(lfirst_oid(lc));
-		lens[i] = strlen(args[i]);
-		i++;
-	}
-
-	prefixes = lappend(prefixes, pstrdup(current));
-	{
-		char	  **known;
-		int			nknown = redis_worker_namespaces(&known);
-
-		for (i = 0; i < nknown; i++)
-			if (known[i] != NULL && strcmp(known[i], current) != 0)
-				prefixes = lappend(prefixes, known[i]);
-	}
-
-	foreach(lc, prefixes)
-	{
-		char	   *base = redis_query_base((char *) lfirst(lc));
-		RedisCommand command;
-		RedisReply *reply = NULL;
-
-		args[0] = base;
-		lens[0] = strlen(base);
-		command.argc = nargs + 3;
-		command.argv = palloc(sizeof(char *) * (nargs + 3));
-		command.argvlen = palloc(sizeof(size_t) * (nargs + 3));
-		command.argv[0] = "EVAL";
-		command.argv[1] = redis_script_body(RC_SCRIPT_QUERY_INVALIDATE);
-		command.argv[2] = "0";
-		command.argvlen[0] = 4;
-		command.argvlen[1] = strlen(command.argv[1]);
-		command.argvlen[2] = 1;
-		memcpy(command.argv + 3, args, sizeof(char *) * nargs);
-		memcpy(command.argvlen + 3, lens, sizeof(size_t) * nargs);
-
-		/* other namespaces are bookkeeping: no version check of theirs */
-		if (!redis_execute(&command, 1, &reply,
-						   strcmp(lfirst(lc), current) == 0 ? 0 : RC_EXEC_INTERNAL))
-			PG_RETURN_NULL();
-		if (script_failed(reply, "invalidating cached query results"))
-			PG_RETURN_NULL();
-		if (reply->type == RC_REPLY_INTEGER)
-			removed += reply->integer;
-	}
+		items[nitems++] = redis_query_generation_item(lfirst_oid(lc));
+	/* the commit pipeline's sender (invalidation.c) */
+	removed = redis_invalidate_generations_now(items, nitems);
+	if (removed < 0)
+		PG_RETURN_NULL();
 	redis_stats_add(RC_STAT_DELETES, removed);
 	PG_RETURN_INT64(removed);
 }

@@ -13,8 +13,9 @@
  * caller.
  *
  * Layers, lowest first (a file calls only files listed before it; the
- * upper layers register callbacks instead of being called): stats, state_file, keys, guc, transport, connection, scripts,
- * flush, version, query_tables, worker, invalidation, query_deps,
+ * upper layers register callbacks instead of being called): stats,
+ * state_file, keys, guc, transport, connection, scripts, families, flush,
+ * version, query_tables, replay, worker, invalidation, query_deps,
  * triggers, query_rows, query_cache, commands, monitor, module (_PG_init).
  *
  *-------------------------------------------------------------------------
@@ -135,6 +136,7 @@ typedef enum RedisControlKey
 	RC_CONTROL_RUN_ID,
 	RC_CONTROL_FLUSH,
 	RC_CONTROL_FLUSHED,
+	RC_CONTROL_FAMILIES,		/* set of owned families (families.c) */
 	RC_NUM_CONTROL_KEYS
 } RedisControlKey;
 
@@ -148,6 +150,11 @@ extern void redis_check_ttl(int ttl_seconds);
 extern char *redis_control_key(const char *prefix, int which);
 extern bool redis_is_control_key(const char *key, size_t len,
 								 const char *prefix, size_t prefixlen);
+/* the version check script's keys: the first five control keys */
+#define RC_NUM_VERSION_KEYS		5
+extern bool redis_glob_match(const char *pattern, size_t plen,
+							 const char *str, size_t slen);
+extern const char *redis_family_unacceptable(const char *glob, size_t len);
 /* "<system identifier>.<timeline>": 20 + 1 + 10 digits and a NUL */
 #define RC_QUERY_NAMESPACE_LEN	40
 
@@ -302,6 +309,13 @@ extern RedisReply *redis_run_script(RedisScriptId id, int nkeys, int nargs,
 									const char **args, size_t *lens,
 									int flags);
 
+/* in families.c */
+extern void redis_families_define_gucs(void);
+extern int	redis_owned_families(const char *prefix, int flags,
+								 RedisRoundTrip round_trip, char ***globs);
+extern bool redis_record_families(const char *prefix, char *const *globs,
+								  int nglobs, int flags);
+
 /* in flush.c */
 
 /* redis_scan_unlink() flag: leave redis_is_reserved_key() keys alone too */
@@ -311,7 +325,9 @@ extern int64 redis_scan_unlink(const char *prefix, const char *pattern,
 							   size_t patternlen, int flags,
 							   RedisRoundTrip round_trip,
 							   TimestampTz deadline, bool *failed);
-extern int64 redis_flush_prefix(const char *prefix);
+extern int64 redis_flush_owned(const char *prefix, int flags,
+							   RedisRoundTrip round_trip, bool all_clusters,
+							   TimestampTz deadline, bool *failed);
 extern int64 redis_unlink_pattern(const char *prefix, const char *pattern);
 extern int64 redis_unlink_pattern_until(const char *prefix,
 										const char *pattern,
@@ -332,6 +348,37 @@ extern bool redis_query_generation_needed(const char *item, int len);
 extern void redis_query_register_tables(int nrelids, const Oid *relids);
 extern bool redis_query_tables_save(void);
 
+/* in replay.c */
+typedef enum RedisReplayKind
+{
+	RC_REPLAY_KEY,				/* UNLINK data (the full key, prefix included) */
+	RC_REPLAY_GENERATION,		/* bump generation item data */
+	RC_REPLAY_FAMILY			/* SADD data to the namespace's families */
+} RedisReplayKind;
+
+typedef struct RedisReplayItem
+{
+	int			namespace_index;	/* worker.c's index */
+	int			kind;			/* RedisReplayKind */
+	const char *data;
+	uint32		len;
+	uint32		hash;			/* redis_replay_key_hash() of a key */
+} RedisReplayItem;
+
+#define RC_REPLAY_FAILED(kind)	(1 << (kind))
+
+extern void redis_replay_init(void);
+extern uint32 redis_replay_key_hash(const char *key, size_t len);
+extern int	redis_replay_hand_over(const RedisReplayItem *items, int nitems);
+extern bool redis_replay_key_queued(const char *key, size_t len);
+extern bool redis_replay_bumps_queued(int namespace_index);
+extern int	redis_replay_queued(void);
+extern void redis_replay_counts(int64 *queued, int64 *capacity,
+								int64 *enqueued, int64 *replayed,
+								int64 *overflows);
+extern int	redis_replay_peek(RedisReplayItem **items, uint64 *consumed);
+extern void redis_replay_consume(uint64 consumed);
+
 /* in worker.c */
 extern void redis_worker_init(void);
 extern int	redis_register_namespace(const char *prefix);
@@ -341,7 +388,11 @@ extern bool redis_worker_running(void);
 extern void redis_worker_commit_begin(void);
 extern void redis_worker_commit_end(void);
 extern void redis_mark_missed(int namespace_index);
+extern void redis_worker_wake(void);
 extern bool redis_recovery_pending(const char *prefix);
+extern bool redis_key_pending(const char *prefix, const char *key,
+							  size_t len);
+extern bool redis_results_pending(const char *prefix);
 extern void redis_queue_pattern(int namespace_index, const char *pattern);
 extern void redis_queue_redelete(int namespace_index, const char *key,
 								 size_t len, TimestampTz due);
@@ -352,6 +403,8 @@ extern int	redis_queue_prefix_index(void);
 extern void redis_queue_invalidation(const char *key, int len,
 									 bool is_pattern, int prefix_index);
 extern void redis_queue_generation_bump(const char *item, int len);
+extern void redis_queue_family(const char *glob, int len, int prefix_index);
+extern int64 redis_invalidate_generations_now(char **items, int nitems);
 
 /* in query_deps.c */
 typedef struct QueryDependencies

@@ -138,7 +138,11 @@ static const char generations_script[] =
  * never written) would still collect the names of results gone by expiry
  * or eviction: each store checks two random members and removes those
  * whose result no longer exists, which keeps at most about half of a set
- * dead.  A TTL below one second (never sent) stores nothing.
+ * dead.  A TTL below one second (never sent) stores nothing.  The DDL
+ * generations ("ddl", "ddl:<db>") have sets too, so that DDL and REVOKE
+ * delete the entries they end, not only make SQL stop serving them: an
+ * application reading HGET <entry> data sees them go (within the
+ * invalidate script's budget; the rest drains with later invalidations).
  */
 static const char store_script[] =
 "local stored = 0 "
@@ -154,16 +158,14 @@ static const char store_script[] =
 "  redis.call('HSET', KEYS[1], 'meta', ARGV[4], 'deps', ARGV[6], 'data', ARGV[5]) "
 "  redis.call('EXPIRE', KEYS[1], ttl) "
 "  for item in string.gmatch(ARGV[6], '([^=,]+)=') do "
-"    if string.sub(item, 1, 3) ~= 'ddl' then "
-"      local s = ARGV[1] .. 'deps:' .. item "
-"      local st = redis.call('TYPE', s).ok "
-"      if st ~= 'set' and st ~= 'none' then redis.call('UNLINK', s) end "
-"      for _, m in ipairs(redis.call('SRANDMEMBER', s, 2)) do "
-"        if redis.call('EXISTS', m) == 0 then redis.call('SREM', s, m) end "
-"      end "
-"      redis.call('SADD', s, KEYS[1]) "
-"      if redis.call('TTL', s) < ttl then redis.call('EXPIRE', s, ttl) end "
+"    local s = ARGV[1] .. 'deps:' .. item "
+"    local st = redis.call('TYPE', s).ok "
+"    if st ~= 'set' and st ~= 'none' then redis.call('UNLINK', s) end "
+"    for _, m in ipairs(redis.call('SRANDMEMBER', s, 2)) do "
+"      if redis.call('EXISTS', m) == 0 then redis.call('SREM', s, m) end "
 "    end "
+"    redis.call('SADD', s, KEYS[1]) "
+"    if redis.call('TTL', s) < ttl then redis.call('EXPIRE', s, ttl) end "
 "  end "
 "  stored = 1 "
 "end "

@@ -81,6 +81,9 @@ typedef struct KeyTemplate
 	int			nparts;
 	TemplatePart *parts;
 	bool		is_pattern;		/* ends in '*' */
+	char	   *family;			/* every placeholder '*': what it owns */
+	int			familylen;
+	bool		family_ok;		/* an acceptable family (families.c) */
 } KeyTemplate;
 
 /*
@@ -95,6 +98,8 @@ typedef struct TemplateCache
 	TupleDesc	tupdesc;
 	int			ntemplates;
 	KeyTemplate **templates;
+	/* the subtransaction that queued the families last */
+	SubTransactionId families_queued_in;
 } TemplateCache;
 
 static TemplateCache *template_cache = NULL;
@@ -404,6 +409,39 @@ expand_template(const KeyTemplate *tmpl, HeapTuple tuple, TupleDesc tupdesc,
 }
 
 /*
+ * Fill in the template's family: the glob of every key it can produce,
+ * which the extension owns (families.c).  A template must begin with
+ * literal text for it to be acceptable.
+ */
+static void
+set_template_family(KeyTemplate *tmpl, TupleDesc tupdesc)
+{
+	StringInfoData buf;
+	bool		is_pattern;
+
+	initStringInfo(&buf);
+	expand_template(tmpl, NULL, tupdesc, true, &buf, &is_pattern);
+	tmpl->family = buf.data;
+	tmpl->familylen = buf.len;
+	tmpl->family_ok = redis_family_unacceptable(buf.data, buf.len) == NULL;
+}
+
+/*
+ * Queue the families of the templates (the commit records them in Redis,
+ * and falls back to them when its keys do not fit the replay queue).
+ */
+static void
+queue_families(KeyTemplate **templates, int ntemplates, int prefix_index)
+{
+	int			i;
+
+	for (i = 0; i < ntemplates; i++)
+		if (templates[i]->family_ok)
+			redis_queue_family(templates[i]->family, templates[i]->familylen,
+							   prefix_index);
+}
+
+/*
  * Queue the keys of one row.  A pattern too long for the invalidation queue
  * becomes its template's family (every placeholder '*'), which covers it:
  * template sources are at most RC_MAX_KEY_BYTES, so a family, escaped, is
@@ -502,8 +540,12 @@ cache_invalidate(PG_FUNCTION_ARGS)
 		cache = palloc0(sizeof(TemplateCache));
 		templates = palloc(sizeof(KeyTemplate *) * trigger->tgnargs);
 		for (i = 0; i < trigger->tgnargs; i++)
+		{
 			templates[i] = parse_template(pstrdup(trigger->tgargs[i]), tupdesc, relname);
+			set_template_family(templates[i], tupdesc);
+		}
 		cache->tgoid = trigger->tgoid;
+		cache->families_queued_in = InvalidSubTransactionId;
 		cache->tupdesc = tupdesc;
 		cache->ntemplates = trigger->tgnargs;
 		cache->templates = templates;
@@ -514,6 +556,13 @@ cache_invalidate(PG_FUNCTION_ARGS)
 
 	prefix_index = redis_queue_prefix_index();
 	initStringInfo(&buf);
+
+	/* once per subtransaction (an aborted one takes its queue along) */
+	if (template_cache->families_queued_in != GetCurrentSubTransactionId())
+	{
+		queue_families(templates, trigger->tgnargs, prefix_index);
+		template_cache->families_queued_in = GetCurrentSubTransactionId();
+	}
 
 	if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
 	{
@@ -556,6 +605,7 @@ cache_check_templates(PG_FUNCTION_ARGS)
 	bool	   *nulls;
 	int			n;
 	int			i;
+	KeyTemplate **templates;
 
 	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 	if (n == 0)
@@ -564,16 +614,28 @@ cache_check_templates(PG_FUNCTION_ARGS)
 				 errmsg("redis_cache: at least one key template is required"),
 				 errhint("For example: SELECT cache_watch('tenants', 'tenant:id:{id}');")));
 	rel = relation_open(relid, AccessShareLock);
+	templates = palloc(sizeof(KeyTemplate *) * n);
 	for (i = 0; i < n; i++)
 	{
 		if (nulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("redis_cache: key templates must not be NULL")));
-		(void) parse_template(TextDatumGetCString(elems[i]),
-							  RelationGetDescr(rel), RelationGetRelationName(rel));
+		templates[i] = parse_template(TextDatumGetCString(elems[i]),
+									  RelationGetDescr(rel), RelationGetRelationName(rel));
+		set_template_family(templates[i], RelationGetDescr(rel));
+		if (!templates[i]->family_ok)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("redis_cache: key template \"%s\" must begin with literal text",
+							templates[i]->source),
+					 errdetail("The extension owns the keys of the family \"%s\" of a watched template and deletes them in bulk after a crash or a Redis restart; a family must not cover every key of the database.",
+							   templates[i]->family),
+					 errhint("Start the template with a name, for example 'tenant:id:{id}'.")));
 	}
 	relation_close(rel, AccessShareLock);
+	/* recorded in Redis at commit, with the watch (invalidation.c) */
+	queue_families(templates, n, redis_queue_prefix_index());
 	PG_RETURN_VOID();
 }
 

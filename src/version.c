@@ -20,9 +20,11 @@
  * version mismatch with a version never seen before, on a new run_id (a
  * restart, possibly from a snapshot that predates later invalidations), or
  * when an earlier flush was abandoned (marker expired, cache:flushed stale).
- * That backend removes every key under the prefix except the ones above with
- * SCAN + UNLINK (never FLUSHDB or KEYS: keys outside the prefix and managed
- * Redis survive), then records cache:flushed.  Others bypass the cache while
+ * That backend removes the keys the extension owns under the prefix (the
+ * query results of every cluster and the owned families, families.c; never
+ * the keys above, never anything else: sessions and job queues share the
+ * database) with SCAN + UNLINK (never FLUSHDB or KEYS), then records
+ * cache:flushed.  Others bypass the cache while
  * the marker exists and check again on their next command.
  *
  * Two servers with different versions do not flush each other in a loop:
@@ -132,7 +134,7 @@ run_check(RedisRoundTrip round_trip, int flags)
 	argv[argc++] = "EVAL";
 	argv[argc++] = redis_script_body(RC_SCRIPT_VERSION_CHECK);
 	argv[argc++] = "5";
-	for (i = 0; i < (int) RC_NUM_CONTROL_KEYS; i++)
+	for (i = 0; i < RC_NUM_VERSION_KEYS; i++)
 		argv[argc++] = control[i];
 	argv[argc++] = expected;
 	argv[argc++] = run_id;
@@ -203,10 +205,11 @@ run_check(RedisRoundTrip round_trip, int flags)
 
 		if (strcmp(reason, "restart") == 0)
 			ereport(LOG,
-					(errmsg("redis_cache: Redis restart detected (run_id %s), flushing prefix \"%s\"",
+					(errmsg("redis_cache: Redis restart detected (run_id %s), flushing the cache's own keys under prefix \"%s\"",
 							run_id, prefix)));
-		removed = redis_scan_unlink(prefix, "*", 1, RC_EXEC_INTERNAL,
-									 round_trip, 0, &failed);
+		/* the owned keys only: sessions, queues, other data stay */
+		removed = redis_flush_owned(prefix, RC_EXEC_INTERNAL, round_trip,
+									true, 0, &failed);
 		if (failed)
 			return RC_SESSION_FAULT;
 		redis_stats_add(RC_STAT_FLUSHES, 1);

@@ -9,10 +9,17 @@
  * What they could not deliver is handed to this worker through shared
  * memory, and the worker finishes it as soon as Redis is reachable:
  *
- * - a namespace (key_prefix) whose invalidation failed at commit is marked
- *   "missed"; the worker flushes the whole namespace (SCAN + UNLINK, the
- *   cache version keys kept), which removes every key the lost message
- *   named, whatever Redis kept meanwhile (SIGSTOP, network cut);
+ * - the exact key deletes, generation bumps and family records a commit
+ *   could not deliver wait in the replay queue (replay.c); the worker sends
+ *   them, oldest first, as soon as Redis answers, and nothing else: a
+ *   250 ms stall during a one-row UPDATE removes that row's keys only;
+ * - a namespace (key_prefix) whose invalidations could not be queued
+ *   exactly (the replay queue full, an unclean stop) is marked "missed";
+ *   the worker flushes the keys the namespace owns (flush.c, families.c:
+ *   its query results and the owned key families, SCAN + UNLINK), which
+ *   covers every key the lost message named, whatever Redis kept
+ *   meanwhile, and never touches what the cache does not own (sessions,
+ *   job queues, other frameworks' keys in the same database);
  * - pattern invalidations (templates ending in '*', TRUNCATE) need SCAN,
  *   which does not fit in a commit's time budget: the worker runs them;
  * - second deletes for redis_cache.redelete_delay_ms.
@@ -39,8 +46,9 @@
  *
  * Stale window: from the moment a namespace is marked missed until the
  * worker has flushed it (Redis may be back long before that), its cached
- * entries may be stale.  redis_recovery_pending() says so, and the readers
- * (cache_query and cache_get) bypass the cache meanwhile.  It reads one
+ * entries may be stale; so are the keys of queued replays and patterns.
+ * redis_key_pending() and redis_results_pending() say so, and the readers
+ * (cache_get, cache_mget, cache_query) bypass the cache meanwhile.  It reads one
  * atomic counter when nothing is pending.  Before the worker has read the
  * state file (just after a start or a crash) every namespace counts as
  * pending.  A mark that arrives while its namespace is being flushed is
@@ -128,6 +136,7 @@ typedef struct WorkerShared
 	pg_atomic_uint32 in_flight; /* commits sending invalidations now */
 	pg_atomic_uint32 recovery_pending;	/* missed namespaces, +1 until
 										 * state_loaded */
+	pg_atomic_uint32 patterns_queued;	/* npatterns, for readers */
 	bool		state_loaded;	/* the worker has read the state file */
 	bool		state_dirty;	/* state file needs rewriting */
 	int			nnamespaces;
@@ -175,6 +184,7 @@ worker_shmem_startup(void)
 		pg_atomic_init_u32(&worker_shared->in_flight, 0);
 		/* nothing may be served before the worker knows what was lost */
 		pg_atomic_init_u32(&worker_shared->recovery_pending, 1);
+		pg_atomic_init_u32(&worker_shared->patterns_queued, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -224,6 +234,66 @@ redis_recovery_pending(const char *prefix)
 			strcmp(sh->namespaces[i].prefix, prefix) == 0;
 	LWLockRelease(sh->lock);
 	return result;
+}
+
+/*
+ * Whether a cached key (after prefix) may be stale: its namespace waits for
+ * a flush, its delete waits in the replay queue (replay.c), or a queued
+ * pattern of its namespace matches it.  cache_get() and cache_mget() then
+ * miss.  Atomic reads only when nothing is pending.
+ */
+bool
+redis_key_pending(const char *prefix, const char *key, size_t len)
+{
+	WorkerShared *sh = worker_shared;
+	bool		result;
+
+	if (sh == NULL || RecoveryInProgress())
+		return false;
+	if (redis_recovery_pending(prefix))
+		return true;
+	if (redis_replay_queued() > 0)
+	{
+		size_t		plen = strlen(prefix);
+		char	   *full = palloc(plen + len);
+
+		memcpy(full, prefix, plen);
+		memcpy(full + plen, key, len);
+		result = redis_replay_key_queued(full, plen + len);
+		pfree(full);
+		if (result)
+			return true;
+	}
+	if (pg_atomic_read_u32(&sh->patterns_queued) == 0)
+		return false;
+	result = false;
+	LWLockAcquire(sh->lock, LW_SHARED);
+	for (int i = 0; i < sh->npatterns && !result; i++)
+	{
+		RedisPendingPattern *p = &sh->patterns[i];
+
+		result = strcmp(sh->namespaces[p->namespace_index].prefix, prefix) == 0 &&
+			redis_glob_match(p->pattern, strlen(p->pattern), key, len);
+	}
+	LWLockRelease(sh->lock);
+	return result;
+}
+
+/*
+ * Whether cached query results of namespace prefix may be stale: it waits
+ * for a flush, or generation bumps of it wait in the replay queue.
+ * cache_query() then bypasses the cache.
+ */
+bool
+redis_results_pending(const char *prefix)
+{
+	if (worker_shared == NULL || RecoveryInProgress())
+		return false;
+	if (redis_recovery_pending(prefix))
+		return true;
+	if (redis_replay_queued() == 0)
+		return false;
+	return redis_replay_bumps_queued(redis_find_namespace(prefix));
 }
 
 /*
@@ -585,6 +655,14 @@ wake_worker(void)
 		SetLatch(worker_shared->worker_latch);
 }
 
+/* Work was handed over elsewhere (replay.c): let the worker see it. */
+void
+redis_worker_wake(void)
+{
+	if (worker_shared != NULL)
+		wake_worker();
+}
+
 /*
  * A commit could not deliver its invalidations: the worker flushes the
  * namespace.  Runs in XACT_EVENT_COMMIT: no ERROR, no allocation.
@@ -628,6 +706,7 @@ redis_queue_pattern(int namespace_index, const char *pattern)
 		strlcpy(sh->patterns[sh->npatterns].pattern, pattern,
 				sizeof(sh->patterns[0].pattern));
 		sh->npatterns++;
+		pg_atomic_write_u32(&sh->patterns_queued, sh->npatterns);
 	}
 	else
 	{
@@ -704,6 +783,120 @@ drop_patterns_covered(WorkerShared *sh, int ns, int queued_before)
 		kept++;
 	}
 	sh->npatterns = kept;
+	pg_atomic_write_u32(&sh->patterns_queued, sh->npatterns);
+}
+
+/* How the worker talks to Redis: faults retried, never raised. */
+#define RC_WORKER_EXEC_FLAGS \
+	(RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR | RC_EXEC_FAST_CONNECT | \
+	 RC_EXEC_IGNORE_ENABLED)
+
+/* The prefix of namespace index ns, palloc'd ("" when out of range). */
+static char *
+namespace_prefix(int ns)
+{
+	WorkerShared *sh = worker_shared;
+	char	   *prefix;
+
+	LWLockAcquire(sh->lock, LW_SHARED);
+	prefix = pstrdup(ns >= 0 && ns < sh->nnamespaces ? sh->namespaces[ns].prefix : "");
+	LWLockRelease(sh->lock);
+	return prefix;
+}
+
+/*
+ * Send the replay queue (replay.c), a batch per round trip, oldest first:
+ * consecutive entries of one kind and namespace share a command (UNLINK of
+ * full keys, the generation bump script, SADD of families).  A batch is
+ * removed only once Redis answered it.  A command Redis refuses (foreign
+ * data where a generation should be, an ACL) is reported and its namespace
+ * flushed instead, so the queue never stalls on it.  Returns false when
+ * Redis failed (retry later).
+ */
+static bool
+replay_pending(void)
+{
+	int64		total = 0;
+
+	for (;;)
+	{
+		RedisReplayItem *items;
+		uint64		consumed;
+		int			n = redis_replay_peek(&items, &consumed);
+		RedisCommand *commands;
+		RedisReply **replies;
+		int		   *command_ns;
+		int			ncommands = 0;
+		int			i;
+
+		if (n == 0)
+			break;
+		if (ShutdownRequestPending)
+			return false;
+		commands = palloc0(sizeof(RedisCommand) * n);
+		replies = palloc0(sizeof(RedisReply *) * n);
+		command_ns = palloc(sizeof(int) * n);
+		for (i = 0; i < n;)
+		{
+			RedisCommand *cmd = &commands[ncommands];
+			int			kind = items[i].kind;
+			int			ns = items[i].namespace_index;
+			int			run = 1;
+			int			fixed;
+			int			j;
+
+			while (i + run < n && run < RC_KEYS_PER_COMMAND &&
+				   items[i + run].kind == kind &&
+				   items[i + run].namespace_index == ns)
+				run++;
+			fixed = kind == RC_REPLAY_KEY ? 1 : kind == RC_REPLAY_FAMILY ? 2 : 4;
+			cmd->argv = palloc(sizeof(char *) * (run + fixed));
+			cmd->argvlen = palloc(sizeof(size_t) * (run + fixed));
+			if (kind == RC_REPLAY_KEY)
+				cmd->argv[0] = "UNLINK";
+			else if (kind == RC_REPLAY_FAMILY)
+			{
+				cmd->argv[0] = "SADD";
+				cmd->argv[1] = redis_control_key(namespace_prefix(ns), RC_CONTROL_FAMILIES);
+			}
+			else
+			{
+				cmd->argv[0] = "EVAL";
+				cmd->argv[1] = redis_script_body(RC_SCRIPT_QUERY_INVALIDATE);
+				cmd->argv[2] = "0";
+				cmd->argv[3] = redis_query_base(namespace_prefix(ns));
+			}
+			for (j = 0; j < fixed; j++)
+				cmd->argvlen[j] = strlen(cmd->argv[j]);
+			for (j = 0; j < run; j++)
+			{
+				cmd->argv[fixed + j] = (char *) items[i + j].data;
+				cmd->argvlen[fixed + j] = items[i + j].len;
+			}
+			cmd->argc = fixed + run;
+			command_ns[ncommands++] = ns;
+			i += run;
+		}
+		if (!redis_execute(commands, ncommands, replies, RC_WORKER_EXEC_FLAGS))
+			return false;
+		for (i = 0; i < ncommands; i++)
+		{
+			if (replies[i] != NULL && replies[i]->type != RC_REPLY_ERROR)
+				continue;
+			if (replies[i] != NULL)
+				redis_report_reply_error(replies[i], psprintf("a replayed invalidation (%s)", commands[i].argv[0]),
+										 RC_WORKER_EXEC_FLAGS);
+			redis_mark_missed(command_ns[i]);
+		}
+		redis_replay_consume(consumed);
+		redis_stats_add(RC_STAT_INVALIDATIONS_RETRIED, n);
+		total += n;
+	}
+	if (total > 0)
+		ereport(LOG,
+				(errmsg("redis_cache: replayed " INT64_FORMAT " invalidations that could not be delivered at commit",
+						total)));
+	return true;
 }
 
 /*
@@ -720,9 +913,14 @@ process_pending(void)
 	bool		all_done = true;
 	bool		dirty;
 
+	/* exact replays first: they are what a stalled commit meant */
+	if (!replay_pending())
+		return false;
+
 	/* flush missed namespaces */
 	for (i = 0; i < RC_MAX_NAMESPACES; i++)
 	{
+		bool		failed;
 		char		prefix[RC_MAX_KEY_BYTES + 1];
 		bool		missed;
 		uint32		marks;
@@ -740,13 +938,14 @@ process_pending(void)
 		if (!missed)
 			continue;
 
-		removed = redis_flush_prefix(prefix);
-		if (removed < 0)
+		removed = redis_flush_owned(prefix, RC_WORKER_EXEC_FLAGS, NULL, false,
+									0, &failed);
+		if (failed)
 			return false;
 		redis_stats_add(RC_STAT_FLUSHES, 1);
 		redis_stats_add(RC_STAT_INVALIDATIONS_RETRIED, 1);
 		ereport(LOG,
-				(errmsg("redis_cache: flushed " INT64_FORMAT " keys under prefix \"%s\" to apply invalidations that could not be delivered or queued",
+				(errmsg("redis_cache: flushed " INT64_FORMAT " owned keys under prefix \"%s\" (query results and owned key families) to apply invalidations that could not be delivered or queued exactly",
 						removed, prefix)));
 		LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 		drop_patterns_covered(sh, i, queued_before);
@@ -799,6 +998,7 @@ process_pending(void)
 
 		LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 		sh->npatterns--;
+		pg_atomic_write_u32(&sh->patterns_queued, sh->npatterns);
 		memmove(&sh->patterns[0], &sh->patterns[1],
 				sizeof(sh->patterns[0]) * sh->npatterns);
 		LWLockRelease(sh->lock);
@@ -877,7 +1077,7 @@ has_urgent_work(void)
 	int			i;
 
 	LWLockAcquire(sh->lock, LW_SHARED);
-	result = sh->npatterns > 0 || sh->state_dirty;
+	result = sh->npatterns > 0 || sh->state_dirty || redis_replay_queued() > 0;
 	for (i = 0; i < sh->nnamespaces && !result; i++)
 		result = sh->namespaces[i].missed;
 	LWLockRelease(sh->lock);
@@ -902,7 +1102,8 @@ worker_shutdown(void)
 		waited += 10;
 	}
 	LWLockAcquire(sh->lock, LW_EXCLUSIVE);
-	clean = pg_atomic_read_u32(&sh->in_flight) == 0 && sh->npatterns == 0;
+	clean = pg_atomic_read_u32(&sh->in_flight) == 0 && sh->npatterns == 0 &&
+		redis_replay_queued() == 0;
 	for (i = 0; i < sh->nnamespaces; i++)
 		if (sh->namespaces[i].missed)
 			clean = false;
@@ -990,7 +1191,7 @@ redis_cache_worker_main(Datum main_arg)
 		}
 		if (sh->nnamespaces > 0)
 			ereport(LOG,
-					(errmsg("redis_cache: previous shutdown was not clean; flushing %d cache namespaces to apply invalidations that may have been lost",
+					(errmsg("redis_cache: previous shutdown was not clean; flushing the owned keys of %d cache namespaces to apply invalidations that may have been lost",
 							sh->nnamespaces)));
 	}
 	sh->worker_latch = MyLatch;

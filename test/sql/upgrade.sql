@@ -91,6 +91,23 @@ DROP EXTENSION redis_cache;
 CREATE EXTENSION redis_cache;
 DROP ROLE regress_upgrade_owner, regress_upgrade_other;
 
+-- 1.4 to 1.5: cache_families(); a watched template's family is owned (and
+-- recorded in Redis with the watch); a template must begin with literal
+-- text, so that no family covers the whole database.
+DROP EXTENSION redis_cache;
+CREATE EXTENSION redis_cache VERSION '1.4';
+ALTER EXTENSION redis_cache UPDATE TO '1.5';
+SELECT extversion FROM pg_extension WHERE extname = 'redis_cache';
+CREATE TABLE regress_upgrade_f (id int PRIMARY KEY, name text);
+SELECT cache_watch('regress_upgrade_f', 'upgrade:f:{id}', 'upgrade:f:name:{name}');
+SELECT family, source FROM cache_families() ORDER BY 1 COLLATE "C";
+\set VERBOSITY terse
+SELECT cache_watch('regress_upgrade_f', '{id}:f');
+\set VERBOSITY default
+DROP TABLE regress_upgrade_f;
+DROP EXTENSION redis_cache;
+CREATE EXTENSION redis_cache;
+
 -- cache_version() after the upgrade, in a namespace of our own.  The version
 -- expected is the server's (redis_cache.version, else REDIS_CACHE_VERSION,
 -- else "1"): compared, never printed.
