@@ -432,6 +432,9 @@ redis_replay_consume(uint64 consumed)
 void
 redis_replay_init(void)
 {
+	/* a PGC_POSTMASTER setting can only be defined at server start */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
 	DefineCustomIntVariable("redis_cache.replay_queue_keys",
 							gettext_noop("Sets how many undelivered invalidations the worker keeps to send exactly once Redis answers."),
 							gettext_noop("Each entry takes 128 bytes of shared memory on average. A commit that does not fit invalidates the owned families of its tables instead."),
@@ -440,8 +443,6 @@ redis_replay_init(void)
 							PGC_POSTMASTER,
 							0,
 							NULL, NULL, NULL);
-	if (!process_shared_preload_libraries_in_progress)
-		return;
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = replay_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;

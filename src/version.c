@@ -215,12 +215,12 @@ run_check(RedisRoundTrip round_trip, int flags)
 		redis_stats_add(RC_STAT_FLUSHES, 1);
 		if (strcmp(reason, "mismatch") == 0)
 			ereport(LOG,
-					(errmsg("redis_cache: cache version mismatch (stored %s, expected %s): flushing " INT64_FORMAT " keys",
+					(errmsg("redis_cache: cache version mismatch (stored %s, expected %s): flushed " INT64_FORMAT " owned keys (query results and owned key families)",
 							reply->elements > 2 && reply->element[2]->str ? reply->element[2]->str : "",
 							expected, removed)));
 		else
 			ereport(LOG,
-					(errmsg("redis_cache: flushed " INT64_FORMAT " keys under prefix \"%s\" (%s)",
+					(errmsg("redis_cache: flushed " INT64_FORMAT " owned keys under prefix \"%s\" (%s)",
 							removed, prefix, reason)));
 
 		done = psprintf("%s|%s", expected, run_id);

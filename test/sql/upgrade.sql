@@ -100,7 +100,7 @@ ALTER EXTENSION redis_cache UPDATE TO '1.5';
 SELECT extversion FROM pg_extension WHERE extname = 'redis_cache';
 CREATE TABLE regress_upgrade_f (id int PRIMARY KEY, name text);
 SELECT cache_watch('regress_upgrade_f', 'upgrade:f:{id}', 'upgrade:f:name:{name}');
-SELECT family, source FROM cache_families() ORDER BY 1 COLLATE "C";
+SELECT family, source FROM cache_families() ORDER BY family COLLATE "C";
 \set VERBOSITY terse
 SELECT cache_watch('regress_upgrade_f', '{id}:f');
 \set VERBOSITY default

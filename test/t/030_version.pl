@@ -2,10 +2,11 @@
 # Copyright (c) redis_cache contributors; the PostgreSQL License.
 
 # Cache version management against a real redis-server: first run, a
-# version change flushing exactly once (also with 20 racing backends), an
-# open session noticing a reload, a Redis restart from an RDB snapshot
-# holding a stale key, Redis down at backend start, two versions not
-# flushing each other, and the REDIS_CACHE_VERSION environment variable.
+# version change flushing the owned keys (declared families here) exactly
+# once and keeping a session under the same prefix (also with 20 racing
+# backends), an open session noticing a reload, a Redis restart from an RDB
+# snapshot holding a stale key, Redis down at backend start, two versions
+# not flushing each other, and the REDIS_CACHE_VERSION environment variable.
 
 use strict;
 use warnings;
@@ -25,7 +26,8 @@ my $port = $redis->port;
 # an entry the application wrote before the first version check ever ran
 $redis->cli('set', 'ver:tenant:id:1', 'from-app');
 my $node = $redis->new_pg_node('version',
-	conf => "redis_cache.key_prefix = 'ver:'\n");
+	conf => "redis_cache.key_prefix = 'ver:'\n"
+	  . "redis_cache.cache_families = 'product:*, tenant:*'\n");
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION redis_cache');
 
@@ -42,11 +44,12 @@ sub count_log
 	return scalar(() = $log =~ /\Q$text\E/g);
 }
 
-# Keys under the prefix, the version control keys (ver:cache:*) excepted.
+# Keys under the prefix, the version control keys (ver:cache:*) and the
+# application's sessions (ver:session:*, not cache: never flushed) excepted.
 sub prefix_keys
 {
 	my @keys = split /\n/, $redis->cli('--scan', '--pattern', 'ver:*') // '';
-	return scalar(grep { !/^ver:cache:/ } @keys);
+	return scalar(grep { !/^ver:cache:/ && !/^ver:session:/ } @keys);
 }
 
 # Poll a session until it sees $name = $value (no Redis involved).
@@ -84,28 +87,32 @@ is( $node->safe_psql('postgres',
 	'1|1|40|t',
 	'cache_version() reports expected, stored, run_id, checked_at');
 
-# --- version change + reload: one flush, keys outside the prefix survive ---
+# --- version change + reload: one flush of the owned keys; keys outside the
+# prefix and keys under it that are not cache (a session) survive ---------
 $redis->cli(join('', map { "SET ver:product:details:$_ v$_\n" } 1 .. 100));
+$redis->cli('set', 'ver:session:abc', 'user-1');
 $redis->cli(join('', map { "SET other:key:$_ keep\n" } 1 .. 5));
 my $before = prefix_keys();
 set_conf('redis_cache.version', 'a1b2c3d4');
 is( $node->safe_psql('postgres', "SELECT cache_get('product:details:1') IS NULL"),
 	't', 'version change: old entries are not served');
 is("$before/" . prefix_keys(), '101/0',
-	'version change: every key under the prefix removed');
+	'version change: every owned key under the prefix removed');
+is($redis->cli('get', 'ver:session:abc'), 'user-1',
+	'version change: a key that is not cache survives');
 my @other = split /\n/, $redis->cli('--scan', '--pattern', 'other:*');
 is(scalar(@other), 5, 'version change: keys outside the prefix untouched');
 is($redis->cli('get', 'ver:cache:version'), 'a1b2c3d4',
 	'version change: new version stored');
-is(count_log('cache version mismatch (stored 1, expected a1b2c3d4): flushing 101 keys'),
+is(count_log('cache version mismatch (stored 1, expected a1b2c3d4): flushed 101 owned keys'),
 	1, 'version change: one flush, logged with the count');
 
 # --- an open session notices the reload at its next command ----------------
 my $bg = $node->background_psql('postgres');
-my @got = ($bg->query_safe("SELECT cache_set('live', 'x')"));
+my @got = ($bg->query_safe("SELECT cache_set('tenant:live', 'x')"));
 set_conf('redis_cache.version', 'live2');
 wait_setting($bg, 'redis_cache.version', 'live2');
-push @got, $bg->query_safe("SELECT coalesce(cache_get('live'), 'miss')");
+push @got, $bg->query_safe("SELECT coalesce(cache_get('tenant:live'), 'miss')");
 push @got, $bg->query_safe('SELECT stored FROM cache_version()');
 is(join("\n", @got), "t\nmiss\nlive2",
 	'an existing backend re-checks after pg_reload_conf()');
@@ -134,7 +141,9 @@ is(count_log('cache version mismatch (stored live2, expected race-v3)'), 1,
 	'20 racing backends: exactly one flush');
 is(scalar(grep { $_->{out} =~ /^t\d/m } @racers), 0,
 	'20 racing backends: none served an old entry');
-is(prefix_keys(), 0, '20 racing backends: namespace flushed');
+is(prefix_keys(), 0, '20 racing backends: owned keys flushed');
+is($redis->cli('get', 'ver:session:abc'), 'user-1',
+	'20 racing backends: the session survives');
 
 # --- Redis restart from an RDB snapshot holding a stale entry ---------------
 $node->safe_psql('postgres', "SELECT cache_set('tenant:id:7', 'stale')");

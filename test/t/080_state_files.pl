@@ -16,7 +16,8 @@ use Test::More;
 
 my $redis = RedisCache::Server->new('main');
 $redis->start;
-my $node = $redis->new_pg_node('state');
+my $node = $redis->new_pg_node('state',
+	conf => "redis_cache.cache_families = 'tenant:*'\n");
 $node->start;
 my $data = $node->data_dir;
 
@@ -69,7 +70,7 @@ $redis->cli('set', 'legacy:tenant:id:9', 'stale');
 $redis->cli('set', 'other:key', 'kept');
 $offset = -s $node->logfile;
 $node->start;
-$node->wait_for_log(qr/flushed 1 keys under prefix "legacy:"/, $offset);
+$node->wait_for_log(qr/flushed 1 owned keys under prefix "legacy:"/, $offset);
 is($redis->cli('exists', 'legacy:tenant:id:9'), '0',
 	'a namespace marked missed in the 1.2 state file is flushed');
 is($redis->cli('get', 'other:key'), 'kept', 'keys of other prefixes stay');
@@ -118,7 +119,7 @@ $node->wait_for_log(qr/previous shutdown was not clean/, $offset);
 $node->poll_query_until('postgres', q{SELECT cache_ping() = 'PONG'});
 # the flush after the crash covers the tracked prefixes only; wait until
 # the worker logged a flush of each of them
-$node->wait_for_log(qr/flushed \d+ keys under prefix "st2:"/, $offset);
+$node->wait_for_log(qr/flushed \d+ owned keys under prefix "st2:"/, $offset);
 is($redis->cli('get', 'legacy:tenant:id:9'), 'app data now',
 	'a forgotten prefix is not flushed after a crash');
 

@@ -26,7 +26,7 @@ use Test::More;
 my $redis = RedisCache::Server->new('identity');
 $redis->start;
 
-my $conf = "redis_cache.key_prefix = 'app:'\n";
+my $conf = "redis_cache.key_prefix = 'app:'\nredis_cache.cache_families = 'tenant:*'\n";
 my $q = q{SELECT cache_query_json('SELECT id, name FROM items ORDER BY id')};
 my $key_sql = q{SELECT cache_query_key('SELECT id, name FROM items ORDER BY id')};
 
@@ -111,9 +111,9 @@ like($a->safe_psql('postgres', $q), qr/a-new/, 'cluster A: its new rows');
 like($b->safe_psql('postgres', $q), qr/b-new/, 'cluster B: its rows, unchanged');
 ok(exists_key($ka) && exists_key($kb), 'both results are stored again');
 
-# a missed invalidation on A: the worker flushes the key_prefix (the
-# key-value keys, which the clusters share by sharing it, and A's query
-# results), never B's query results
+# a missed invalidation on A: the worker replays exactly A's generation
+# bump, in A's namespace of query results: it ends A's result, never B's,
+# and no key-value key the write did not name
 $redis->cli('set', 'app:tenant:id:1', 'cached');
 my $offset = -s $a->logfile;
 $redis->pause;
@@ -121,13 +121,13 @@ $a->psql('postgres', q{
 SET redis_cache.command_timeout_ms = 300;
 UPDATE items SET name = 'a-missed';});
 $redis->resume;
-$a->wait_for_log(qr/flushed \d+ keys under prefix "app:"/, $offset);
-ok(!exists_key('app:tenant:id:1'), "cluster A's flush removed the prefix's key-value keys");
-ok(!exists_key($ka), "cluster A's flush removed its own results");
-ok(exists_key($kb), "cluster A's flush left cluster B's result");
+$a->wait_for_log(qr/replayed \d+ invalidations that could not be delivered/, $offset);
+ok(exists_key('app:tenant:id:1'), "cluster A's replay left key-value keys the write did not name");
+ok(!exists_key($ka), "cluster A's replay removed its own result");
+ok(exists_key($kb), "cluster A's replay left cluster B's result");
 ok(exists_key("app:query:$nsb:gen:5:$oid"),
-	"cluster A's flush left cluster B's generations");
-ok(exists_key('app:cache:version'), "cluster A's flush left the version bookkeeping");
+	"cluster A's replay left cluster B's generations");
+ok(exists_key('app:cache:version'), "cluster A's replay left the version bookkeeping");
 like($a->safe_psql('postgres', $q), qr/a-missed/, 'cluster A: the missed write is seen');
 like($b->safe_psql('postgres', $q), qr/b-new/, 'cluster B: still its rows');
 
@@ -169,7 +169,7 @@ $primary->wait_for_catchup($standby);
 $standby->wait_for_log(qr/worker waiting for the end of recovery/, $offset);
 is($standby->safe_psql('postgres', 'SELECT pg_is_in_recovery()'), 't', 'the standby is in recovery');
 is(redis_keys(), $before, "the standby's start deleted no key of the primary");
-unlike(slurp_file($standby->logfile), qr/flushed \d+ keys|not clean; flushing/,
+unlike(slurp_file($standby->logfile), qr/flushed \d+ owned keys|not clean; flushing/,
 	'the standby flushed nothing');
 
 is($standby->safe_psql('postgres', $key_sql), $kp,
@@ -189,7 +189,7 @@ is(redis_keys(), $before, 'reading on the standby deleted or added no key');
 $offset = -s $standby->logfile;
 $standby->promote;
 is($standby->safe_psql('postgres', 'SELECT pg_is_in_recovery()'), 'f', 'the standby is promoted');
-$standby->wait_for_log(qr/flushed \d+ keys under prefix "app:"/, $offset);
+$standby->wait_for_log(qr/flushed \d+ owned keys under prefix "app:"/, $offset);
 ok(!exists_key('app:tenant:id:1'), 'after promotion the key-value keys are flushed');
 ok(exists_key($kp), "the old primary's results are left to their TTL");
 my $ks = $standby->safe_psql('postgres', $key_sql);

@@ -43,7 +43,7 @@ my $nfiller = $ENV{RC_PQ_FILLER} || 20000;
 my $stale_deadline = $ENV{RC_PQ_STALE_DEADLINE} || 30;
 my $nproducts = 2000;
 my $clients = 8;
-my $flush_re = qr/redis_cache: flushed \d+ keys under prefix "app:"/;
+my $flush_re = qr/redis_cache: flushed \d+ owned keys under prefix "app:"/;
 
 my $redis = RedisCache::Server->new('pq');
 $redis->start;
