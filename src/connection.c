@@ -207,6 +207,9 @@ remember_run_id(RedisConnection *conn, const RedisReply *info)
 	size_t		len;
 
 	/* INFO may be renamed away on managed Redis: then no restart detection */
+	if (info->type == RC_REPLY_ERROR &&
+		redis_reply_error_kind(info) == RC_ERR_NOPERM)
+		redis_report_reply_error(info, "reading the server's run_id (INFO server) to detect Redis restarts", RC_EXEC_NO_ERROR);
 	if (info->type != RC_REPLY_STRING)
 		return;
 	p = strstr(info->str, "run_id:");
@@ -513,6 +516,9 @@ redis_reply_error_kind(const RedisReply *reply)
 
 	if (reply == NULL || reply->type != RC_REPLY_ERROR || reply->str == NULL)
 		return RC_ERR_GENERIC;
+	/* Redis 7.0 reports an ACL denial inside a script as plain ERR */
+	if (strstr(reply->str, "The user executing the script can't") != NULL)
+		return RC_ERR_NOPERM;
 	len = strcspn(reply->str, " ");
 	for (i = 0; i < (int) lengthof(codes); i++)
 		if (len == strlen(codes[i].code) &&
@@ -617,7 +623,13 @@ redis_report_reply_error(const RedisReply *reply, const char *what, int flags)
 				const char *close_quote = open_quote ? strchr(open_quote + 1, '\'') : NULL;
 				const char *prefix = redis_cache_key_prefix ? redis_cache_key_prefix : "";
 
-				if (close_quote != NULL && close_quote - open_quote < 64)
+				if (strstr(text, "script can't run this command") != NULL)
+				{
+					message = psprintf("Redis denied the ACL permission to run a command inside a script for %s",
+									   what);
+					hint = "Grant the user of redis_cache.user every command the README lists, those the scripts call included (see src/scripts.c).";
+				}
+				else if (close_quote != NULL && close_quote - open_quote < 64)
 				{
 					char	   *command = redis_printable(open_quote + 1,
 														  close_quote - open_quote - 1);

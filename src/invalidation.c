@@ -756,10 +756,27 @@ send_commit_work(void)
 									  work->replies,
 									  RC_EXEC_NO_ERROR | RC_EXEC_INTERNAL |
 									  RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED);
-		/* a script that failed half way (foreign data): flush instead */
-		for (i = work->first_generation_command; delivered && i < work->ncommands; i++)
-			if (work->replies[i] == NULL || work->replies[i]->type == RC_REPLY_ERROR)
-				delivered = false;
+		/*
+		 * A refused UNLINK (an ACL) or a script that failed half way
+		 * (foreign data): the worker replays it, and reports what Redis
+		 * says.  A refused family record (SADD) is reported here; the next
+		 * commit records it again.
+		 */
+		for (i = 0; delivered && i < work->ncommands; i++)
+		{
+			RedisReply *reply = work->replies[i];
+
+			if (reply != NULL && reply->type != RC_REPLY_ERROR)
+				continue;
+			if (reply != NULL && strcmp(work->commands[i].argv[0], "SADD") == 0)
+			{
+				if (redis_reply_error_kind(reply) != RC_ERR_WRONGTYPE)
+					redis_report_reply_error(reply, "recording the owned key families (SADD)",
+											 RC_EXEC_NO_ERROR);
+				continue;
+			}
+			delivered = false;
+		}
 		if (delivered)
 			redis_stats_add(RC_STAT_INVALIDATIONS_SENT, work->nkeys + work->ngenerations);
 		if (!delivered)

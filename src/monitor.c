@@ -152,6 +152,14 @@ cache_health(PG_FUNCTION_ARGS)
 
 	start = GetCurrentTimestamp();
 	ok = redis_execute(cmds, 2, replies, RC_EXEC_SKIP_BREAKER | RC_EXEC_NO_ERROR);
+	/* refused (an ACL, a renamed command): say which, and do not pretend */
+	if (ok && replies[0]->type == RC_REPLY_ERROR)
+	{
+		redis_report_reply_error(replies[0], "the health check (PING)", RC_EXEC_NO_ERROR);
+		ok = false;
+	}
+	if (ok && replies[1]->type == RC_REPLY_ERROR)
+		redis_report_reply_error(replies[1], "the health check (INFO)", RC_EXEC_NO_ERROR);
 
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '{');

@@ -418,10 +418,11 @@ connect_address(RedisSocket *s, const char *host, int port, TimestampTz deadline
  */
 RedisSocket *
 redis_socket_open(const char *host, int port, int timeout_ms,
-				  TimestampTz deadline)
+				  TimestampTz requested_deadline)
 {
 	RedisSocket *s;
 	volatile bool ok = false;
+	volatile TimestampTz deadline;
 
 	if (!AcquireExternalFD())
 	{
@@ -433,7 +434,8 @@ redis_socket_open(const char *host, int port, int timeout_ms,
 	s->ops = &plain_ops;
 	s->external_fd_acquired = true;
 	s->timeout_ms = timeout_ms;
-	deadline = operation_deadline(s, deadline);
+	/* set once before PG_TRY: not clobbered by its longjmp */
+	deadline = operation_deadline(s, requested_deadline);
 	if (host[0] == '/')
 		strlcpy(s->label, host, sizeof(s->label));
 	else

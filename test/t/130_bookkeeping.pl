@@ -136,7 +136,14 @@ is($out, 't|t', 'keys that merely contain "query" are ordinary keys');
 
 # ---- repro 2: a trigger EXECUTE FUNCTION cache_invalidate('*') ----------
 $redis->cli("SET tenant:id:1 acme\nSET tenant:id:2 globex\nSET product:details:7 p\n");
-my $dbsize = $redis->cli('dbsize');
+# keys outside the query namespaces (DDL, such as the CREATE TABLEs below,
+# ends and deletes cached query results: that is not the trigger's doing)
+sub non_query_keys
+{
+	my @keys = grep { !/(^|:)query:/ } split /\n/, ($redis->cli('--scan') // '');
+	return scalar(@keys);
+}
+my $dbsize = non_query_keys();
 ($rc, $out, $err) = psql_as('app', q{
 CREATE TEMP TABLE wipe (id int);
 CREATE TRIGGER wipe AFTER INSERT ON wipe FOR EACH ROW EXECUTE FUNCTION cache_invalidate('*');
@@ -144,7 +151,7 @@ INSERT INTO wipe VALUES (1);});
 like($err, qr/cache_invalidate\(\) may only run with key templates on tables of roles allowed to call cache_watch\(\)/,
 	"a temporary table's trigger cache_invalidate('*') raises ERROR");
 like($err, qr/owned by role "app"/, '... naming the owner');
-is($redis->cli('dbsize'), $dbsize, '... and deletes nothing');
+is(non_query_keys(), $dbsize, '... and deletes nothing');
 
 # the same on a regular table the role created, with '*' and with another
 # table's template, for each event
@@ -170,7 +177,7 @@ DROP TABLE app.mine;});
 	is($redis->cli('exists', 'tenant:id:1', 'tenant:id:2', 'product:details:7'), '3',
 		"... the keys of other families survive ($args)");
 }
-is($redis->cli('dbsize'), $dbsize, 'no key was deleted by any of these triggers');
+is(non_query_keys(), $dbsize, 'no key was deleted by any of these triggers');
 
 # cache_watch() with templates is not for PUBLIC; without templates it is
 ($rc, $out, $err) = psql_as('app', q{
@@ -183,7 +190,7 @@ SELECT cache_watch('app.mine');
 INSERT INTO app.mine VALUES (1);
 SELECT count(*) FROM app.mine;});
 is($out, "\n1", 'cache_watch(table) without templates works for any table owner');
-is($redis->cli('dbsize'), $dbsize, '... and deletes no key');
+is(non_query_keys(), $dbsize, '... and deletes no key');
 
 # a role the DBA trusts with key families
 $node->safe_psql('postgres', q{
@@ -272,7 +279,7 @@ SELECT cache_watch('legacy.parts', 'part:{r}:{id}');}, 'up');
 is($rc, 0, 'under 1.3 any table owner calls cache_watch()');
 $node->safe_psql('up', 'ALTER EXTENSION redis_cache UPDATE');
 is($node->safe_psql('up', q{SELECT extversion FROM pg_extension WHERE extname = 'redis_cache'}),
-	'1.4', 'updated to 1.4');
+	'1.5', 'updated to the current version');
 $redis->cli("SET item:1 x\nSET part:a:1 x\n");
 ($rc, $out, $err) = psql_as('legacy', q{
 INSERT INTO legacy.items VALUES (1, 1);

@@ -422,6 +422,7 @@ sub fake_server
 						$reply = "*2\r\n\$1\r\n7\r\n*1\r\n\$7\r\nfakekey\r\n";
 					}
 					elsif ($cmd eq 'UNLINK') { $reply = ":1\r\n"; }
+					elsif ($cmd eq 'SMEMBERS') { $reply = "*0\r\n"; }    # no families
 					elsif ($cmd eq 'AUTH' || $cmd eq 'SELECT') { $reply = "+OK\r\n"; }
 					else { $reply = "-ERR unknown command '$cmd'\r\n"; }
 					syswrite($fh, $reply);

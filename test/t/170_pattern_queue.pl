@@ -307,7 +307,10 @@ my $c1 = counters();
 is($c1->{flushes} - $c0->{flushes}, 1, '(d) one flush');
 is($c1->{retried} - $c0->{retried}, 1,
 	'(d) the flush dropped the 256 patterns queued before it: no SCAN per pattern after it');
-is($redis->cli('exists', 'app:probe', 'app:product:variants:1:v1'), '0', '(d) the flush removed the keys');
+is($redis->cli('exists', 'app:product:variants:1:v1'), '0',
+	'(d) the flush removed the owned key (family product:variants:*:*)');
+is($redis->cli('get', 'app:probe'), 'cached',
+	'(d) the flush kept app:probe, which no watched template or declared family owns');
 is(sql(q{SELECT cache_set('probe', 'again'), cache_get('probe')}), 't|again',
 	'(d) after the flush, cache_get hits again');
 cmp_ok($redis->cli('dbsize'), '>=', $nfiller, 'the other application\'s keys are kept');

@@ -86,7 +86,8 @@ sub app_data_intact
 sub scan_keys
 {
 	my ($pattern) = @_;
-	return sort split /\n/, ($redis->cli('--scan', '--pattern', $pattern) // '');
+	my @keys = sort split /\n/, ($redis->cli('--scan', '--pattern', $pattern) // '');
+	return @keys;
 }
 
 # Cache keys by kind: key-value entries of the families, query results.
