@@ -5,9 +5,9 @@
  *		  the PRE_COMMIT build, the COMMIT send and the hand-off to the
  *		  worker.
  *
- * Items (keys and patterns from the watch triggers of triggers.c, and query
- * result generation bumps from query_deps.c) are queued during the
- * transaction.  Nothing is sent before the transaction commits, and nothing
+ * Items (keys, patterns and the templates' families from the watch
+ * triggers of triggers.c and cache_watch(), and query result generation
+ * bumps from query_deps.c) are queued during the transaction.  Nothing is sent before the transaction commits, and nothing
  * of a rolled-back transaction or subtransaction is ever sent:
  *
  * - Items are allocated in CurTransactionContext and kept in one list per
@@ -16,9 +16,10 @@
  *   them, and its memory goes with it.
  *
  * - XACT_EVENT_PRE_COMMIT deduplicates the keys, builds the pipelined UNLINK
- *   commands and the generation bump scripts (one per namespace known to
- *   hold query results) in a context of our own (nothing is allocated
- *   later), and registers the namespace with the worker, durably (may
+ *   commands, one SADD of the families per namespace (families.c: what a
+ *   flush may remove), the generation bump scripts (one per namespace known
+ *   to hold query results) and the replay items a failed delivery hands
+ *   over, in a context of our own (nothing is allocated later), and registers the namespace with the worker, durably (may
  *   ERROR: the transaction then aborts cleanly).  PREPARE TRANSACTION with
  *   queued keys is refused at XACT_EVENT_PRE_PREPARE.
  *
@@ -26,10 +27,16 @@
  *   the generation bumps no cached result needs (query_tables.c, decided
  *   only now), sends everything in one round trip bounded by
  *   command_timeout_ms (a new connection too), inside PG_TRY, downgrading
- *   any problem to a WARNING.  What could not be delivered is handed to the
- *   worker (worker.c), which flushes the namespace once Redis is back.
- *   Pattern invalidations need SCAN and go to the worker; without
+ *   any problem to a WARNING.  What could not be delivered (no reply, or
+ *   an error reply to an UNLINK or a script) is handed over exactly to the
+ *   replay queue (replay.c), which the worker sends once Redis answers; a
+ *   commit whose keys do not fit falls back to its templates' families (the
+ *   worker's pattern queue), and only beyond that to a flush of the
+ *   namespace's owned keys: never more than the cache owns.  Pattern
+ *   invalidations need SCAN and go to the worker; without
  *   shared_preload_libraries they run at commit within commit_timeout_ms.
+ *   cache_query_invalidate() sends the same bump commands at once
+ *   (redis_invalidate_generations_now()).
  *
  * - The commit holds its locks while it waits, and the command and connect
  *   timeouts are any role's to set: the delivery (connect, retry and
@@ -536,6 +543,9 @@ prepare_commit_work(void)
 				cmd->argv[cmd->argc] = f->key;
 				cmd->argvlen[cmd->argc] = f->len;
 				cmd->argc++;
+				/* a namespace the worker does not track: SADD at commit only */
+				if (work->namespace_index[p] < 0)
+					continue;
 				r = &work->replay[work->nreplay++];
 				r->namespace_index = work->namespace_index[p];
 				r->kind = RC_REPLAY_FAMILY;

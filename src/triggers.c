@@ -28,6 +28,15 @@
  * A trigger without templates (cache_watch(tbl)) only ends cached query
  * results of its own table and runs for anyone.
  *
+ * Families.  Each template owns its family, every placeholder taken as
+ * '*' ('tenant:id:{id}' owns 'tenant:id:*'): the keys the bulk deletes
+ * after a crash, a Redis restart or a version change may remove
+ * (families.c).  cache_watch() refuses a template that does not begin with
+ * literal text, whose family would be the whole database, and queues the
+ * families so that its commit records them in Redis; the trigger queues
+ * them once per subtransaction with the keys, so the commit records them
+ * again and a replay that does not fit falls back to them.
+ *
  * Bounded patterns.  A pattern expanded from a row longer than
  * RC_MAX_PATTERN_BYTES would not fit the worker's queue: the template's
  * whole family (every placeholder '*') is invalidated instead, with a

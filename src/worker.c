@@ -576,7 +576,8 @@ cache_forget_namespace(PG_FUNCTION_ARGS)
 			found = i;
 	if (found >= 0)
 	{
-		pending = sh->namespaces[found].missed;
+		/* replays of any namespace: the queue is not searched by name */
+		pending = sh->namespaces[found].missed || redis_replay_queued() > 0;
 		for (i = 0; i < sh->npatterns && !pending; i++)
 			pending = sh->patterns[i].namespace_index == found;
 		for (i = 0; i < sh->nredeletes && !pending; i++)
