@@ -242,6 +242,84 @@ redis_queue_generation_bump(const char *item, int len)
 	queue_any_item(item, len, false, true, false, 0);
 }
 
+/*
+ * Families this backend has recorded in Redis (SADD) on the current
+ * connection: a commit records only new ones, so a watched table's writes
+ * do not each pay an SADD.  A new connection (a Redis restart, new server
+ * settings) records them again.  Entries are added at PRE_COMMIT
+ * (allocation allowed) and marked recorded at COMMIT once delivered.
+ */
+#define RC_RECORDED_FAMILIES	64
+
+typedef struct RecordedFamily
+{
+	char	   *name;			/* prefix, NUL, family (TopMemoryContext) */
+	uint64		serial;			/* redis_connection_serial(); 0: pending */
+} RecordedFamily;
+
+static RecordedFamily recorded_families[RC_RECORDED_FAMILIES];
+static int	nrecorded_families = 0;
+
+static RecordedFamily *
+find_recorded(const char *prefix, const char *family)
+{
+	size_t		plen = strlen(prefix);
+	int			i;
+
+	for (i = 0; i < nrecorded_families; i++)
+	{
+		const char *name = recorded_families[i].name;
+
+		if (strcmp(name, prefix) == 0 && strcmp(name + plen + 1, family) == 0)
+			return &recorded_families[i];
+	}
+	return NULL;
+}
+
+/*
+ * Whether family of prefix was recorded on the current connection.  With
+ * note_pending (PRE_COMMIT), a family not recorded is remembered as pending
+ * (while there is room) for mark_families_recorded().
+ */
+static bool
+family_recorded(const char *prefix, const char *family, bool note_pending)
+{
+	RecordedFamily *r = find_recorded(prefix, family);
+
+	if (r != NULL)
+	{
+		if (r->serial != 0 && r->serial == redis_connection_serial())
+			return true;
+		r->serial = 0;
+		return false;
+	}
+	if (note_pending && nrecorded_families < RC_RECORDED_FAMILIES)
+	{
+		size_t		plen = strlen(prefix);
+		size_t		flen = strlen(family);
+		char	   *name = MemoryContextAlloc(TopMemoryContext, plen + flen + 2);
+
+		memcpy(name, prefix, plen + 1);
+		memcpy(name + plen + 1, family, flen + 1);
+		recorded_families[nrecorded_families].name = name;
+		recorded_families[nrecorded_families].serial = 0;
+		nrecorded_families++;
+	}
+	return false;
+}
+
+/* COMMIT, delivered: the pending families are recorded (no allocation). */
+static void
+mark_families_recorded(void)
+{
+	uint64		serial = redis_connection_serial();
+	int			i;
+
+	for (i = 0; i < nrecorded_families; i++)
+		if (recorded_families[i].serial == 0)
+			recorded_families[i].serial = serial;
+}
+
 /* Commands of a bump of nitems generations in one namespace. */
 static int
 bump_command_count(int nitems)
@@ -538,7 +616,8 @@ prepare_commit_work(void)
 				PendingItem *f = work->families[i];
 				RedisReplayItem *r;
 
-				if (f->prefix_index != p)
+				if (f->prefix_index != p ||
+					family_recorded(work->prefixes[p], f->key, true))
 					continue;
 				cmd->argv[cmd->argc] = f->key;
 				cmd->argvlen[cmd->argc] = f->len;
@@ -788,7 +867,10 @@ send_commit_work(void)
 			delivered = false;
 		}
 		if (delivered)
+		{
 			redis_stats_add(RC_STAT_INVALIDATIONS_SENT, work->nkeys + work->ngenerations);
+			mark_families_recorded();
+		}
 		if (!delivered)
 		{
 			if (have_worker)
