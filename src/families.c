@@ -25,11 +25,11 @@
  * functions on a caller's behalf, never removed by a flush): it is shared
  * by every PostgreSQL server that writes to the namespace, and readable by
  * whichever backend the version check elects to flush, preloaded or not,
- * with no catalog access.  cache_watch() adds a table's families at once;
- * every commit that deletes a template's keys adds the template's family
- * again in the same round trip (SADD of a member already there changes
- * nothing), so a set lost with a Redis restore is rebuilt by the next
- * writes, and a watch created before version 1.5 is recorded by its first
+ * with no catalog access.  cache_watch() adds a table's families at its
+ * commit; a backend's first commit on each connection that deletes a
+ * template's keys adds the template's family again in the same round trip
+ * (invalidation.c; SADD of a member already there changes nothing), so a
+ * set lost with a Redis restore is rebuilt by the next writes, and a watch created before version 1.5 is recorded by its first
  * write.  A member that is not an acceptable family (foreign or hostile
  * data) is ignored, never obeyed.
  *
