@@ -152,6 +152,26 @@ entry_at(uint64 pos)
 }
 
 /*
+ * The entry at *pos, or NULL after moving *pos to the start of the ring
+ * when the rest of it is unused (a WRAP entry, or a tail shorter than a
+ * header).
+ */
+static ReplayEntry *
+entry_or_wrap(uint64 *pos)
+{
+	ReplayEntry *e = entry_at(*pos);
+	uint64		offset = *pos % replay->ring_size;
+
+	if (replay->ring_size - offset < offsetof(ReplayEntry, data) ||
+		e->kind == REPLAY_WRAP)
+	{
+		*pos += replay->ring_size - offset;
+		return NULL;
+	}
+	return e;
+}
+
+/*
  * Reserve room for an entry of len bytes at head (wrapping with a WRAP
  * entry when it does not fit before the end of the ring).  NULL when the
  * ring is full.  Caller holds the lock exclusively.
@@ -255,15 +275,10 @@ redis_replay_hand_over(const RedisReplayItem *items, int nitems)
 
 			while (pos < replay->head)
 			{
-				ReplayEntry *e = entry_at(pos);
-				uint64		offset = pos % replay->ring_size;
+				ReplayEntry *e = entry_or_wrap(&pos);
 
-				if (replay->ring_size - offset < offsetof(ReplayEntry, data) ||
-					e->kind == REPLAY_WRAP)
-				{
-					pos += replay->ring_size - offset;
+				if (e == NULL)
 					continue;
-				}
 				if (e->kind == RC_REPLAY_KEY)
 					replay->filter[e->hash % RC_REPLAY_FILTER_SLOTS]++;
 				else if (e->kind == RC_REPLAY_GENERATION)
@@ -361,17 +376,12 @@ redis_replay_peek(RedisReplayItem **items, uint64 *consumed)
 	pos = replay->tail;
 	while (pos < replay->head && n < RC_REPLAY_BATCH)
 	{
-		ReplayEntry *e = entry_at(pos);
-		uint64		offset = pos % replay->ring_size;
+		ReplayEntry *e = entry_or_wrap(&pos);
 		RedisReplayItem *item;
 		char	   *copy;
 
-		if (replay->ring_size - offset < offsetof(ReplayEntry, data) ||
-			e->kind == REPLAY_WRAP)
-		{
-			pos += replay->ring_size - offset;
+		if (e == NULL)
 			continue;
-		}
 		item = &(*items)[n++];
 		copy = palloc(e->len + 1);
 		memcpy(copy, e->data, e->len);
@@ -401,15 +411,10 @@ redis_replay_consume(uint64 consumed)
 	pos = replay->tail;
 	while (pos < consumed)
 	{
-		ReplayEntry *e = entry_at(pos);
-		uint64		offset = pos % replay->ring_size;
+		ReplayEntry *e = entry_or_wrap(&pos);
 
-		if (replay->ring_size - offset < offsetof(ReplayEntry, data) ||
-			e->kind == REPLAY_WRAP)
-		{
-			pos += replay->ring_size - offset;
+		if (e == NULL)
 			continue;
-		}
 		if (e->kind == RC_REPLAY_KEY)
 			replay->filter[e->hash % RC_REPLAY_FILTER_SLOTS]--;
 		else if (e->kind == RC_REPLAY_GENERATION)

@@ -113,18 +113,8 @@ SELECT count(*) FROM generate_series(1, 10) g,
 	return (scalar(@$kv), scalar(@$results));
 }
 
-sub poll
-{
-	my ($what, $check) = @_;
-	my $deadline = time() + $timeout;
-	while (time() < $deadline)
-	{
-		return 1 if $check->();
-		usleep(50_000);
-	}
-	fail("$what (timed out)");
-	return 0;
-}
+# polls a state with a deadline (RedisCache::Server)
+*poll = \&RedisCache::Server::poll_until;
 
 sub replay_queued
 {

@@ -146,18 +146,8 @@ sub query_results
 	return @keys;
 }
 
-sub poll
-{
-	my ($what, $check) = @_;
-	my $deadline = time() + $timeout;
-	while (time() < $deadline)
-	{
-		return 1 if $check->();
-		usleep(50_000);
-	}
-	fail("$what (timed out)");
-	return 0;
-}
+# polls a state with a deadline (RedisCache::Server)
+*poll = \&RedisCache::Server::poll_until;
 
 # Whether the server log matches RE within the default timeout.
 sub poll_log

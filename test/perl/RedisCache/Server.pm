@@ -43,7 +43,8 @@ use File::Path qw(make_path);
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
-use Time::HiRes qw(usleep);
+use Test::More ();
+use Time::HiRes qw(time usleep);
 
 my @all_servers;
 
@@ -285,6 +286,29 @@ are collected in C<< $s->{out} >> and C<< $s->{err} >>.
 Waits for that psql to end; returns the handle, C<out> chomped.
 
 =cut
+
+=pod
+
+=item RedisCache::Server::poll_until($what, $check)
+
+Calls C<$check> every 50 ms until it returns true (then returns 1), at
+most the default timeout; then records a failed test C<"$what (timed
+out)"> and returns 0.
+
+=cut
+
+sub poll_until
+{
+	my ($what, $check) = @_;
+	my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+	while (time() < $deadline)
+	{
+		return 1 if $check->();
+		usleep(50_000);
+	}
+	Test::More::fail("$what (timed out)");
+	return 0;
+}
 
 sub start_psql
 {
