@@ -10,7 +10,9 @@ OBJS = \
 	src/state_file.o \
 	src/keys.o \
 	src/guc.o \
+	src/tls.o \
 	src/transport.o \
+	src/sentinel.o \
 	src/connection.o \
 	src/scripts.o \
 	src/families.o \
@@ -45,7 +47,7 @@ TAP_TESTS = 1
 PROVE_TESTS ?= $(wildcard test/t/*.pl)
 
 PG_CPPFLAGS = -I$(srcdir)/src
-SHLIB_LINK = -lhiredis
+SHLIB_LINK = -lhiredis -lssl -lcrypto
 
 EXTRA_CLEAN = results regression.diffs regression.out output_iso tmp_check
 

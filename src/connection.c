@@ -8,12 +8,24 @@
  *
  * - One connection (a RedisSocket of transport.c) per backend, opened
  *   lazily, reused across calls and transactions, dropped and reopened when
- *   a server parameter changes or after any fault.  The settings that choose
- *   the server (host, port, user, password, password_file, database) are
- *   this file's own and PGC_SUSET: otherwise any user could point the
- *   extension at a server of their own, harvest the AUTH password or poison
- *   the cache for everybody.  The password is hidden from SHOW ALL,
- *   pg_settings and the sample file.
+ *   a server parameter changes (TLS and sentinel settings included) or
+ *   after any fault.  The settings that choose the server (url, host, port,
+ *   user, password, password_file, database) are this file's own and
+ *   PGC_SUSET: otherwise any user could point the extension at a server of
+ *   their own, harvest the AUTH password or poison the cache for
+ *   everybody.  The password is hidden from SHOW ALL, pg_settings and the
+ *   sample file.
+ *
+ * - Choosing the server: redis_cache.url, when set, replaces host, port,
+ *   user and database (parts it leaves out take their defaults), and
+ *   rediss:// asks for TLS: the stricter of it and redis_cache.sslmode
+ *   applies.  A URL never carries the password (its check refuses one
+ *   without echoing the value).  With redis_cache.sentinels set, the
+ *   address comes from the sentinels (sentinel.c) at each new connection
+ *   and the handshake confirms it with ROLE; a READONLY or LOADING reply
+ *   (a demoted or restarting master) drops the connection and the call is
+ *   retried once on the master discovered anew.  A new master is a new
+ *   run_id, which the session check treats like a Redis restart.
  *
  * - A session that lost one of its configured server settings before the
  *   library was loaded (guc.c, redis_settings_untrusted) never reaches
@@ -31,8 +43,9 @@
  *   role can SHOW and that a reload logs: redis_cache.password is then
  *   refused at connect (redis_cache.password_file is not affected).
  *
- * - The handshake (AUTH, SELECT, INFO server) is one pipelined round trip
- *   within the connect deadline; INFO gives the run_id that tells restarts
+ * - The handshake (AUTH, SELECT, INFO server, and ROLE under Sentinel) is
+ *   one pipelined round trip within the connect deadline, after the TCP
+ *   and TLS handshakes (transport.c); INFO gives the run_id that tells restarts
  *   apart.  Then the session check registered by an upper layer (version.c:
  *   the cache version) runs before any caller's command reaches the
  *   connection; it gets a round-trip function, so it never calls back into
@@ -55,6 +68,7 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
 #include <errno.h>
 
 #include "miscadmin.h"
@@ -80,13 +94,39 @@ static int	circuit_open_seconds = 5;
 /* bumped by any change of a server setting: the next command reconnects */
 static uint64 server_config_generation = 0;
 
+/* redis_cache.url, parsed by its check hook (the setting's extra) */
+typedef struct ServerUrl
+{
+	bool		set;
+	bool		tls;			/* rediss:// */
+	char		host[256];
+	int			port;
+	char		user[128];
+	int			database;
+} ServerUrl;
+
+static char *server_url = NULL;
+static const ServerUrl *url = NULL;
+
 typedef struct RedisConnection
 {
 	RedisSocket *socket;
-	uint64		config_generation;	/* server_config_generation */
+	uint64		config_generation;	/* config_generation() */
 	uint64		serial;			/* distinguishes successive connections */
 	char		run_id[64];		/* INFO server run_id; "" if unknown */
+	char		host[256];		/* the server connected to */
+	int			port;
 } RedisConnection;
+
+/* Where and how to connect, from the settings (see the header comment). */
+typedef struct ServerTarget
+{
+	const char *host;
+	int			port;
+	const char *user;
+	int			database;
+	int			tls_mode;
+} ServerTarget;
 
 static uint64 connection_serial = 0;
 static RedisConnection *connection = NULL;
@@ -113,16 +153,69 @@ host_or_default(void)
 	return server_host && server_host[0] ? server_host : "127.0.0.1";
 }
 
+static void
+current_target(ServerTarget *t)
+{
+	if (url != NULL && url->set)
+	{
+		t->host = url->host;
+		t->port = url->port;
+		t->user = url->user;
+		t->database = url->database;
+	}
+	else
+	{
+		t->host = host_or_default();
+		t->port = server_port;
+		t->user = server_user ? server_user : "";
+		t->database = server_database;
+	}
+	t->tls_mode = redis_tls_configured_mode();
+	if (url != NULL && url->set && url->tls && t->tls_mode < RC_TLS_REQUIRE)
+		t->tls_mode = RC_TLS_REQUIRE;
+}
+
+/* Changes whenever a setting that chooses the server or TLS changes. */
+static uint64
+config_generation(void)
+{
+	return server_config_generation + redis_tls_config_generation() +
+		redis_sentinel_config_generation();
+}
+
+/* The server in use (or that would be used), for messages and health. */
 const char *
 redis_server_host(void)
 {
-	return host_or_default();
+	ServerTarget t;
+
+	if (connection != NULL)
+		return connection->host;
+	if (redis_sentinel_enabled())
+		return "";
+	current_target(&t);
+	return t.host;
 }
 
 int
 redis_server_port(void)
 {
-	return server_port;
+	ServerTarget t;
+
+	if (connection != NULL)
+		return connection->port;
+	if (redis_sentinel_enabled())
+		return 0;
+	current_target(&t);
+	return t.port;
+}
+
+/* The TLS version and cipher of the open connection; false if none. */
+bool
+redis_connection_tls(const char **version, const char **cipher)
+{
+	return connection != NULL &&
+		redis_socket_tls(connection->socket, version, cipher);
 }
 
 void
@@ -157,10 +250,8 @@ redis_disconnect(void)
 static char *
 read_password(void)
 {
-	FILE	   *file;
-	char		line[1024];
-	size_t		len;
 	char	   *result;
+	char	   *why = NULL;
 
 	if (password_value[0])
 	{
@@ -175,27 +266,10 @@ read_password(void)
 	if (server_password_file == NULL || server_password_file[0] == '\0')
 		return pstrdup("");
 
-	file = AllocateFile(server_password_file, "r");
-	if (file == NULL)
-	{
-		redis_fault_set(RC_FAULT_CONNECT, "could not open redis_cache.password_file \"%s\": %s",
-						server_password_file, strerror(errno));
-		return NULL;
-	}
-	if (fgets(line, sizeof(line), file) == NULL)
-		line[0] = '\0';
-	FreeFile(file);
-	len = strlen(line);
-	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-		line[--len] = '\0';
-	if (len == 0)
-	{
-		redis_fault_set(RC_FAULT_CONNECT, "redis_cache.password_file \"%s\" is empty",
-						server_password_file);
-		return NULL;
-	}
-	result = pstrdup(line);
-	explicit_bzero(line, sizeof(line));
+	result = redis_read_secret_file(server_password_file,
+									"redis_cache.password_file", &why);
+	if (result == NULL)
+		redis_fault_set(RC_FAULT_CONNECT, "%s", why);
 	return result;
 }
 
@@ -226,23 +300,45 @@ remember_run_id(RedisConnection *conn, const RedisReply *info)
 }
 
 /*
- * AUTH, SELECT and INFO server, pipelined, within the connect deadline.
+ * What ROLE says conn's server is: NULL when a master, else its role
+ * ("slave", "sentinel", or something unexpected) for the message.
+ */
+static const char *
+not_a_master(const RedisReply *role)
+{
+	if (role->type == RC_REPLY_ERROR)
+		return "a server that refused ROLE";
+	if (role->type != RC_REPLY_ARRAY || role->elements == 0 ||
+		role->element[0]->type != RC_REPLY_STRING)
+		return "a server whose ROLE reply is not understood";
+	if (strcmp(role->element[0]->str, "master") == 0)
+		return NULL;
+	return psprintf("a %s", redis_printable(role->element[0]->str,
+											 role->element[0]->len));
+}
+
+/*
+ * AUTH, SELECT, INFO server and, under Sentinel, ROLE: pipelined, within
+ * the connect deadline.
  */
 static bool
-handshake(RedisConnection *conn, const char *password, TimestampTz deadline,
-		  int timeout_ms)
+handshake(RedisConnection *conn, const ServerTarget *target,
+		  const char *password, TimestampTz deadline, int timeout_ms)
 {
-	RedisCommand cmds[3];
+	RedisCommand cmds[4];
 	const char *auth_argv[3];
 	size_t		auth_len[3];
 	const char *select_argv[2];
 	size_t		select_len[2];
 	const char *info_argv[2] = {"INFO", "server"};
 	size_t		info_len[2] = {4, 6};
+	const char *role_argv[1] = {"ROLE"};
+	size_t		role_len[1] = {4};
 	char		dbstr[16];
 	int			n = 0;
 	int			auth_index = -1;
-	RedisReply *replies[3];
+	int			info_index;
+	RedisReply *replies[4];
 	bool		nothing;
 	int			i;
 
@@ -252,10 +348,10 @@ handshake(RedisConnection *conn, const char *password, TimestampTz deadline,
 
 		auth_argv[argc] = "AUTH";
 		auth_len[argc++] = 4;
-		if (server_user && server_user[0])
+		if (target->user[0])
 		{
-			auth_argv[argc] = server_user;
-			auth_len[argc++] = strlen(server_user);
+			auth_argv[argc] = target->user;
+			auth_len[argc++] = strlen(target->user);
 		}
 		auth_argv[argc] = password;
 		auth_len[argc++] = strlen(password);
@@ -264,9 +360,9 @@ handshake(RedisConnection *conn, const char *password, TimestampTz deadline,
 		cmds[n].argvlen = auth_len;
 		auth_index = n++;
 	}
-	if (server_database != 0)
+	if (target->database != 0)
 	{
-		snprintf(dbstr, sizeof(dbstr), "%d", server_database);
+		snprintf(dbstr, sizeof(dbstr), "%d", target->database);
 		select_argv[0] = "SELECT";
 		select_len[0] = 6;
 		select_argv[1] = dbstr;
@@ -276,41 +372,64 @@ handshake(RedisConnection *conn, const char *password, TimestampTz deadline,
 		cmds[n].argvlen = select_len;
 		n++;
 	}
+	info_index = n;
 	cmds[n].argc = 2;
 	cmds[n].argv = info_argv;
 	cmds[n].argvlen = info_len;
 	n++;
+	if (redis_sentinel_enabled())
+	{
+		cmds[n].argc = 1;
+		cmds[n].argv = role_argv;
+		cmds[n].argvlen = role_len;
+		n++;
+	}
 
 	if (!redis_socket_round_trip(conn->socket, cmds, n, replies, deadline,
 								 timeout_ms, &nothing))
 		return false;
-	for (i = 0; i < n - 1; i++)
+	for (i = 0; i < info_index; i++)
 	{
 		if (replies[i]->type == RC_REPLY_ERROR)
 		{
 			/* never echo the command: it carries the password */
 			redis_fault_set(RC_FAULT_CONNECT, "Redis at %s:%d refused %s: %s",
-							host_or_default(), server_port,
+							conn->host, conn->port,
 							(i == auth_index) ? "authentication" : "SELECT",
 							redis_printable(replies[i]->str, replies[i]->len));
 			return false;
 		}
 	}
-	if (redis_reply_error_kind(replies[n - 1]) == RC_ERR_NOAUTH)
+	if (redis_reply_error_kind(replies[info_index]) == RC_ERR_NOAUTH)
 	{
 		redis_fault_set(RC_FAULT_CONNECT, "Redis at %s:%d requires authentication: %s",
-						host_or_default(), server_port,
-						redis_printable(replies[n - 1]->str, replies[n - 1]->len));
+						conn->host, conn->port,
+						redis_printable(replies[info_index]->str,
+										replies[info_index]->len));
 		return false;
 	}
-	remember_run_id(conn, replies[n - 1]);
+	if (info_index + 1 < n)
+	{
+		const char *role = not_a_master(replies[info_index + 1]);
+
+		if (role != NULL)
+		{
+			/* a failover in progress: the next connection asks again */
+			redis_fault_set(RC_FAULT_CONNECT, "Redis at %s:%d, named master \"%s\" by the sentinels, is %s",
+							conn->host, conn->port,
+							redis_sentinel_master_name(), role);
+			return false;
+		}
+	}
+	remember_run_id(conn, replies[info_index]);
 	return true;
 }
 
 /*
- * Connect to the configured server, then AUTH and SELECT.  On success
- * "connection" is set; on failure the fault says why.  Throws only on
- * interrupts (the caller's PG_TRY cleans up).
+ * Connect to the configured server (asking the sentinels first, if any),
+ * then the handshake.  On success "connection" is set; on failure the
+ * fault says why.  Throws only on interrupts (the caller's PG_TRY cleans
+ * up).
  */
 static bool
 connect_to_server(int timeout_ms)
@@ -318,21 +437,37 @@ connect_to_server(int timeout_ms)
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   timeout_ms);
 	RedisConnection *conn;
+	ServerTarget target;
 	char	   *password;
 	bool		ok;
 
+	current_target(&target);
 	password = read_password();
 	if (password == NULL)
 		return false;
 
 	conn = MemoryContextAllocZero(TopMemoryContext, sizeof(RedisConnection));
-	conn->config_generation = server_config_generation;
+	conn->config_generation = config_generation();
 	/* published before anything can throw, so redis_disconnect() frees it */
 	connection = conn;
-	conn->socket = redis_socket_open(host_or_default(), server_port,
-									 timeout_ms, deadline);
-	ok = conn->socket != NULL &&
-		handshake(conn, password, deadline, timeout_ms);
+	if (redis_sentinel_enabled())
+		ok = redis_sentinel_discover(target.tls_mode, timeout_ms, deadline,
+									 conn->host, sizeof(conn->host),
+									 &conn->port);
+	else
+	{
+		strlcpy(conn->host, target.host, sizeof(conn->host));
+		conn->port = target.port;
+		ok = true;
+	}
+	if (ok)
+	{
+		conn->socket = redis_socket_open(conn->host, conn->port,
+										 target.tls_mode, timeout_ms,
+										 deadline);
+		ok = conn->socket != NULL &&
+			handshake(conn, &target, password, deadline, timeout_ms);
+	}
 
 	explicit_bzero(password, strlen(password));
 	pfree(password);
@@ -342,9 +477,23 @@ connect_to_server(int timeout_ms)
 		return false;
 	}
 	conn->serial = ++connection_serial;
-	ereport(LOG,
-			(errmsg("redis_cache: connected to Redis at %s:%d",
-					host_or_default(), server_port)));
+	{
+		const char *version;
+		const char *cipher;
+		char	   *how = redis_socket_tls(conn->socket, &version, &cipher) ?
+			psprintf(" over %s (%s)", version, cipher) : pstrdup("");
+
+		if (redis_sentinel_enabled())
+			ereport(LOG,
+					(errmsg("redis_cache: connected to Redis at %s:%d%s, master \"%s\" of the sentinels",
+							conn->host, conn->port, how,
+							redis_sentinel_master_name())));
+		else
+			ereport(LOG,
+					(errmsg("redis_cache: connected to Redis at %s:%d%s",
+							conn->host, conn->port, how)));
+		pfree(how);
+	}
 	return true;
 }
 
@@ -527,30 +676,6 @@ redis_reply_error_kind(const RedisReply *reply)
 	return RC_ERR_GENERIC;
 }
 
-/*
- * A copy of text from Redis fit for a message: printable ASCII only (the
- * rest, invalid UTF-8 and NUL included, becomes '?'), at most 300 bytes.
- * Redis' own messages are ASCII; a hostile server's must not reach the log
- * or the client as invalid text.
- */
-char *
-redis_printable(const char *str, size_t len)
-{
-	size_t		n = Min(len, 300);
-	char	   *out = palloc(n + 4);
-	size_t		i;
-
-	for (i = 0; i < n; i++)
-		out[i] = (str[i] >= 0x20 && str[i] < 0x7f) ? str[i] : '?';
-	if (n < len)
-	{
-		memcpy(out + n, "...", 3);
-		n += 3;
-	}
-	out[n] = '\0';
-	return out;
-}
-
 /* Rate limiting of reply-error warnings, per kind. */
 static TimestampTz last_reply_warning_at[RC_NUM_ERROR_KINDS];
 static int	suppressed_reply_warnings[RC_NUM_ERROR_KINDS];
@@ -609,8 +734,8 @@ redis_report_reply_error(const RedisReply *reply, const char *what, int flags)
 			break;
 		case RC_ERR_READONLY:
 			message = psprintf("Redis at %s:%d is a read-only replica and refused %s",
-							   host_or_default(), server_port, what);
-			hint = "Point redis_cache.host at the primary.";
+							   redis_server_host(), redis_server_port(), what);
+			hint = redis_sentinel_enabled() ? "The sentinels named it master: a failover may be in progress; the next command asks them again." : "Point redis_cache.host (or redis_cache.url) at the primary, or use redis_cache.sentinels.";
 			break;
 		case RC_ERR_MISCONF:
 			message = psprintf("Redis cannot save its data and refused %s", what);
@@ -653,7 +778,7 @@ redis_report_reply_error(const RedisReply *reply, const char *what, int flags)
 		case RC_ERR_MOVED:
 		case RC_ERR_ASK:
 			message = psprintf("Redis at %s:%d is a cluster node and redirected %s",
-							   host_or_default(), server_port, what);
+							   redis_server_host(), redis_server_port(), what);
 			hint = "Redis Cluster is not supported: point redis_cache.host at a standalone server.";
 			break;
 		default:
@@ -770,6 +895,31 @@ attempt_round_trip(const RedisCommand *commands, int ncommands,
 }
 
 /*
+ * Under Sentinel, whether a reply says the server is no longer a usable
+ * master: READONLY (demoted to a replica) or LOADING (restarted).  The
+ * commands it refused did nothing, so they may be sent again.
+ */
+static bool
+master_demoted(RedisReply **replies, int nreplies)
+{
+	int			i;
+
+	if (!redis_sentinel_enabled())
+		return false;
+	for (i = 0; i < nreplies; i++)
+	{
+		RedisErrorKind kind;
+
+		if (replies[i]->type != RC_REPLY_ERROR)
+			continue;
+		kind = redis_reply_error_kind(replies[i]);
+		if (kind == RC_ERR_READONLY || kind == RC_ERR_LOADING)
+			return true;
+	}
+	return false;
+}
+
+/*
  * Run a pipeline of commands in one round trip.
  *
  * On success returns true and replies[i] holds the answer to commands[i]
@@ -797,9 +947,9 @@ redis_execute(const RedisCommand *commands, int ncommands,
 		return refuse_untrusted_session(flags);
 
 	/* a different server deserves a fresh breaker */
-	if (breaker_config_generation != server_config_generation)
+	if (breaker_config_generation != config_generation())
 	{
-		breaker_config_generation = server_config_generation;
+		breaker_config_generation = config_generation();
 		record_success();
 	}
 
@@ -818,7 +968,7 @@ redis_execute(const RedisCommand *commands, int ncommands,
 	}
 
 	if (connection != NULL &&
-		connection->config_generation != server_config_generation)
+		connection->config_generation != config_generation())
 		redis_disconnect();
 
 	for (attempt = 0; attempt < 2 && !ok && !bypass; attempt++)
@@ -844,6 +994,15 @@ redis_execute(const RedisCommand *commands, int ncommands,
 			redis_disconnect();
 			if (!(reused && nothing_received))
 				break;
+		}
+		else if (ok && attempt == 0 && master_demoted(replies, ncommands))
+		{
+			/* ask the sentinels again, and retry once on their master */
+			elog(LOG, "redis_cache: Redis at %s:%d is no longer a writable master of \"%s\"; asking the sentinels again",
+				 connection->host, connection->port,
+				 redis_sentinel_master_name());
+			redis_disconnect();
+			ok = false;
 		}
 	}
 
@@ -946,11 +1105,177 @@ show_password(void)
 }
 
 /*
+ * redis_cache.url: redis://[user@]host[:port][/database], or rediss:// for
+ * TLS; IPv6 hosts as [address].  Parsed here into the extra.  A password
+ * (user:password@) is refused with a message of our own, which never
+ * echoes the value (PostgreSQL's default message would).
+ */
+static bool
+parse_url(const char *value, ServerUrl *u)
+{
+	const char *p = value;
+	const char *at;
+	const char *hostend;
+	const char *end = value + strlen(value);
+	size_t		len;
+
+	memset(u, 0, sizeof(*u));
+	u->port = 6379;
+	if (*p == '\0')
+		return true;
+	if (strncmp(p, "rediss://", 9) == 0)
+	{
+		u->tls = true;
+		p += 9;
+	}
+	else if (strncmp(p, "redis://", 8) == 0)
+		p += 8;
+	else
+	{
+		GUC_check_errdetail("The URL must begin with redis:// or rediss://.");
+		return false;
+	}
+	u->set = true;
+
+	hostend = p + strcspn(p, "/?#");
+	at = memchr(p, '@', hostend - p);
+	if (at != NULL)
+	{
+		const char *c;
+
+		for (c = p; c < at; c++)
+			if (*c == ':')
+			{
+				GUC_check_errmsg("redis_cache.url must not contain a password");
+				GUC_check_errhint("Put the password in the file named by redis_cache.password_file.");
+				return false;
+			}
+		len = at - p;
+		if (len >= sizeof(u->user))
+		{
+			GUC_check_errdetail("The user name in the URL is too long.");
+			return false;
+		}
+		for (c = p; c < at; c++)
+			if (!(isalnum((unsigned char) *c) || strchr("._~-", *c)))
+			{
+				GUC_check_errdetail("The user name in the URL may only contain letters, digits and . _ ~ -.");
+				return false;
+			}
+		memcpy(u->user, p, len);
+		u->user[len] = '\0';
+		p = at + 1;
+	}
+
+	if (*p == '[')
+	{
+		const char *close = memchr(p, ']', hostend - p);
+
+		if (close == NULL)
+		{
+			GUC_check_errdetail("An IPv6 host in the URL is written [address].");
+			return false;
+		}
+		len = close - p - 1;
+		if (len == 0 || len >= sizeof(u->host))
+		{
+			GUC_check_errdetail("The URL has no valid host.");
+			return false;
+		}
+		memcpy(u->host, p + 1, len);
+		u->host[len] = '\0';
+		p = close + 1;
+	}
+	else
+	{
+		len = strcspn(p, ":/?#");
+		if (len == 0 || len >= sizeof(u->host))
+		{
+			GUC_check_errdetail("The URL has no valid host.");
+			return false;
+		}
+		memcpy(u->host, p, len);
+		u->host[len] = '\0';
+		p += len;
+	}
+	if (*p == ':')
+	{
+		char	   *pend;
+		long		v = strtol(p + 1, &pend, 10);
+
+		if (pend == p + 1 || v < 1 || v > 65535)
+		{
+			GUC_check_errdetail("The URL's port must be a number from 1 to 65535.");
+			return false;
+		}
+		u->port = (int) v;
+		p = pend;
+	}
+	if (*p == '/' && p[1] != '\0')
+	{
+		char	   *pend;
+		long		v = strtol(p + 1, &pend, 10);
+
+		if (pend == p + 1 || v < 0 || v > 1023)
+		{
+			GUC_check_errdetail("The URL's database must be a number from 0 to 1023.");
+			return false;
+		}
+		u->database = (int) v;
+		p = pend;
+	}
+	else if (*p == '/')
+		p++;
+	if (p != end)
+	{
+		GUC_check_errdetail("The URL may only hold a scheme, user, host, port and database (no options).");
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_url(char **newval, void **extra, GucSource source)
+{
+	ServerUrl  *u = malloc(sizeof(ServerUrl));
+
+	if (u == NULL)
+	{
+		GUC_check_errcode(ERRCODE_OUT_OF_MEMORY);
+		GUC_check_errmsg("out of memory");
+		return false;
+	}
+	if (!parse_url(*newval ? *newval : "", u))
+	{
+		free(u);
+		return false;
+	}
+	*extra = u;
+	return true;
+}
+
+static void
+assign_url(const char *newval, void *extra)
+{
+	url = (const ServerUrl *) extra;
+	server_config_generation++;
+}
+
+/*
  * Define this file's settings.  Called once from _PG_init.
  */
 void
 redis_connection_define_gucs(void)
 {
+	DefineCustomStringVariable("redis_cache.url",
+							   gettext_noop("Sets the Redis server as a URL: redis://[user@]host[:port][/database], or rediss:// for TLS."),
+							   gettext_noop("When set, it replaces redis_cache.host, port, user and database; rediss:// means at least sslmode require. The password never goes in the URL: use redis_cache.password_file."),
+							   &server_url,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   check_url, assign_url, NULL);
+
 	DefineCustomStringVariable("redis_cache.host",
 							   gettext_noop("Sets the Redis server host name, IP address or Unix socket file path."),
 							   gettext_noop("A value starting with a slash is the path of a Unix domain socket file, such as /run/redis/redis.sock."),

@@ -5,7 +5,7 @@
  *		  command_timeout_ms, default_ttl and max_value_bytes; how the
  *		  library was loaded (redis_cache_preloaded()); and the guard that
  *		  tells whether this session's server settings are the configured
- *		  ones (redis_settings_untrusted()).
+ *		  ones (redis_settings_untrusted()); reading a password file.
  *
  * A setting read by one file only is defined in that file, with the
  * variable static there: the server settings in connection.c, the cache
@@ -38,9 +38,11 @@
  */
 #include "postgres.h"
 
+#include <errno.h>
 #include <limits.h>
 
 #include "miscadmin.h"
+#include "storage/fd.h"
 #include "utils/guc.h"
 #include "utils/guc_tables.h"
 #include "utils/memutils.h"
@@ -295,4 +297,41 @@ redis_cache_define_gucs(void)
 							PGC_SUSET,
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+}
+
+/*
+ * The first line of the password file path (setting: its setting's name,
+ * for messages), palloc'd; the caller wipes it with explicit_bzero.
+ * Returns NULL with *why (palloc'd) saying why when the file cannot be
+ * read or is empty.  Messages name the file, never its contents.
+ */
+char *
+redis_read_secret_file(const char *path, const char *setting, char **why)
+{
+	FILE	   *file;
+	char		line[1024];
+	size_t		len;
+	char	   *result;
+
+	file = AllocateFile(path, "r");
+	if (file == NULL)
+	{
+		*why = psprintf("could not open %s \"%s\": %s",
+						setting, path, strerror(errno));
+		return NULL;
+	}
+	if (fgets(line, sizeof(line), file) == NULL)
+		line[0] = '\0';
+	FreeFile(file);
+	len = strlen(line);
+	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+		line[--len] = '\0';
+	if (len == 0)
+	{
+		*why = psprintf("%s \"%s\" is empty", setting, path);
+		return NULL;
+	}
+	result = pstrdup(line);
+	explicit_bzero(line, sizeof(line));
+	return result;
 }

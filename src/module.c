@@ -39,6 +39,8 @@ _PG_init(void)
 	/* before any setting is defined: what the session gave beforehand */
 	redis_settings_guard_begin();
 	redis_cache_define_gucs();
+	redis_tls_define_gucs();
+	redis_sentinel_define_gucs();
 	redis_connection_define_gucs();
 	redis_query_cache_define_gucs();
 	redis_families_define_gucs();

@@ -169,6 +169,25 @@ cache_health(PG_FUNCTION_ARGS)
 	snprintf(latency, sizeof(latency), "%d", redis_server_port());
 	append_json_field(&buf, "port", latency, true);
 	{
+		const char *version;
+		const char *cipher;
+
+		if (redis_connection_tls(&version, &cipher))
+		{
+			append_json_field(&buf, "tls", version, false);
+			append_json_field(&buf, "tls_cipher", cipher, false);
+		}
+		else
+		{
+			append_json_field(&buf, "tls", "null", true);
+			append_json_field(&buf, "tls_cipher", "null", true);
+		}
+	}
+	if (redis_sentinel_enabled())
+		append_json_field(&buf, "sentinel_master", redis_sentinel_master_name(), false);
+	else
+		append_json_field(&buf, "sentinel_master", "null", true);
+	{
 		/* the worker's replay queue (replay.c): exact, undelivered work */
 		int64		counts[5];
 		static const char *const names[] = {

@@ -203,6 +203,43 @@ extern void redis_settings_guard_begin(void);
 extern void redis_settings_guard_end(void);
 extern const char *redis_settings_untrusted(void);
 extern void redis_settings_check_trusted(void);
+extern char *redis_read_secret_file(const char *path, const char *setting,
+									char **why);
+
+/* in tls.c */
+typedef enum RedisTlsMode
+{
+	RC_TLS_DISABLE,
+	RC_TLS_REQUIRE,				/* encrypt, do not check the certificate */
+	RC_TLS_VERIFY_CA,			/* the chain must verify */
+	RC_TLS_VERIFY_FULL			/* and the name or IP must match */
+} RedisTlsMode;
+
+typedef enum RedisTlsStatus
+{
+	RC_TLS_OK,
+	RC_TLS_WANT_READ,			/* wait until readable, then call again */
+	RC_TLS_WANT_WRITE,			/* wait until writable, then call again */
+	RC_TLS_FAILED				/* the fault is set */
+} RedisTlsStatus;
+
+typedef struct RedisTls RedisTls;
+
+extern void redis_tls_define_gucs(void);
+extern int	redis_tls_configured_mode(void);
+extern uint64 redis_tls_config_generation(void);
+extern const char *redis_tls_mode_name(int mode);
+extern RedisTls *redis_tls_begin(int sock, const char *host, int mode,
+								 const char *label);
+extern RedisTlsStatus redis_tls_handshake(RedisTls *tls, const char *label);
+extern ssize_t redis_tls_read(RedisTls *tls, char *buf, size_t len,
+							  RedisTlsStatus *status, const char *label);
+extern ssize_t redis_tls_write(RedisTls *tls, const char *buf, size_t len,
+							   RedisTlsStatus *status, const char *label);
+extern bool redis_tls_pending(RedisTls *tls);
+extern const char *redis_tls_version(RedisTls *tls);
+extern const char *redis_tls_cipher(RedisTls *tls);
+extern void redis_tls_end(RedisTls *tls);
 
 /* in transport.c */
 typedef enum RedisFaultKind
@@ -220,8 +257,13 @@ typedef struct RedisSocket RedisSocket;
 extern void redis_fault_set(RedisFaultKind kind, const char *fmt,...) pg_attribute_printf(2, 3);
 extern RedisFaultKind redis_fault_kind(void);
 extern const char *redis_fault_message(void);
+extern char *redis_printable(const char *str, size_t len);
 extern RedisSocket *redis_socket_open(const char *host, int port,
-									  int timeout_ms, TimestampTz deadline);
+									  int tls_mode, int timeout_ms,
+									  TimestampTz deadline);
+extern bool redis_socket_tls(RedisSocket *s, const char **version,
+							 const char **cipher);
+extern const char *redis_socket_label(RedisSocket *s);
 extern bool redis_socket_round_trip(RedisSocket *s,
 									const RedisCommand *commands,
 									int ncommands, RedisReply **replies,
@@ -229,6 +271,15 @@ extern bool redis_socket_round_trip(RedisSocket *s,
 									bool *nothing_received);
 extern void redis_socket_close(RedisSocket *s);
 extern void redis_transport_limit_waits(TimestampTz limit, int limit_ms);
+
+/* in sentinel.c */
+extern void redis_sentinel_define_gucs(void);
+extern bool redis_sentinel_enabled(void);
+extern const char *redis_sentinel_master_name(void);
+extern uint64 redis_sentinel_config_generation(void);
+extern bool redis_sentinel_discover(int tls_mode, int timeout_ms,
+									TimestampTz deadline, char *host,
+									size_t hostlen, int *port);
 
 /* in connection.c */
 
@@ -280,7 +331,6 @@ typedef enum RedisErrorKind
 } RedisErrorKind;
 
 extern RedisErrorKind redis_reply_error_kind(const RedisReply *reply);
-extern char *redis_printable(const char *str, size_t len);
 extern void redis_report_reply_error(const RedisReply *reply,
 									 const char *what, int flags);
 extern uint64 redis_connection_serial(void);
@@ -289,6 +339,7 @@ extern void redis_disconnect(void);
 extern const char *redis_circuit_state(void);
 extern const char *redis_server_host(void);
 extern int	redis_server_port(void);
+extern bool redis_connection_tls(const char **version, const char **cipher);
 extern bool redis_warning_due(TimestampTz *last_warning);
 
 /* in scripts.c */

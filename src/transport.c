@@ -21,8 +21,15 @@
  *   does not (it cannot undo the commit).  The background worker's SIGTERM
  *   (ShutdownRequestPending) ends a wait too.
  *
- * - Bytes move through the send/recv/close functions of RedisTransportOps,
- *   so TLS can be added as a second set without touching callers.
+ * - Bytes move through the send/recv/pending/close functions of
+ *   RedisTransportOps: plain sockets, or TLS (tls.c, which never waits).
+ *   An operation that cannot go on says which direction it waits for
+ *   (io_wait): a TLS read may need the socket writable and a write
+ *   readable.  The TLS handshake runs inside redis_socket_open(), waiting
+ *   the same way, so connect, handshake, send and receive are all bounded
+ *   by the one deadline and interruptible.  Bytes OpenSSL has already
+ *   decrypted are read before any wait (a readable socket is not the only
+ *   sign that a reply is there).
  *
  * - hiredis allocates with malloc.  Replies are deep-copied into palloc'd
  *   RedisReply trees and freed at once; the reader belongs to the socket and
@@ -74,13 +81,17 @@
 #define RC_RECV_CHUNK			16384
 
 /*
- * How bytes reach the server.  Only plain TCP/Unix sockets today; a TLS
- * transport wraps SSL_read/SSL_write behind the same three calls.
+ * How bytes reach the server: plain TCP/Unix sockets or TLS.  send and
+ * recv return -1 with errno EAGAIN when they must wait, having set
+ * s->io_wait to the socket event to wait for; any other -1 sets the fault
+ * (TLS) or leaves errno (plain).  pending says whether bytes can be read
+ * without waiting.
  */
 typedef struct RedisTransportOps
 {
 	ssize_t		(*send) (RedisSocket *s, const char *buf, size_t len);
 	ssize_t		(*recv) (RedisSocket *s, char *buf, size_t len);
+	bool		(*pending) (RedisSocket *s);
 	void		(*close) (RedisSocket *s);
 } RedisTransportOps;
 
@@ -88,6 +99,8 @@ struct RedisSocket
 {
 	pgsocket	sock;
 	const RedisTransportOps *ops;
+	RedisTls   *tls;			/* NULL for plain sockets */
+	uint32		io_wait;		/* what the last EAGAIN waits for */
 	redisReader *reader;
 	WaitEventSet *wait_set;
 	int			socket_event_pos;	/* position of the socket in wait_set */
@@ -108,10 +121,19 @@ static int	wait_limit_ms = 0;
 
 static ssize_t plain_send(RedisSocket *s, const char *buf, size_t len);
 static ssize_t plain_recv(RedisSocket *s, char *buf, size_t len);
+static bool plain_pending(RedisSocket *s);
 static void plain_close(RedisSocket *s);
+static ssize_t tls_send(RedisSocket *s, const char *buf, size_t len);
+static ssize_t tls_recv(RedisSocket *s, char *buf, size_t len);
+static bool tls_pending(RedisSocket *s);
+static void tls_close(RedisSocket *s);
 
 static const RedisTransportOps plain_ops = {
-	plain_send, plain_recv, plain_close
+	plain_send, plain_recv, plain_pending, plain_close
+};
+
+static const RedisTransportOps tls_ops = {
+	tls_send, tls_recv, tls_pending, tls_close
 };
 
 /* ---- faults --------------------------------------------------------------- */
@@ -139,18 +161,79 @@ redis_fault_message(void)
 	return fault_message;
 }
 
+/*
+ * A copy of text from Redis fit for a message: printable ASCII only (the
+ * rest, invalid UTF-8 and NUL included, becomes '?'), at most 300 bytes.
+ * Redis' own messages are ASCII; a hostile server's must not reach the log
+ * or the client as invalid text.
+ */
+char *
+redis_printable(const char *str, size_t len)
+{
+	size_t		n = Min(len, 300);
+	char	   *out = palloc(n + 4);
+	size_t		i;
+
+	for (i = 0; i < n; i++)
+		out[i] = (str[i] >= 0x20 && str[i] < 0x7f) ? str[i] : '?';
+	if (n < len)
+	{
+		memcpy(out + n, "...", 3);
+		n += 3;
+	}
+	out[n] = '\0';
+	return out;
+}
+
 /* ---- plain sockets -------------------------------------------------------- */
 
 static ssize_t
 plain_send(RedisSocket *s, const char *buf, size_t len)
 {
-	return send(s->sock, buf, len, MSG_NOSIGNAL);
+	ssize_t		n = send(s->sock, buf, len, MSG_NOSIGNAL);
+
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+	{
+		s->io_wait = WL_SOCKET_WRITEABLE;
+		errno = EAGAIN;
+	}
+	else if (n < 0)
+		redis_fault_set(RC_FAULT_IO, "could not send to Redis at %s: %s",
+						s->label, strerror(errno));
+	else if (n == 0)
+	{
+		redis_fault_set(RC_FAULT_IO, "could not send to Redis at %s: connection closed",
+						s->label);
+		n = -1;
+		errno = EPIPE;
+	}
+	return n;
 }
 
 static ssize_t
 plain_recv(RedisSocket *s, char *buf, size_t len)
 {
-	return recv(s->sock, buf, len, 0);
+	ssize_t		n = recv(s->sock, buf, len, 0);
+
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+	{
+		s->io_wait = WL_SOCKET_READABLE;
+		errno = EAGAIN;
+	}
+	else if (n <= 0)
+	{
+		redis_fault_set(RC_FAULT_IO, "lost connection to Redis at %s: %s", s->label,
+						n < 0 ? strerror(errno) : "server closed the connection");
+		n = -1;
+		errno = ECONNRESET;
+	}
+	return n;
+}
+
+static bool
+plain_pending(RedisSocket *s)
+{
+	return false;
 }
 
 static void
@@ -159,6 +242,83 @@ plain_close(RedisSocket *s)
 	if (s->sock != PGINVALID_SOCKET)
 		close(s->sock);
 	s->sock = PGINVALID_SOCKET;
+}
+
+/* ---- TLS (tls.c) ---------------------------------------------------------- */
+
+/* The result of a TLS call, in the terms of the ops (see above). */
+static ssize_t
+tls_result(RedisSocket *s, ssize_t n, RedisTlsStatus status)
+{
+	switch (status)
+	{
+		case RC_TLS_OK:
+			return n;
+		case RC_TLS_WANT_READ:
+			s->io_wait = WL_SOCKET_READABLE;
+			errno = EAGAIN;
+			return -1;
+		case RC_TLS_WANT_WRITE:
+			s->io_wait = WL_SOCKET_WRITEABLE;
+			errno = EAGAIN;
+			return -1;
+		case RC_TLS_FAILED:
+			break;
+	}
+	errno = ECONNRESET;
+	return -1;
+}
+
+static ssize_t
+tls_send(RedisSocket *s, const char *buf, size_t len)
+{
+	RedisTlsStatus status;
+	ssize_t		n = redis_tls_write(s->tls, buf, len, &status, s->label);
+
+	return tls_result(s, n, status);
+}
+
+static ssize_t
+tls_recv(RedisSocket *s, char *buf, size_t len)
+{
+	RedisTlsStatus status;
+	ssize_t		n = redis_tls_read(s->tls, buf, len, &status, s->label);
+
+	return tls_result(s, n, status);
+}
+
+static bool
+tls_pending(RedisSocket *s)
+{
+	return redis_tls_pending(s->tls);
+}
+
+static void
+tls_close(RedisSocket *s)
+{
+	redis_tls_end(s->tls);
+	s->tls = NULL;
+	plain_close(s);
+}
+
+/*
+ * The TLS version and cipher of s; false for a plain socket.
+ */
+bool
+redis_socket_tls(RedisSocket *s, const char **version, const char **cipher)
+{
+	if (s == NULL || s->tls == NULL)
+		return false;
+	*version = redis_tls_version(s->tls);
+	*cipher = redis_tls_cipher(s->tls);
+	return true;
+}
+
+/* "host:port" (or the socket path) of s, for messages. */
+const char *
+redis_socket_label(RedisSocket *s)
+{
+	return s->label;
 }
 
 /* An empty StringInfo in TopMemoryContext (repalloc keeps it there). */
@@ -412,12 +572,51 @@ connect_address(RedisSocket *s, const char *host, int port, TimestampTz deadline
 }
 
 /*
- * Connect to host:port (host may be a Unix socket path) before deadline.
- * Returns NULL with the fault set.  timeout_ms is only for messages.  May
+ * Connect to host:port (host may be a Unix socket path) before deadline,
+ * over TLS unless tls_mode is RC_TLS_DISABLE.  Returns NULL with the fault
+ * set.  timeout_ms is only for messages.  May
  * throw on interrupts, after closing what it opened.
  */
+/*
+ * The TLS handshake over s's connected socket, waiting as OpenSSL asks,
+ * within deadline.
+ */
+static bool
+tls_handshake(RedisSocket *s, const char *host, int tls_mode,
+			  TimestampTz deadline)
+{
+	s->tls = redis_tls_begin(s->sock, host, tls_mode, s->label);
+	if (s->tls == NULL)
+		return false;
+	s->ops = &tls_ops;
+	for (;;)
+	{
+		switch (redis_tls_handshake(s->tls, s->label))
+		{
+			case RC_TLS_OK:
+				return true;
+			case RC_TLS_WANT_READ:
+				if (!wait_for_socket(s, WL_SOCKET_READABLE, deadline))
+				{
+					set_wait_fault(s, "in the TLS handshake with");
+					return false;
+				}
+				break;
+			case RC_TLS_WANT_WRITE:
+				if (!wait_for_socket(s, WL_SOCKET_WRITEABLE, deadline))
+				{
+					set_wait_fault(s, "in the TLS handshake with");
+					return false;
+				}
+				break;
+			case RC_TLS_FAILED:
+				return false;
+		}
+	}
+}
+
 RedisSocket *
-redis_socket_open(const char *host, int port, int timeout_ms,
+redis_socket_open(const char *host, int port, int tls_mode, int timeout_ms,
 				  TimestampTz requested_deadline)
 {
 	RedisSocket *s;
@@ -450,6 +649,17 @@ redis_socket_open(const char *host, int port, int timeout_ms,
 		AddWaitEventToSet(s->wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET,
 						  NULL, NULL);
 		ok = connect_address(s, host, port, deadline);
+		if (ok && tls_mode != RC_TLS_DISABLE)
+		{
+			if (host[0] == '/')
+			{
+				redis_fault_set(RC_FAULT_CONNECT, "TLS is not used over the Unix socket %s: set redis_cache.sslmode to disable for Unix sockets",
+								s->label);
+				ok = false;
+			}
+			else
+				ok = tls_handshake(s, host, tls_mode, deadline);
+		}
 		if (ok)
 		{
 			s->reader = redisReaderCreate();
@@ -905,9 +1115,9 @@ send_all(RedisSocket *s, TimestampTz deadline, bool *nothing_received)
 			sent += n;
 			continue;
 		}
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		if (errno == EAGAIN)
 		{
-			if (!wait_for_socket(s, WL_SOCKET_WRITEABLE, deadline))
+			if (!wait_for_socket(s, s->io_wait, deadline))
 			{
 				set_wait_fault(s, "sending to");
 				*nothing_received = false;	/* slow, not dead: no retry */
@@ -915,9 +1125,7 @@ send_all(RedisSocket *s, TimestampTz deadline, bool *nothing_received)
 			}
 			continue;
 		}
-		redis_fault_set(RC_FAULT_IO, "could not send to Redis at %s: %s", s->label,
-						n < 0 ? strerror(errno) : "connection closed");
-		return false;
+		return false;			/* the op set the fault */
 	}
 	redis_stats_add(RC_STAT_BYTES_OUT, out->len);
 	/* a large pipeline must not pin its buffer for the session */
@@ -929,11 +1137,15 @@ send_all(RedisSocket *s, TimestampTz deadline, bool *nothing_received)
 	return true;
 }
 
-/* Wait for reply bytes; false (a timeout fault) when the deadline passes. */
+/*
+ * Wait for reply bytes (events: what the transport waits for); false (a
+ * timeout fault) when the deadline passes.
+ */
 static bool
-wait_for_reply(RedisSocket *s, TimestampTz deadline, bool *nothing_received)
+wait_for_reply(RedisSocket *s, uint32 events, TimestampTz deadline,
+			   bool *nothing_received)
 {
-	if (wait_for_socket(s, WL_SOCKET_READABLE, deadline))
+	if (wait_for_socket(s, events, deadline))
 		return true;
 	set_wait_fault(s, "waiting for");
 	*nothing_received = false;	/* slow, not dead: no retry */
@@ -991,7 +1203,8 @@ round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
 		if (just_sent)
 		{
 			just_sent = false;
-			if (!wait_for_reply(s, deadline, nothing_received))
+			if (!s->ops->pending(s) &&
+				!wait_for_reply(s, WL_SOCKET_READABLE, deadline, nothing_received))
 				return false;
 		}
 		n = s->ops->recv(s, buf, sizeof(buf));
@@ -1021,15 +1234,13 @@ round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
 			}
 			continue;
 		}
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		if (errno == EAGAIN)
 		{
-			if (!wait_for_reply(s, deadline, nothing_received))
+			if (!wait_for_reply(s, s->io_wait, deadline, nothing_received))
 				return false;
 			continue;
 		}
-		redis_fault_set(RC_FAULT_IO, "lost connection to Redis at %s: %s", s->label,
-						n < 0 ? strerror(errno) : "server closed the connection");
-		return false;
+		return false;			/* the op set the fault */
 	}
 	redis_stats_add(RC_STAT_BYTES_IN, received);
 	return true;

@@ -1,0 +1,448 @@
+/*-------------------------------------------------------------------------
+ *
+ * sentinel.c
+ *		  Redis Sentinel: which server is the master now.  Its settings and
+ *		  the discovery the Sentinel client specification describes.
+ *
+ * Design rules:
+ *
+ * - Discovery asks the sentinels of redis_cache.sentinels in turn, each
+ *   within a short share of the connect deadline (a paused sentinel costs
+ *   its share, never the whole budget), for SENTINEL
+ *   get-master-addr-by-name.  The first that answers with an address is
+ *   moved to the front of this backend's order, as the specification
+ *   asks, so later discoveries ask it first.  Confirming the master with
+ *   ROLE is the caller's (connection.c adds ROLE to its handshake): the
+ *   address may be stale during a failover.
+ *
+ * - This file never keeps a connection: it opens one to a sentinel, asks,
+ *   and closes it.  The caller re-discovers whenever it opens a new
+ *   connection to the master, which it does after a connection loss and
+ *   after READONLY or LOADING replies (a demoted or restarting master).
+ *
+ * - Sentinels are reached over TLS exactly when the master is (the same
+ *   redis_cache.sslmode and certificates), with their own optional
+ *   credentials: redis_cache.sentinel_user and
+ *   redis_cache.sentinel_password_file, read at each discovery and never
+ *   put into a message.  The settings are PGC_SUSET, as every setting that
+ *   chooses the server: whoever names the sentinel names the master.
+ *
+ * - Sentinel replies are untrusted like any Redis reply: the address must
+ *   be a plausible host (printable, no spaces, at most 255 bytes) and the
+ *   port a number in 1..65535, or the sentinel is skipped.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "redis_cache.h"
+
+#define RC_MAX_SENTINELS	16
+
+/* A sentinel's share of the connect deadline is never below this. */
+#define RC_SENTINEL_MIN_MS	100
+
+typedef struct SentinelAddress
+{
+	char		host[256];
+	int			port;
+} SentinelAddress;
+
+typedef struct SentinelList
+{
+	int			n;
+	SentinelAddress addrs[RC_MAX_SENTINELS];
+} SentinelList;
+
+/* settings of this file */
+static char *sentinels_setting = NULL;
+static const SentinelList *sentinels = NULL;	/* the setting's extra */
+static char *master_name = NULL;
+static char *sentinel_user = NULL;
+static char *sentinel_password_file = NULL;
+
+static uint64 sentinel_config_generation = 1;
+
+/* this backend's order of asking (indexes into sentinels), and its config */
+static int	order[RC_MAX_SENTINELS];
+static uint64 order_generation = 0;
+
+bool
+redis_sentinel_enabled(void)
+{
+	return sentinels != NULL && sentinels->n > 0;
+}
+
+const char *
+redis_sentinel_master_name(void)
+{
+	return master_name ? master_name : "";
+}
+
+uint64
+redis_sentinel_config_generation(void)
+{
+	return sentinel_config_generation;
+}
+
+/* A host and port a sentinel announced, if plausible. */
+static bool
+plausible_address(const RedisReply *reply, char *host, size_t hostlen,
+				  int *port)
+{
+	const RedisReply *h;
+	const RedisReply *p;
+	char		portbuf[8];
+	char	   *end;
+	long		v;
+	size_t		i;
+
+	if (reply->type != RC_REPLY_ARRAY || reply->elements != 2)
+		return false;
+	h = reply->element[0];
+	p = reply->element[1];
+	if (h->type != RC_REPLY_STRING || p->type != RC_REPLY_STRING ||
+		h->len == 0 || h->len >= hostlen || h->len > 255 ||
+		p->len == 0 || p->len >= sizeof(portbuf))
+		return false;
+	for (i = 0; i < h->len; i++)
+		if (h->str[i] <= 0x20 || h->str[i] >= 0x7f || h->str[i] == '/')
+			return false;
+	memcpy(portbuf, p->str, p->len);
+	portbuf[p->len] = '\0';
+	v = strtol(portbuf, &end, 10);
+	if (*end != '\0' || v < 1 || v > 65535)
+		return false;
+	memcpy(host, h->str, h->len);
+	host[h->len] = '\0';
+	*port = (int) v;
+	return true;
+}
+
+/*
+ * Ask one sentinel.  Returns true with host/port set; false with the fault
+ * set.  May throw on interrupts, after closing its socket.
+ */
+static bool
+ask_sentinel(const SentinelAddress *sentinel, const char *password,
+			 int tls_mode, int timeout_ms, TimestampTz deadline,
+			 char *host, size_t hostlen, int *port)
+{
+	RedisSocket *volatile s;
+	RedisCommand cmds[2];
+	const char *auth_argv[3];
+	size_t		auth_len[3];
+	const char *ask_argv[3] = {"SENTINEL", "get-master-addr-by-name", master_name};
+	size_t		ask_len[3] = {8, 23, strlen(master_name)};
+	RedisReply *replies[2];
+	volatile int n = 0;
+	volatile bool ok;
+	bool		nothing;
+	char		label[300];
+
+	snprintf(label, sizeof(label), "%s:%d", sentinel->host, sentinel->port);
+	s = redis_socket_open(sentinel->host, sentinel->port, tls_mode, timeout_ms,
+						  deadline);
+	if (s == NULL)
+		return false;
+	if (password[0] != '\0')
+	{
+		int			argc = 0;
+
+		auth_argv[argc] = "AUTH";
+		auth_len[argc++] = 4;
+		if (sentinel_user && sentinel_user[0])
+		{
+			auth_argv[argc] = sentinel_user;
+			auth_len[argc++] = strlen(sentinel_user);
+		}
+		auth_argv[argc] = password;
+		auth_len[argc++] = strlen(password);
+		cmds[n].argc = argc;
+		cmds[n].argv = auth_argv;
+		cmds[n].argvlen = auth_len;
+		n++;
+	}
+	cmds[n].argc = 3;
+	cmds[n].argv = ask_argv;
+	cmds[n].argvlen = ask_len;
+	n++;
+
+	PG_TRY();
+	{
+		ok = redis_socket_round_trip(s, cmds, n, replies, deadline, timeout_ms,
+									 &nothing);
+	}
+	PG_CATCH();
+	{
+		redis_socket_close(s);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	redis_socket_close(s);
+	if (!ok)
+		return false;
+
+	if (n == 2 && replies[0]->type == RC_REPLY_ERROR)
+	{
+		/* never echo the command: it carries the password */
+		redis_fault_set(RC_FAULT_CONNECT, "sentinel at %s refused authentication: %s",
+						label, redis_printable(replies[0]->str, replies[0]->len));
+		return false;
+	}
+	if (replies[n - 1]->type == RC_REPLY_NIL)
+	{
+		redis_fault_set(RC_FAULT_CONNECT, "sentinel at %s does not know a master named \"%s\" (redis_cache.sentinel_master)",
+						label, master_name);
+		return false;
+	}
+	if (replies[n - 1]->type == RC_REPLY_ERROR)
+	{
+		redis_fault_set(RC_FAULT_CONNECT, "sentinel at %s refused SENTINEL get-master-addr-by-name: %s",
+						label, redis_printable(replies[n - 1]->str, replies[n - 1]->len));
+		return false;
+	}
+	if (!plausible_address(replies[n - 1], host, hostlen, port))
+	{
+		redis_fault_set(RC_FAULT_PROTOCOL, "sentinel at %s answered SENTINEL get-master-addr-by-name with something that is not a host and port",
+						label);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * The master's address as the sentinels see it, before deadline
+ * (timeout_ms is the bound behind it, shared among the sentinels).
+ * Returns false with the fault set.  May throw on interrupts.
+ */
+bool
+redis_sentinel_discover(int tls_mode, int timeout_ms, TimestampTz deadline,
+						char *host, size_t hostlen, int *port)
+{
+	char	   *password = pstrdup("");
+	char	   *why = NULL;
+	int			share_ms;
+	int			i;
+	bool		found = false;
+	char		last_fault[512] = "";
+
+	if (master_name == NULL || master_name[0] == '\0')
+	{
+		redis_fault_set(RC_FAULT_CONNECT, "redis_cache.sentinels is set but redis_cache.sentinel_master is not");
+		return false;
+	}
+	if (order_generation != sentinel_config_generation)
+	{
+		for (i = 0; i < sentinels->n; i++)
+			order[i] = i;
+		order_generation = sentinel_config_generation;
+	}
+	if (sentinel_password_file && sentinel_password_file[0])
+	{
+		password = redis_read_secret_file(sentinel_password_file,
+										  "redis_cache.sentinel_password_file",
+										  &why);
+		if (password == NULL)
+		{
+			redis_fault_set(RC_FAULT_CONNECT, "%s", why);
+			return false;
+		}
+	}
+
+	share_ms = Max(timeout_ms / sentinels->n, RC_SENTINEL_MIN_MS);
+	for (i = 0; i < sentinels->n && !found; i++)
+	{
+		const SentinelAddress *sentinel = &sentinels->addrs[order[i]];
+		TimestampTz now = GetCurrentTimestamp();
+		TimestampTz own = TimestampTzPlusMilliseconds(now, share_ms);
+
+		if (now >= deadline)
+			break;
+		if (ask_sentinel(sentinel, password, tls_mode, share_ms,
+						 Min(own, deadline), host, hostlen, port))
+		{
+			int			first = order[i];
+
+			/* the one that answered is asked first from now on */
+			memmove(&order[1], &order[0], i * sizeof(int));
+			order[0] = first;
+			found = true;
+		}
+		else
+			strlcpy(last_fault, redis_fault_message(), sizeof(last_fault));
+	}
+	explicit_bzero(password, strlen(password));
+	pfree(password);
+	if (!found)
+		redis_fault_set(RC_FAULT_CONNECT, "no sentinel of redis_cache.sentinels gave the address of master \"%s\"%s%s",
+						master_name, last_fault[0] ? ": " : "", last_fault);
+	return found;
+}
+
+/* ---- settings ------------------------------------------------------------- */
+
+/*
+ * redis_cache.sentinels: "host:port, host:port, ..." (IPv6 as [addr]:port;
+ * the port defaults to 26379).  Parsed once here into the extra.
+ */
+static bool
+check_sentinels(char **newval, void **extra, GucSource source)
+{
+	SentinelList *list = calloc(1, sizeof(SentinelList));
+	const char *p = *newval ? *newval : "";
+
+	if (list == NULL)
+	{
+		GUC_check_errcode(ERRCODE_OUT_OF_MEMORY);
+		GUC_check_errmsg("out of memory");
+		return false;
+	}
+	while (*p)
+	{
+		const char *start;
+		const char *end;
+		const char *colon = NULL;
+		SentinelAddress *a;
+		size_t		hostlen;
+
+		while (*p == ' ' || *p == ',' || *p == '\t')
+			p++;
+		if (*p == '\0')
+			break;
+		start = p;
+		while (*p && *p != ',' && *p != ' ' && *p != '\t')
+			p++;
+		end = p;
+		if (list->n == RC_MAX_SENTINELS)
+		{
+			GUC_check_errdetail("At most %d sentinels can be listed.", RC_MAX_SENTINELS);
+			free(list);
+			return false;
+		}
+		a = &list->addrs[list->n];
+		if (*start == '[')
+		{
+			const char *close = memchr(start, ']', end - start);
+
+			if (close == NULL)
+			{
+				GUC_check_errdetail("An IPv6 address must be written [address]:port.");
+				free(list);
+				return false;
+			}
+			hostlen = close - start - 1;
+			memcpy(a->host, start + 1, Min(hostlen, sizeof(a->host) - 1));
+			if (close + 1 < end && close[1] == ':')
+				colon = close + 1;
+			else if (close + 1 != end)
+			{
+				GUC_check_errdetail("An IPv6 address must be written [address]:port.");
+				free(list);
+				return false;
+			}
+		}
+		else
+		{
+			const char *c;
+
+			for (c = start; c < end; c++)
+				if (*c == ':')
+					colon = c;
+			hostlen = (colon ? colon : end) - start;
+			memcpy(a->host, start, Min(hostlen, sizeof(a->host) - 1));
+		}
+		if (hostlen == 0 || hostlen >= sizeof(a->host))
+		{
+			GUC_check_errdetail("Each sentinel is host:port, with a host of 1 to 255 characters.");
+			free(list);
+			return false;
+		}
+		a->host[hostlen] = '\0';
+		a->port = 26379;
+		if (colon)
+		{
+			char		portbuf[8];
+			char	   *pend;
+			long		v;
+			size_t		plen = end - colon - 1;
+
+			if (plen == 0 || plen >= sizeof(portbuf))
+			{
+				GUC_check_errdetail("\"%s\" has no valid port.", a->host);
+				free(list);
+				return false;
+			}
+			memcpy(portbuf, colon + 1, plen);
+			portbuf[plen] = '\0';
+			v = strtol(portbuf, &pend, 10);
+			if (*pend != '\0' || v < 1 || v > 65535)
+			{
+				GUC_check_errdetail("\"%s\" has no valid port.", a->host);
+				free(list);
+				return false;
+			}
+			a->port = (int) v;
+		}
+		list->n++;
+	}
+	*extra = list;
+	return true;
+}
+
+static void
+assign_sentinels(const char *newval, void *extra)
+{
+	sentinels = (const SentinelList *) extra;
+	sentinel_config_generation++;
+}
+
+static void
+assign_sentinel_string(const char *newval, void *extra)
+{
+	sentinel_config_generation++;
+}
+
+void
+redis_sentinel_define_gucs(void)
+{
+	DefineCustomStringVariable("redis_cache.sentinels",
+							   gettext_noop("Sets the Redis Sentinels that name the master, as host:port, host:port ..."),
+							   gettext_noop("When set, redis_cache.host and redis_cache.port are not used: each new connection asks the sentinels for redis_cache.sentinel_master."),
+							   &sentinels_setting,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   check_sentinels, assign_sentinels, NULL);
+
+	DefineCustomStringVariable("redis_cache.sentinel_master",
+							   gettext_noop("Sets the name of the master the sentinels monitor."),
+							   NULL,
+							   &master_name,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   NULL, assign_sentinel_string, NULL);
+
+	DefineCustomStringVariable("redis_cache.sentinel_user",
+							   gettext_noop("Sets the ACL user name for the sentinels; empty means AUTH with the password only."),
+							   NULL,
+							   &sentinel_user,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   NULL, assign_sentinel_string, NULL);
+
+	DefineCustomStringVariable("redis_cache.sentinel_password_file",
+							   gettext_noop("Sets a file whose first line is the sentinels' password, read at each discovery."),
+							   NULL,
+							   &sentinel_password_file,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, assign_sentinel_string, NULL);
+}
