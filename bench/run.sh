@@ -9,6 +9,7 @@
 #   bash bench/run.sh kv         # key-value functions only
 #   bash bench/run.sh query        # cache_query only
 #   bash bench/run.sh invalidation
+#   bash bench/run.sh tls        # cache_get hit over TLS against plain TCP
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RC_ROOT=$(pwd)
@@ -152,6 +153,41 @@ if [ "$WHAT" = all ] || [ "$WHAT" = invalidation ]; then
 	BULK_W=$(med "${bw[@]}")
 fi
 
+if [ "$WHAT" = all ] || [ "$WHAT" = tls ]; then
+	# one redis-server listening on a plain and a TLS port: the same server
+	# answers both sides, so only the transport differs
+	TLS_DIR="$RC_TMP/tls"
+	mkdir -p "$TLS_DIR"
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.crt" \
+		-days 2 -subj "/CN=bench CA" >/dev/null 2>&1
+	openssl req -newkey rsa:2048 -nodes -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" \
+		-subj "/CN=localhost" >/dev/null 2>&1
+	printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$TLS_DIR/ext.cnf"
+	openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.crt" -CAkey "$TLS_DIR/ca.key" \
+		-CAcreateserial -out "$TLS_DIR/server.crt" -days 2 -extfile "$TLS_DIR/ext.cnf" >/dev/null 2>&1
+	chmod 644 "$TLS_DIR"/*.crt
+	chown -R "$RC_PG_OS_USER" "$TLS_DIR" 2>/dev/null || true
+	BOTH_PORT=$(free_port 47000)
+	BOTH_TLS_PORT=$(free_port 47500)
+	redis-server --port "$BOTH_PORT" --tls-port "$BOTH_TLS_PORT" --bind 127.0.0.1 --daemonize no \
+		--save "" --appendonly no --dir "$TLS_DIR" \
+		--tls-cert-file "$TLS_DIR/server.crt" --tls-key-file "$TLS_DIR/server.key" \
+		--tls-ca-cert-file "$TLS_DIR/ca.crt" --tls-auth-clients no >"$TLS_DIR/redis.log" 2>&1 &
+	TLS_REDIS_PID=$!
+	for _ in $(seq 1 50); do redis-cli -p "$BOTH_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+	PLAIN_OPTS="-c redis_cache.port=$BOTH_PORT"
+	TLS_OPTS="-c redis_cache.host=localhost -c redis_cache.port=$BOTH_TLS_PORT -c redis_cache.sslmode=verify-full -c redis_cache.sslrootcert=$TLS_DIR/ca.crt"
+	PGOPTIONS="$PLAIN_OPTS" q -c "SELECT count(cache_set('bench:' || g, repeat('v', 100), 86400)) FROM generate_series(1, 1000) g" >/dev/null
+	GET=$'\\set id random(1, 1000)\nSELECT cache_get(\'bench:\' || (:id)::text);'
+	# alternate twice so drift in the machine's load hits both sides
+	for i in 1 2; do
+		PGOPTIONS="$PLAIN_OPTS" run "cache_get_hit_tcp_$i" "$GET"
+		PGOPTIONS="$TLS_OPTS" run "cache_get_hit_tls_$i" "$GET"
+	done
+	PGOPTIONS="$TLS_OPTS" q -c "SELECT cache_health()->>'tls' || ' ' || (cache_health()->>'tls_cipher')" >"$TLS_DIR/cipher"
+	kill "$TLS_REDIS_PID" 2>/dev/null
+fi
+
 echo
 printf '%-28s %12s %10s\n' "benchmark" "tps" "vs SELECT 1"
 for r in "${results[@]}"; do
@@ -179,6 +215,11 @@ if [ -n "${TPS[agg_cache_query_hit]:-}" ]; then
 	echo "cache_query hit / 100k-row aggregate run directly: $(ratio "${TPS[agg_cache_query_hit]}" "${TPS[agg_direct]}")x  (target >= 50x; the aggregate alone takes $(python3 -c "print('%.1f' % (1000.0 * $CLIENTS / ${TPS[agg_direct]}))") ms)"
 	echo "cache_query_json 1-row hit / SELECT row_to_json(t) ... WHERE id = \$1: $(ratio "${TPS[row1_cache_query_json_hit]}" "${TPS[row1_direct_json]}")x"
 	echo "cache_query 1,000-row hit / the query run directly: $(ratio "${TPS[rows1000_cache_query_hit]}" "${TPS[rows1000_direct]}")x  (hit decodes $(python3 -c "print('%.0f' % (1000 * ${TPS[rows1000_cache_query_hit]}))") rows/s, direct returns $(python3 -c "print('%.0f' % (1000 * ${TPS[rows1000_direct]}))") rows/s)"
+fi
+if [ -n "${TPS[cache_get_hit_tls_1]:-}" ]; then
+	t=$(python3 -c "print(${TPS[cache_get_hit_tls_1]} + ${TPS[cache_get_hit_tls_2]})")
+	p=$(python3 -c "print(${TPS[cache_get_hit_tcp_1]} + ${TPS[cache_get_hit_tcp_2]})")
+	echo "cache_get hit over TLS / plain TCP, same redis-server: $(ratio "$t" "$p")x  (target >= 0.8x; $(cat "$TLS_DIR/cipher"), verify-full)"
 fi
 if [ -n "${RC_BENCH_CSV:-}" ]; then
 	{ echo "benchmark,tps,ratio_select_1"

@@ -173,6 +173,8 @@ build_context(int mode)
 	/* our writes may be retried with a moved buffer after WANT_WRITE */
 	SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
 					 SSL_MODE_ENABLE_PARTIAL_WRITE);
+	/* one read() per reply instead of one per record header and body */
+	SSL_CTX_set_read_ahead(ctx, 1);
 
 	if (mode >= RC_TLS_VERIFY_CA)
 	{
@@ -421,11 +423,15 @@ redis_tls_write(RedisTls *tls, const char *buf, size_t len,
 	return -1;
 }
 
-/* Whether OpenSSL holds decrypted bytes not yet read (no wait needed). */
+/*
+ * Whether OpenSSL holds bytes not yet read, decrypted or not: then the
+ * next read must come before any wait (read-ahead may have taken a whole
+ * record off the socket, which is then no longer readable).
+ */
 bool
 redis_tls_pending(RedisTls *tls)
 {
-	return SSL_pending(tls->ssl) > 0;
+	return SSL_has_pending(tls->ssl) == 1;
 }
 
 const char *

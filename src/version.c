@@ -206,7 +206,8 @@ run_check(RedisRoundTrip round_trip, int flags)
 		if (strcmp(reason, "restart") == 0)
 			ereport(LOG,
 					(errmsg("redis_cache: Redis restart detected (run_id %s), flushing the cache's own keys under prefix \"%s\"",
-							run_id, prefix)));
+							run_id, prefix),
+					 errdetail("The server's run_id changed: Redis restarted, was restored, or a replica took over as master (failover); invalidations it may have lost are covered by the flush.")));
 		/* the owned keys only: sessions, queues, other data stay */
 		removed = redis_flush_owned(prefix, RC_EXEC_INTERNAL, round_trip,
 									true, 0, &failed);
