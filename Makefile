@@ -10,6 +10,7 @@ OBJS = \
 	src/state_file.o \
 	src/keys.o \
 	src/guc.o \
+	src/fault.o \
 	src/tls.o \
 	src/transport.o \
 	src/sentinel.o \

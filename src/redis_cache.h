@@ -206,6 +206,22 @@ extern void redis_settings_check_trusted(void);
 extern char *redis_read_secret_file(const char *path, const char *setting,
 									char **why);
 
+/* in fault.c */
+typedef enum RedisFaultKind
+{
+	RC_FAULT_NONE,
+	RC_FAULT_CONNECT,			/* connect, resolve, AUTH, SELECT */
+	RC_FAULT_TIMEOUT,
+	RC_FAULT_IO,				/* send/recv failed, connection lost */
+	RC_FAULT_PROTOCOL,			/* malformed or oversized reply */
+	RC_FAULT_BREAKER			/* not tried: the circuit breaker is open */
+} RedisFaultKind;
+
+extern void redis_fault_set(RedisFaultKind kind, const char *fmt,...) pg_attribute_printf(2, 3);
+extern RedisFaultKind redis_fault_kind(void);
+extern const char *redis_fault_message(void);
+extern char *redis_printable(const char *str, size_t len);
+
 /* in tls.c */
 typedef enum RedisTlsMode
 {
@@ -242,22 +258,8 @@ extern const char *redis_tls_cipher(RedisTls *tls);
 extern void redis_tls_end(RedisTls *tls);
 
 /* in transport.c */
-typedef enum RedisFaultKind
-{
-	RC_FAULT_NONE,
-	RC_FAULT_CONNECT,			/* connect, resolve, AUTH, SELECT */
-	RC_FAULT_TIMEOUT,
-	RC_FAULT_IO,				/* send/recv failed, connection lost */
-	RC_FAULT_PROTOCOL,			/* malformed or oversized reply */
-	RC_FAULT_BREAKER			/* not tried: the circuit breaker is open */
-} RedisFaultKind;
-
 typedef struct RedisSocket RedisSocket;
 
-extern void redis_fault_set(RedisFaultKind kind, const char *fmt,...) pg_attribute_printf(2, 3);
-extern RedisFaultKind redis_fault_kind(void);
-extern const char *redis_fault_message(void);
-extern char *redis_printable(const char *str, size_t len);
 extern RedisSocket *redis_socket_open(const char *host, int port,
 									  int tls_mode, int timeout_ms,
 									  TimestampTz deadline);

@@ -46,8 +46,7 @@
  *   the deadline are checked between chunks, also while bytes keep coming.
  *
  * - Faults are described once, here or by the client above, as a
- *   RedisFaultKind and a message kept without palloc (commit callbacks read
- *   it after their memory is gone).  This file knows nothing of breakers,
+ *   RedisFaultKind and a message (fault.c).  This file knows nothing of breakers,
  *   retries or which server to choose: that is connection.c.
  *
  *-------------------------------------------------------------------------
@@ -111,9 +110,6 @@ struct RedisSocket
 	StringInfoData send_buffer; /* formatted commands, in TopMemoryContext */
 };
 
-/* The last fault, kept without palloc. */
-static RedisFaultKind fault_kind = RC_FAULT_NONE;
-static char fault_message[512];
 
 /* Deadline of every wait while a commit delivers (0: none), and its bound. */
 static TimestampTz wait_limit = 0;
@@ -135,55 +131,6 @@ static const RedisTransportOps plain_ops = {
 static const RedisTransportOps tls_ops = {
 	tls_send, tls_recv, tls_pending, tls_close
 };
-
-/* ---- faults --------------------------------------------------------------- */
-
-void
-redis_fault_set(RedisFaultKind kind, const char *fmt,...)
-{
-	va_list		args;
-
-	fault_kind = kind;
-	va_start(args, fmt);
-	vsnprintf(fault_message, sizeof(fault_message), fmt, args);
-	va_end(args);
-}
-
-RedisFaultKind
-redis_fault_kind(void)
-{
-	return fault_kind;
-}
-
-const char *
-redis_fault_message(void)
-{
-	return fault_message;
-}
-
-/*
- * A copy of text from Redis fit for a message: printable ASCII only (the
- * rest, invalid UTF-8 and NUL included, becomes '?'), at most 300 bytes.
- * Redis' own messages are ASCII; a hostile server's must not reach the log
- * or the client as invalid text.
- */
-char *
-redis_printable(const char *str, size_t len)
-{
-	size_t		n = Min(len, 300);
-	char	   *out = palloc(n + 4);
-	size_t		i;
-
-	for (i = 0; i < n; i++)
-		out[i] = (str[i] >= 0x20 && str[i] < 0x7f) ? str[i] : '?';
-	if (n < len)
-	{
-		memcpy(out + n, "...", 3);
-		n += 3;
-	}
-	out[n] = '\0';
-	return out;
-}
 
 /* ---- plain sockets -------------------------------------------------------- */
 
