@@ -473,6 +473,9 @@ connect_to_server(int timeout_ms)
 	pfree(password);
 	if (!ok)
 	{
+		/* broken before it was ready: counted as a failed connect */
+		if (redis_fault_kind() == RC_FAULT_IO)
+			redis_fault_reclassify(RC_FAULT_CONNECT);
 		redis_disconnect();
 		return false;
 	}

@@ -36,6 +36,17 @@ redis_fault_set(RedisFaultKind kind, const char *fmt,...)
 	va_end(args);
 }
 
+/*
+ * Keep the message, change the kind: a connection that broke before it was
+ * ready (the server refused the TLS client certificate at its first read,
+ * or closed during the handshake) is a connect fault, not an I/O fault.
+ */
+void
+redis_fault_reclassify(RedisFaultKind kind)
+{
+	fault_kind = kind;
+}
+
 RedisFaultKind
 redis_fault_kind(void)
 {

@@ -218,6 +218,7 @@ typedef enum RedisFaultKind
 } RedisFaultKind;
 
 extern void redis_fault_set(RedisFaultKind kind, const char *fmt,...) pg_attribute_printf(2, 3);
+extern void redis_fault_reclassify(RedisFaultKind kind);
 extern RedisFaultKind redis_fault_kind(void);
 extern const char *redis_fault_message(void);
 extern char *redis_printable(const char *str, size_t len);
