@@ -19,13 +19,19 @@ RedisCache::Server - a real redis-server for redis_cache's TAP tests
   $redis->pause;  $redis->resume;   # SIGSTOP / SIGCONT
   $redis->kill9;  $redis->start;    # crash and restart
 
+  my $tls = RedisCache::Server->new_tls('tls', cert => 'wrong', auth_clients => 'yes');
+  $tls->start;                      # redis-cli --tls from then on
+  my $tnode = $tls->new_pg_node('t', pg_conf => { host => 'localhost' });
+  my $certs = RedisCache::Server::certs();   # ca, client_cert, ...
+
 =head1 DESCRIPTION
 
 Starts, stops, pauses and kills redis-server processes on loopback, each in
 a directory of its own under the test's tmp_check, and builds
 PostgreSQL::Test::Cluster nodes configured to use them.  Every server is
-stopped when the test script ends, also when it dies halfway.  Later
-issues add TLS servers, sentinels and clusters here.
+stopped when the test script ends, also when it dies halfway.  TLS
+servers (new_tls) use a test PKI made with the openssl CLI (certs()).
+Later issues add sentinels and clusters here.
 
 Design rules: no sleeps that a test could depend on (waits poll a state
 with a deadline); the port is chosen once per server and kept across
@@ -40,6 +46,7 @@ use warnings;
 
 use Carp;
 use File::Path qw(make_path);
+use File::Spec;
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -57,7 +64,21 @@ my @all_servers;
 =item RedisCache::Server->new($name, %params)
 
 A server not yet started.  C<port> may be given; C<args> is an arrayref of
-extra redis-server arguments used at every start.
+extra redis-server arguments used at every start.  C<password> starts it
+with C<--requirepass> (and cli() authenticates with it).  C<tls> (a
+hashref, see new_tls) makes it a TLS server.
+
+=item RedisCache::Server->new_tls($name, %params)
+
+A TLS server (C<--port 0 --tls-port> the server's port): C<cert> is which
+certificate of certs() it presents: C<'server'> (the default: the CA's,
+SAN localhost and 127.0.0.1), C<'wrong'> (the CA's, SAN DNS:wrong.example
+only) or C<'other'> (signed by the unknown CA, SAN localhost and
+127.0.0.1); C<auth_clients> is C<'no'> (the default), C<'yes'> or
+C<'optional'> (client certificates verified against the CA).  C<port>,
+C<args> and C<password> as for new().  cli() then speaks TLS, trusting the
+CA that signed the server's certificate and presenting the client
+certificate.
 
 =cut
 
@@ -72,6 +93,8 @@ sub new
 		dir => $dir,
 		args => $params{args} // [],
 		pid => undef,
+		tls => $params{tls},
+		password => $params{password},
 	};
 	bless $self, $class;
 	push @all_servers, $self;
@@ -82,7 +105,34 @@ sub new
 
 =item $server->port, $server->pid, $server->dir, $server->logfile
 
+=item $server->is_tls, $server->ca_file, $server->password
+
+Whether it is a TLS server; the CA file that verifies its certificate
+(undef for a plain server); its requirepass (undef if none).
+
 =cut
+
+sub is_tls   { return defined $_[0]->{tls}; }
+sub ca_file  { return $_[0]->{tls} ? $_[0]->{tls}{ca} : undef; }
+sub password { return $_[0]->{password}; }
+
+sub new_tls
+{
+	my ($class, $name, %params) = @_;
+	my $cert = delete $params{cert} // 'server';
+	my $auth = delete $params{auth_clients} // 'no';
+	croak "unknown TLS certificate '$cert'" unless $cert =~ /^(server|wrong|other)$/;
+	croak "unknown tls-auth-clients '$auth'" unless $auth =~ /^(no|yes|optional)$/;
+	my $c = certs();
+	return $class->new($name, %params,
+		tls => {
+			cert => $c->{"${cert}_cert"},
+			key => $c->{"${cert}_key"},
+			# the CA that signed the server's certificate
+			ca => $cert eq 'other' ? $c->{other_ca} : $c->{ca},
+			auth_clients => $auth,
+		});
+}
 
 sub port    { return $_[0]->{port}; }
 sub pid     { return $_[0]->{pid}; }
@@ -102,8 +152,21 @@ sub start
 {
 	my ($self, @extra) = @_;
 	croak "redis server $self->{name} already running" if $self->{pid};
+	my @listen = ('--port', $self->{port});
+	if (my $tls = $self->{tls})
+	{
+		# clients are verified against the test CA (certs()) whatever
+		# certificate the server presents
+		@listen = (
+			'--port', '0', '--tls-port', $self->{port},
+			'--tls-cert-file', $tls->{cert}, '--tls-key-file', $tls->{key},
+			'--tls-ca-cert-file', certs()->{ca},
+			'--tls-auth-clients', $tls->{auth_clients});
+	}
+	push @listen, '--requirepass', $self->{password}
+	  if defined $self->{password};
 	my @cmd = (
-		'redis-server', '--port', $self->{port},
+		'redis-server', @listen,
 		'--bind', '127.0.0.1', '--daemonize', 'no',
 		'--dir', $self->{dir}, '--save', '', '--appendonly', 'no',
 		'--logfile', $self->logfile, @{ $self->{args} }, @extra);
@@ -224,6 +287,15 @@ sub cli
 	my ($self, @args) = @_;
 	my ($in, $out, $err) = ('', '', '');
 	my @cmd = ('redis-cli', '-h', '127.0.0.1', '-p', $self->{port});
+	if (my $tls = $self->{tls})
+	{
+		my $c = certs();
+		push @cmd, '--tls', '--cacert', $tls->{ca},
+		  '--cert', $c->{client_cert}, '--key', $c->{client_key};
+	}
+	# REDISCLI_AUTH, not -a: no warning on stderr, no password in ps
+	my %auth = defined $self->{password} ? (REDISCLI_AUTH => $self->{password}) : ();
+	local @ENV{ keys %auth } = values %auth;
 	if (@args == 1 && $args[0] =~ /\n/)
 	{
 		$in = $args[0];
@@ -241,22 +313,38 @@ sub cli
 
 =pod
 
-=item $server->pg_conf
+=item $server->pg_conf(%opts)
 
-postgresql.conf lines pointing redis_cache at this server.
+postgresql.conf lines pointing redis_cache at this server.  For a TLS
+server also redis_cache.sslmode (C<sslmode>, default 'verify-full') and
+redis_cache.sslrootcert (C<sslrootcert>, default ca_file), and, when the
+server verifies clients (or C<client_cert =E<gt> 1>), redis_cache.sslcert
+and redis_cache.sslkey with the client certificate of certs().  C<host>
+(default '127.0.0.1') may be given, for plain servers too.
 
 =item $server->new_pg_node($name, %params)
 
 A PostgreSQL::Test::Cluster node, initialised, with redis_cache preloaded
 (unless C<preload =E<gt> 0>) and pointed at this server; C<conf> adds
-lines.  Not started.
+lines; C<pg_conf> (a hashref) is passed to pg_conf.  Not started.
 
 =cut
 
 sub pg_conf
 {
-	my ($self) = @_;
-	return "redis_cache.host = '127.0.0.1'\nredis_cache.port = $self->{port}\n";
+	my ($self, %opts) = @_;
+	my $host = $opts{host} // '127.0.0.1';
+	my $conf = "redis_cache.host = '$host'\nredis_cache.port = $self->{port}\n";
+	if (my $tls = $self->{tls})
+	{
+		my $c = certs();
+		$conf .= "redis_cache.sslmode = '" . ($opts{sslmode} // 'verify-full') . "'\n"
+		  . "redis_cache.sslrootcert = '" . ($opts{sslrootcert} // $tls->{ca}) . "'\n";
+		$conf .= "redis_cache.sslcert = '$c->{client_cert}'\n"
+		  . "redis_cache.sslkey = '$c->{client_key}'\n"
+		  if $opts{client_cert} // ($tls->{auth_clients} ne 'no');
+	}
+	return $conf;
 }
 
 sub new_pg_node
@@ -268,9 +356,87 @@ sub new_pg_node
 	$node->append_conf('postgresql.conf',
 		  ($preload ? "shared_preload_libraries = 'redis_cache'\n" : '')
 		. "max_connections = 50\n"
-		. $self->pg_conf
+		. $self->pg_conf(%{ $params{pg_conf} // {} })
 		. ($params{conf} // ''));
 	return $node;
+}
+
+=pod
+
+=item RedisCache::Server::certs()
+
+The test PKI, made once per test script with the openssl CLI in
+tmp_check/certs (EC P-256 keys, mode 0600).  Returns a hashref of paths:
+
+  ca, ca_key                 the CA the tests trust
+  server_cert, server_key    signed by ca, SAN DNS:localhost, IP:127.0.0.1
+  wrong_cert, wrong_key      signed by ca, SAN DNS:wrong.example only
+  other_ca, other_ca_key     a second CA, trusted by nobody
+  other_cert, other_key      signed by other_ca, SAN DNS:localhost, IP:127.0.0.1
+  client_cert, client_key    a client certificate (clientAuth) signed by ca
+  dir                        the directory
+
+=cut
+
+my $certs;
+
+sub certs
+{
+	return $certs if $certs;
+	# absolute: PostgreSQL and redis-server run in directories of their own
+	my $dir = File::Spec->rel2abs("$PostgreSQL::Test::Utils::tmp_check/certs");
+	make_path($dir);
+	my $cnf = "$dir/openssl.cnf";
+	my $leaf = "basicConstraints = critical, CA:FALSE\n"
+	  . "keyUsage = critical, digitalSignature, keyEncipherment\n";
+	open(my $fh, '>', $cnf) or croak "could not write $cnf: $!";
+	print $fh "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = unused\n"
+	  . "[ca]\nbasicConstraints = critical, CA:TRUE\n"
+	  . "keyUsage = critical, keyCertSign, cRLSign\n"
+	  . "subjectKeyIdentifier = hash\n"
+	  . "[server]\n${leaf}extendedKeyUsage = serverAuth\n"
+	  . "subjectAltName = DNS:localhost, IP:127.0.0.1\n"
+	  . "[wrong]\n${leaf}extendedKeyUsage = serverAuth\n"
+	  . "subjectAltName = DNS:wrong.example\n"
+	  . "[client]\n${leaf}extendedKeyUsage = clientAuth\n";
+	close $fh;
+
+	my $openssl = sub {
+		my ($out, $err) = ('', '');
+		IPC::Run::run([ 'openssl', @_ ], '<', '/dev/null', '>', \$out, '2>', \$err)
+		  or croak "openssl @_ failed: $err";
+	};
+	my @newkey = ('-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes');
+	my %c = (dir => $dir);
+	for my $ca ([ 'ca', 'redis_cache test CA' ], [ 'other_ca', 'redis_cache unknown CA' ])
+	{
+		my ($n, $cn) = @$ca;
+		$openssl->('req', '-config', $cnf, '-x509', @newkey,
+			'-keyout', "$dir/$n.key", '-out', "$dir/$n.crt",
+			'-days', '3650', '-subj', "/CN=$cn", '-extensions', 'ca');
+		$c{$n} = "$dir/$n.crt";
+		$c{"${n}_key"} = "$dir/$n.key";
+	}
+	my $serial = 1;
+	for my $leafcert (
+		[ 'server', 'ca', 'server', 'localhost' ],
+		[ 'wrong', 'ca', 'wrong', 'wrong.example' ],
+		[ 'other', 'other_ca', 'server', 'localhost' ],
+		[ 'client', 'ca', 'client', 'redis_cache client' ])
+	{
+		my ($n, $ca, $ext, $cn) = @$leafcert;
+		$openssl->('req', '-config', $cnf, '-new', @newkey,
+			'-keyout', "$dir/$n.key", '-out', "$dir/$n.csr", '-subj', "/CN=$cn");
+		$openssl->('x509', '-req', '-in', "$dir/$n.csr",
+			'-CA', $c{$ca}, '-CAkey', $c{"${ca}_key"}, '-set_serial', ++$serial,
+			'-days', '3650', '-out', "$dir/$n.crt",
+			'-extfile', $cnf, '-extensions', $ext);
+		$c{"${n}_cert"} = "$dir/$n.crt";
+		$c{"${n}_key"} = "$dir/$n.key";
+	}
+	chmod 0600, map { $c{$_} } grep { /_key$/ } keys %c;
+	$certs = \%c;
+	return $certs;
 }
 
 =pod
