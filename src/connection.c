@@ -116,6 +116,7 @@ typedef struct RedisConnection
 	char		run_id[64];		/* INFO server run_id; "" if unknown */
 	char		host[256];		/* the server connected to */
 	int			port;
+	uint64		master_epoch;	/* redis_sentinel_epoch() it was made under */
 } RedisConnection;
 
 /* Where and how to connect, from the settings (see the header comment). */
@@ -453,7 +454,7 @@ connect_to_server(int timeout_ms)
 	if (redis_sentinel_enabled())
 		ok = redis_sentinel_discover(target.tls_mode, timeout_ms, deadline,
 									 conn->host, sizeof(conn->host),
-									 &conn->port);
+									 &conn->port, &conn->master_epoch);
 	else
 	{
 		strlcpy(conn->host, target.host, sizeof(conn->host));
@@ -898,6 +899,41 @@ attempt_round_trip(const RedisCommand *commands, int ncommands,
 }
 
 /*
+ * Under Sentinel, whether the open connection was made under an older
+ * master epoch (sentinel.c): another backend or the worker has learnt of
+ * a newer master since.
+ */
+static bool
+master_changed(void)
+{
+	return connection != NULL && redis_sentinel_enabled() &&
+		connection->master_epoch != redis_sentinel_epoch();
+}
+
+/*
+ * For the worker, every RC_SENTINEL_POLL_MS under Sentinel: ask the
+ * sentinels whether the master changed, so that connections to an old
+ * master are dropped even when no backend opens a new one.  Faults are
+ * ignored (the next poll asks again); may throw only on interrupts.
+ */
+void
+redis_poll_sentinels(void)
+{
+	ServerTarget target;
+	char		host[256];
+	int			port;
+	uint64		epoch;
+
+	if (!redis_sentinel_enabled() || redis_settings_untrusted() != NULL)
+		return;
+	current_target(&target);
+	(void) redis_sentinel_discover(target.tls_mode, connect_timeout_ms,
+								   TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															   connect_timeout_ms),
+								   host, sizeof(host), &port, &epoch);
+}
+
+/*
  * Under Sentinel, whether a reply says the server is no longer a usable
  * master: READONLY (demoted to a replica) or LOADING (restarted).  The
  * commands it refused did nothing, so they may be sent again.
@@ -971,7 +1007,8 @@ redis_execute(const RedisCommand *commands, int ncommands,
 	}
 
 	if (connection != NULL &&
-		connection->config_generation != config_generation())
+		(connection->config_generation != config_generation() ||
+		 master_changed()))
 		redis_disconnect();
 
 	for (attempt = 0; attempt < 2 && !ok && !bypass; attempt++)
@@ -997,6 +1034,20 @@ redis_execute(const RedisCommand *commands, int ncommands,
 			redis_disconnect();
 			if (!(reused && nothing_received))
 				break;
+		}
+		else if (ok && master_changed())
+		{
+			/*
+			 * The commands may have reached the old master after another
+			 * backend started to use the new one: count them as not
+			 * delivered (the commit path replays its invalidations there).
+			 */
+			redis_fault_set(RC_FAULT_IO, "the sentinels named a new master of \"%s\" while a command was sent to %s:%d",
+							redis_sentinel_master_name(), connection->host,
+							connection->port);
+			redis_disconnect();
+			ok = false;
+			break;
 		}
 		else if (ok && attempt == 0 && master_demoted(replies, ncommands))
 		{

@@ -45,6 +45,7 @@ _PG_init(void)
 	redis_query_cache_define_gucs();
 	redis_families_define_gucs();
 	redis_replay_init();
+	redis_sentinel_init();
 	redis_version_init();
 	redis_invalidation_init();
 	redis_query_hooks_init();

@@ -280,9 +280,15 @@ extern void redis_sentinel_define_gucs(void);
 extern bool redis_sentinel_enabled(void);
 extern const char *redis_sentinel_master_name(void);
 extern uint64 redis_sentinel_config_generation(void);
+/* How often the worker asks the sentinels whether the master changed. */
+#define RC_SENTINEL_POLL_MS		1000
+
+extern void redis_sentinel_init(void);
+extern uint64 redis_sentinel_epoch(void);
 extern bool redis_sentinel_discover(int tls_mode, int timeout_ms,
 									TimestampTz deadline, char *host,
-									size_t hostlen, int *port);
+									size_t hostlen, int *port,
+									uint64 *epoch);
 
 /* in connection.c */
 
@@ -343,6 +349,7 @@ extern const char *redis_circuit_state(void);
 extern const char *redis_server_host(void);
 extern int	redis_server_port(void);
 extern bool redis_connection_tls(const char **version, const char **cipher);
+extern void redis_poll_sentinels(void);
 extern bool redis_warning_due(TimestampTz *last_warning);
 
 /* in scripts.c */

@@ -31,10 +31,35 @@
  *   be a plausible host (printable, no spaces, at most 255 bytes) and the
  *   port a number in 1..65535, or the sentinel is skipped.
  *
+ * - A failover has a window where two servers accept writes: after
+ *   SENTINEL FAILOVER, Redis 7 leaves the old master writable until the
+ *   sentinels demote it (about ten seconds), and sentinels that have not
+ *   heard of the failover yet still name it.  A backend filling the new
+ *   master while another still deletes on the old one would leave stale
+ *   entries.  So this file keeps, in shared memory, the master epoch: a
+ *   counter bumped whenever a backend or the worker learns of a master
+ *   with a higher Sentinel config-epoch (SENTINEL MASTER's
+ *   "config-epoch", which every failover raises).  An answer with a lower
+ *   config-epoch than the highest seen is stale and the next sentinel is
+ *   asked (unless no sentinel has better: then the sentinels were reset).
+ *   connection.c drops a connection made under an older epoch before its
+ *   next command, and treats a round trip that straddled a change as
+ *   failed (its invalidations go to the worker's exact replay, which sends
+ *   them to the new master).  The worker asks the sentinels every
+ *   RC_SENTINEL_POLL_MS, so a failover is noticed even when every backend
+ *   keeps a connection to the old master.  Without
+ *   shared_preload_libraries the epoch is the backend's own.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -70,6 +95,135 @@ static uint64 sentinel_config_generation = 1;
 /* this backend's order of asking (indexes into sentinels), and its config */
 static int	order[RC_MAX_SENTINELS];
 static uint64 order_generation = 0;
+
+/* The master as last learnt, in shared memory when preloaded. */
+typedef struct SentinelShared
+{
+	slock_t		mutex;			/* protects the fields below but epoch */
+	pg_atomic_uint64 epoch;		/* bumped when the master changes */
+	int64		config_epoch;	/* highest Sentinel config-epoch seen */
+	char		host[256];
+	int			port;
+} SentinelShared;
+
+static SentinelShared *shared = NULL;
+static SentinelShared local_state;	/* without shared_preload_libraries */
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+sentinel_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(SentinelShared)));
+}
+
+static void
+init_state(SentinelShared *st)
+{
+	SpinLockInit(&st->mutex);
+	pg_atomic_init_u64(&st->epoch, 1);
+	st->config_epoch = -1;
+	st->host[0] = '\0';
+	st->port = 0;
+}
+
+static void
+sentinel_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	shared = ShmemInitStruct("redis_cache sentinel", sizeof(SentinelShared),
+							 &found);
+	if (!found)
+		init_state(shared);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Under shared_preload_libraries, from _PG_init: the shared master epoch. */
+void
+redis_sentinel_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = sentinel_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = sentinel_shmem_startup;
+}
+
+static SentinelShared *
+state(void)
+{
+	if (shared != NULL)
+		return shared;
+	if (pg_atomic_read_u64(&local_state.epoch) == 0)
+		init_state(&local_state);
+	return &local_state;
+}
+
+/*
+ * The master epoch: a connection made under another one must not be used
+ * (see the header comment).
+ */
+uint64
+redis_sentinel_epoch(void)
+{
+	return pg_atomic_read_u64(&state()->epoch);
+}
+
+/* The highest config-epoch seen (-1: none yet). */
+static int64
+known_config_epoch(void)
+{
+	SentinelShared *st = state();
+	int64		v;
+
+	SpinLockAcquire(&st->mutex);
+	v = st->config_epoch;
+	SpinLockRelease(&st->mutex);
+	return v;
+}
+
+/*
+ * Record what a sentinel said: a different master under a config-epoch at
+ * least as high as the known one bumps the master epoch.  reset: accept a
+ * lower config-epoch (the sentinels were reset).  Returns the master
+ * epoch in force afterwards.
+ */
+static uint64
+note_master(const char *host, int port, int64 config_epoch, bool reset)
+{
+	SentinelShared *st = state();
+	bool		changed = false;
+
+	SpinLockAcquire(&st->mutex);
+	if (config_epoch >= st->config_epoch || reset)
+	{
+		changed = st->host[0] != '\0' &&
+			(st->port != port || strcmp(st->host, host) != 0);
+		if (changed || st->host[0] == '\0')
+		{
+			strlcpy(st->host, host, sizeof(st->host));
+			st->port = port;
+		}
+		st->config_epoch = config_epoch;
+	}
+	SpinLockRelease(&st->mutex);
+	if (changed)
+	{
+		pg_atomic_fetch_add_u64(&st->epoch, 1);
+		ereport(LOG,
+				(errmsg("redis_cache: the sentinels name a new master for \"%s\": %s:%d (config epoch " INT64_FORMAT ")",
+						master_name, host, port, config_epoch),
+				 errdetail("Connections to the previous master are dropped before their next command.")));
+	}
+	return pg_atomic_read_u64(&st->epoch);
+}
 
 bool
 redis_sentinel_enabled(void)
@@ -127,18 +281,46 @@ plausible_address(const RedisReply *reply, char *host, size_t hostlen,
  * Ask one sentinel.  Returns true with host/port set; false with the fault
  * set.  May throw on interrupts, after closing its socket.
  */
+/* config-epoch in a SENTINEL MASTER reply (field/value pairs); -1 if none */
+static int64
+config_epoch_of(const RedisReply *reply)
+{
+	size_t		i;
+
+	if (reply->type != RC_REPLY_ARRAY)
+		return -1;
+	for (i = 0; i + 1 < reply->elements; i += 2)
+	{
+		const RedisReply *f = reply->element[i];
+		const RedisReply *v = reply->element[i + 1];
+
+		if (f->type == RC_REPLY_STRING && v->type == RC_REPLY_STRING &&
+			strcmp(f->str, "config-epoch") == 0)
+		{
+			char	   *end;
+			long long	n = strtoll(v->str, &end, 10);
+
+			return (*end == '\0' && n >= 0) ? (int64) n : -1;
+		}
+	}
+	return -1;
+}
+
 static bool
 ask_sentinel(const SentinelAddress *sentinel, const char *password,
 			 int tls_mode, int timeout_ms, TimestampTz deadline,
-			 char *host, size_t hostlen, int *port)
+			 char *host, size_t hostlen, int *port, int64 *config_epoch)
 {
 	RedisSocket *volatile s;
-	RedisCommand cmds[2];
+	RedisCommand cmds[3];
 	const char *auth_argv[3];
 	size_t		auth_len[3];
 	const char *ask_argv[3] = {"SENTINEL", "get-master-addr-by-name", master_name};
 	size_t		ask_len[3] = {8, 23, strlen(master_name)};
-	RedisReply *replies[2];
+	const char *master_argv[3] = {"SENTINEL", "MASTER", master_name};
+	size_t		master_len[3] = {8, 6, strlen(master_name)};
+	RedisReply *replies[3];
+	int			ask;
 	volatile int n = 0;
 	volatile bool ok;
 	bool		nothing;
@@ -167,9 +349,14 @@ ask_sentinel(const SentinelAddress *sentinel, const char *password,
 		cmds[n].argvlen = auth_len;
 		n++;
 	}
+	ask = n;
 	cmds[n].argc = 3;
 	cmds[n].argv = ask_argv;
 	cmds[n].argvlen = ask_len;
+	n++;
+	cmds[n].argc = 3;
+	cmds[n].argv = master_argv;
+	cmds[n].argvlen = master_len;
 	n++;
 
 	PG_TRY();
@@ -187,48 +374,59 @@ ask_sentinel(const SentinelAddress *sentinel, const char *password,
 	if (!ok)
 		return false;
 
-	if (n == 2 && replies[0]->type == RC_REPLY_ERROR)
+	if (ask == 1 && replies[0]->type == RC_REPLY_ERROR)
 	{
 		/* never echo the command: it carries the password */
 		redis_fault_set(RC_FAULT_CONNECT, "sentinel at %s refused authentication: %s",
 						label, redis_printable(replies[0]->str, replies[0]->len));
 		return false;
 	}
-	if (replies[n - 1]->type == RC_REPLY_NIL)
+	if (replies[ask]->type == RC_REPLY_NIL)
 	{
 		redis_fault_set(RC_FAULT_CONNECT, "sentinel at %s does not know a master named \"%s\" (redis_cache.sentinel_master)",
 						label, master_name);
 		return false;
 	}
-	if (replies[n - 1]->type == RC_REPLY_ERROR)
+	if (replies[ask]->type == RC_REPLY_ERROR)
 	{
 		redis_fault_set(RC_FAULT_CONNECT, "sentinel at %s refused SENTINEL get-master-addr-by-name: %s",
-						label, redis_printable(replies[n - 1]->str, replies[n - 1]->len));
+						label, redis_printable(replies[ask]->str, replies[ask]->len));
 		return false;
 	}
-	if (!plausible_address(replies[n - 1], host, hostlen, port))
+	if (!plausible_address(replies[ask], host, hostlen, port))
 	{
 		redis_fault_set(RC_FAULT_PROTOCOL, "sentinel at %s answered SENTINEL get-master-addr-by-name with something that is not a host and port",
 						label);
 		return false;
 	}
+	/* refused (an ACL without +sentinel|master): no epoch, taken as is */
+	*config_epoch = config_epoch_of(replies[ask + 1]);
 	return true;
 }
 
 /*
  * The master's address as the sentinels see it, before deadline
- * (timeout_ms is the bound behind it, shared among the sentinels).
- * Returns false with the fault set.  May throw on interrupts.
+ * (timeout_ms is the bound behind it, shared among the sentinels).  An
+ * answer with a config-epoch below the highest seen is passed over while
+ * another sentinel may know better.  Returns false with the fault set;
+ * else *epoch is the master epoch the address belongs to.  May throw on
+ * interrupts.
  */
 bool
 redis_sentinel_discover(int tls_mode, int timeout_ms, TimestampTz deadline,
-						char *host, size_t hostlen, int *port)
+						char *host, size_t hostlen, int *port,
+						uint64 *epoch)
 {
 	char	   *password = pstrdup("");
 	char	   *why = NULL;
 	int			share_ms;
 	int			i;
-	bool		found = false;
+	int			found = -1;
+	int64		known = known_config_epoch();
+	int64		found_epoch = -1;
+	char		stale_host[256] = "";
+	int			stale_port = 0;
+	int64		stale_epoch = -1;
 	char		last_fault[512] = "";
 
 	if (master_name == NULL || master_name[0] == '\0')
@@ -255,33 +453,62 @@ redis_sentinel_discover(int tls_mode, int timeout_ms, TimestampTz deadline,
 	}
 
 	share_ms = Max(timeout_ms / sentinels->n, RC_SENTINEL_MIN_MS);
-	for (i = 0; i < sentinels->n && !found; i++)
+	for (i = 0; i < sentinels->n && found < 0; i++)
 	{
 		const SentinelAddress *sentinel = &sentinels->addrs[order[i]];
 		TimestampTz now = GetCurrentTimestamp();
 		TimestampTz own = TimestampTzPlusMilliseconds(now, share_ms);
+		int64		config_epoch = -1;
 
 		if (now >= deadline)
 			break;
-		if (ask_sentinel(sentinel, password, tls_mode, share_ms,
-						 Min(own, deadline), host, hostlen, port))
+		if (!ask_sentinel(sentinel, password, tls_mode, share_ms,
+						  Min(own, deadline), host, hostlen, port,
+						  &config_epoch))
 		{
-			int			first = order[i];
-
-			/* the one that answered is asked first from now on */
-			memmove(&order[1], &order[0], i * sizeof(int));
-			order[0] = first;
-			found = true;
-		}
-		else
 			strlcpy(last_fault, redis_fault_message(), sizeof(last_fault));
+			continue;
+		}
+		if (config_epoch >= 0 && config_epoch < known)
+		{
+			/* has not heard of the last failover yet: ask another */
+			if (config_epoch > stale_epoch)
+			{
+				strlcpy(stale_host, host, sizeof(stale_host));
+				stale_port = *port;
+				stale_epoch = config_epoch;
+			}
+			snprintf(last_fault, sizeof(last_fault),
+					 "sentinel at %s:%d is behind (config epoch " INT64_FORMAT ", " INT64_FORMAT " seen)",
+					 sentinel->host, sentinel->port, config_epoch, known);
+			continue;
+		}
+		found = order[i];
+		found_epoch = config_epoch;
+		/* the one that answered is asked first from now on */
+		memmove(&order[1], &order[0], i * sizeof(int));
+		order[0] = found;
 	}
 	explicit_bzero(password, strlen(password));
 	pfree(password);
-	if (!found)
+
+	if (found < 0 && stale_host[0] != '\0' && i == sentinels->n)
+	{
+		/* every sentinel answered and all are behind: they were reset */
+		strlcpy(host, stale_host, hostlen);
+		*port = stale_port;
+		*epoch = note_master(host, *port, stale_epoch, true);
+		return true;
+	}
+	if (found < 0)
+	{
 		redis_fault_set(RC_FAULT_CONNECT, "no sentinel of redis_cache.sentinels gave the address of master \"%s\"%s%s",
 						master_name, last_fault[0] ? ": " : "", last_fault);
-	return found;
+		return false;
+	}
+	*epoch = note_master(host, *port, found_epoch < 0 ? known : found_epoch,
+						 false);
+	return true;
 }
 
 /* ---- settings ------------------------------------------------------------- */

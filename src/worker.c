@@ -1123,6 +1123,7 @@ redis_cache_worker_main(Datum main_arg)
 {
 	WorkerShared *sh = worker_shared;
 	MemoryContext loop_context;
+	TimestampTz last_sentinel_poll;
 	bool		clean;
 	char		recorded[RC_QUERY_NAMESPACE_LEN];
 	char		identity[RC_QUERY_NAMESPACE_LEN];
@@ -1208,6 +1209,7 @@ redis_cache_worker_main(Datum main_arg)
 	loop_context = AllocSetContextCreate(TopMemoryContext,
 										 "redis_cache worker loop",
 										 ALLOCSET_DEFAULT_SIZES);
+	last_sentinel_poll = 0;
 	while (!ShutdownRequestPending)
 	{
 		long		timeout = -1;
@@ -1222,6 +1224,15 @@ redis_cache_worker_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		/* under Sentinel: notice a failover even if no backend reconnects */
+		if (redis_sentinel_enabled() &&
+			TimestampDifferenceExceeds(last_sentinel_poll, GetCurrentTimestamp(),
+									   RC_SENTINEL_POLL_MS))
+		{
+			redis_poll_sentinels();
+			last_sentinel_poll = GetCurrentTimestamp();
+		}
+
 		done = process_pending();
 		if (!done && redis_fault_kind() == RC_FAULT_PROTOCOL)
 			timeout = RC_WORKER_FAULT_RETRY_MS;
@@ -1229,6 +1240,9 @@ redis_cache_worker_main(Datum main_arg)
 			timeout = RC_WORKER_RETRY_MS;
 		else
 			timeout = next_redelete_ms();
+		if (redis_sentinel_enabled() &&
+			(timeout < 0 || timeout > RC_SENTINEL_POLL_MS))
+			timeout = RC_SENTINEL_POLL_MS;
 		MemoryContextSwitchTo(TopMemoryContext);
 
 		/* a Redis wait may have reset the latch SIGTERM set */
