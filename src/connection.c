@@ -24,7 +24,11 @@
  *   address comes from the sentinels (sentinel.c) at each new connection
  *   and the handshake confirms it with ROLE; a READONLY or LOADING reply
  *   (a demoted or restarting master) drops the connection and the call is
- *   retried once on the master discovered anew.  A new master is a new
+ *   retried once on the master discovered anew.  A connection made under
+ *   an older master epoch (sentinel.c) is dropped before its next command,
+ *   and a round trip that straddled a change of epoch is a fault (its
+ *   commands may have reached the old master after the new one was in
+ *   use).  A new master is a new
  *   run_id, which the session check treats like a Redis restart.
  *
  * - A session that lost one of its configured server settings before the
@@ -345,21 +349,9 @@ handshake(RedisConnection *conn, const ServerTarget *target,
 
 	if (password[0] != '\0')
 	{
-		int			argc = 0;
-
-		auth_argv[argc] = "AUTH";
-		auth_len[argc++] = 4;
-		if (target->user[0])
-		{
-			auth_argv[argc] = target->user;
-			auth_len[argc++] = strlen(target->user);
-		}
-		auth_argv[argc] = password;
-		auth_len[argc++] = strlen(password);
-		cmds[n].argc = argc;
-		cmds[n].argv = auth_argv;
-		cmds[n].argvlen = auth_len;
-		auth_index = n++;
+		auth_index = n;
+		redis_auth_command(&cmds[n++], auth_argv, auth_len, target->user,
+						   password);
 	}
 	if (target->database != 0)
 	{

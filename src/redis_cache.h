@@ -273,6 +273,9 @@ extern bool redis_socket_round_trip(RedisSocket *s,
 									TimestampTz deadline, int timeout_ms,
 									bool *nothing_received);
 extern void redis_socket_close(RedisSocket *s);
+extern void redis_auth_command(RedisCommand *cmd, const char **argv,
+							   size_t *len, const char *user,
+							   const char *password);
 extern void redis_transport_limit_waits(TimestampTz limit, int limit_ms);
 
 /* in sentinel.c */

@@ -332,23 +332,8 @@ ask_sentinel(const SentinelAddress *sentinel, const char *password,
 	if (s == NULL)
 		return false;
 	if (password[0] != '\0')
-	{
-		int			argc = 0;
-
-		auth_argv[argc] = "AUTH";
-		auth_len[argc++] = 4;
-		if (sentinel_user && sentinel_user[0])
-		{
-			auth_argv[argc] = sentinel_user;
-			auth_len[argc++] = strlen(sentinel_user);
-		}
-		auth_argv[argc] = password;
-		auth_len[argc++] = strlen(password);
-		cmds[n].argc = argc;
-		cmds[n].argv = auth_argv;
-		cmds[n].argvlen = auth_len;
-		n++;
-	}
+		redis_auth_command(&cmds[n++], auth_argv, auth_len, sentinel_user,
+						   password);
 	ask = n;
 	cmds[n].argc = 3;
 	cmds[n].argv = ask_argv;

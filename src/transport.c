@@ -1194,6 +1194,31 @@ round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
 }
 
 /*
+ * AUTH [user] password into cmd, with argv and len (3 slots each) as its
+ * storage; user may be NULL or "" (AUTH password).  The command carries
+ * the secret: callers never put it into a message.
+ */
+void
+redis_auth_command(RedisCommand *cmd, const char **argv, size_t *len,
+				   const char *user, const char *password)
+{
+	int			argc = 0;
+
+	argv[argc] = "AUTH";
+	len[argc++] = 4;
+	if (user != NULL && user[0] != '\0')
+	{
+		argv[argc] = user;
+		len[argc++] = strlen(user);
+	}
+	argv[argc] = password;
+	len[argc++] = strlen(password);
+	cmd->argc = argc;
+	cmd->argv = argv;
+	cmd->argvlen = len;
+}
+
+/*
  * One pipelined round trip, counted with its latency.  timeout_ms is the
  * bound behind deadline, for messages.
  */
