@@ -12,7 +12,7 @@
 RC_ROOT=${RC_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 PGBIN=${PGBIN:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
 
-RC_PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-contrib libhiredis-dev libkrb5-dev libssl-dev redis-server redis-tools make gcc python3 clang libclang-rt-14-dev libipc-run-perl perl"
+RC_PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-contrib libhiredis-dev libkrb5-dev libssl-dev redis-server redis-tools make gcc python3 clang libclang-rt-14-dev libipc-run-perl perl openssl"
 
 # Install the Debian packages the project needs (as root, once; skipped
 # with RC_SKIP_APT).  Extra package names may be given as arguments.
