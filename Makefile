@@ -1,7 +1,7 @@
 # redis_cache: cache query results in Redis from inside PostgreSQL
 
 EXTENSION = redis_cache
-EXTVERSION = 1.5
+EXTVERSION = 1.6
 
 MODULE_big = redis_cache
 OBJS = \
@@ -40,7 +40,7 @@ DATA = $(wildcard redis_cache--*.sql)
 # module in test/perl.  `make installcheck` runs all three against the
 # installed extension; pg_regress and isolation need a live server with
 # redis_cache configured, the TAP tests start their own servers.
-REGRESS = upgrade basic bad_input degraded invalidation stats query
+REGRESS = upgrade basic bad_input degraded invalidation stats query peers
 REGRESS_OPTS = --inputdir=test --load-extension=redis_cache
 ISOLATION = commit_registration stale_fill own_writes stampede
 ISOLATION_OPTS = --inputdir=test --load-extension=redis_cache

@@ -1,9 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * commands.c
- *		  The key-value SQL functions: cache_get, cache_set, cache_delete,
- *		  cache_exists, cache_ttl, cache_incr, cache_mget,
- *		  cache_delete_pattern, cache_lock, cache_unlock, cache_ping.
+ *		  The key-value SQL functions: cache_get, cache_get_bytea,
+ *		  cache_set (text and bytea), cache_add, cache_set_many,
+ *		  cache_touch, cache_delete, cache_exists, cache_ttl, cache_incr,
+ *		  cache_mget, cache_delete_pattern, cache_lock, cache_unlock,
+ *		  cache_ping.
  *
  * Every function validates its input first (ERROR, SQLSTATE 22023), then
  * talks to Redis through redis_execute().  On a Redis fault the function
@@ -12,7 +14,9 @@
  *
  * Values are plain Redis strings, readable and writable by any Redis client.
  * What comes back is untrusted: a value that is not valid in the database
- * encoding (or contains NUL) is a miss with a WARNING, never invalid text.
+ * encoding (or contains NUL) is a miss with a WARNING, never invalid text;
+ * cache_get_bytea returns any value as its raw bytes (serialized values of
+ * other frameworks, binary data stored with cache_set(text, bytea)).
  *
  * Keys reserved to the extension (keys.c: the cache version's bookkeeping,
  * the query-result namespace) are never written or deleted here, whoever
@@ -45,6 +49,10 @@ PG_FUNCTION_INFO_V1(cache_delete_pattern);
 PG_FUNCTION_INFO_V1(cache_lock);
 PG_FUNCTION_INFO_V1(cache_unlock);
 PG_FUNCTION_INFO_V1(cache_ping);
+PG_FUNCTION_INFO_V1(cache_get_bytea);
+PG_FUNCTION_INFO_V1(cache_add);
+PG_FUNCTION_INFO_V1(cache_set_many);
+PG_FUNCTION_INFO_V1(cache_touch);
 
 /* Atomic compare-and-delete for cache_unlock(). */
 static const char *unlock_script =
@@ -82,7 +90,7 @@ reply_to_text(const RedisReply *reply, text *key_text)
 					 errmsg("redis_cache: value of key \"%s\" is not valid %s text",
 							key, GetDatabaseEncodingName()),
 					 errdetail("The value is treated as a cache miss."),
-					 errhint("Store text in the database encoding, or binary data base64-encoded.")));
+					 errhint("Store text in the database encoding, or read binary values with cache_get_bytea().")));
 		return NULL;
 	}
 	return cstring_to_text_with_len(reply->str, (int) reply->len);
@@ -170,83 +178,365 @@ cache_get(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(result);
 }
 
-/*
- * cache_set(key text, value text, ttl_seconds int DEFAULT NULL) RETURNS boolean
- */
-Datum
-cache_set(PG_FUNCTION_ARGS)
+/* The TTL argument: NULL is redis_cache.default_ttl (0: no expiry). */
+static int
+ttl_argument(FunctionCallInfo fcinfo, int argno)
 {
-	text	   *key;
-	text	   *value;
+	int			ttl;
+
+	if (PG_ARGISNULL(argno))
+		return redis_cache_default_ttl;
+	ttl = PG_GETARG_INT32(argno);
+	redis_check_ttl(ttl);
+	return ttl;
+}
+
+/* ERROR unless a value of len bytes may be cached. */
+static void
+check_value_size(size_t len)
+{
+	if (len > (size_t) redis_cache_max_value_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("redis_cache: value is too large to cache"),
+				 errdetail("The value is %zu bytes; redis_cache.max_value_bytes is %d.",
+						   len, redis_cache_max_value_bytes),
+				 errhint("Cache a smaller value or raise redis_cache.max_value_bytes.")));
+}
+
+/*
+ * SET key value [EX ttl] [NX] into cmd, with argv/argvlen (6 slots) and
+ * ttlstr (16 bytes) as its storage.
+ */
+static void
+build_set(RedisCommand *cmd, const char **argv, size_t *argvlen, char *ttlstr,
+		  const char *rkey, size_t klen, const char *value, size_t vlen,
+		  int ttl, bool only_if_absent)
+{
+	int			argc = 0;
+
+	argv[argc] = "SET";
+	argvlen[argc++] = 3;
+	argv[argc] = rkey;
+	argvlen[argc++] = klen;
+	argv[argc] = value;
+	argvlen[argc++] = vlen;
+	if (ttl > 0)
+	{
+		snprintf(ttlstr, 16, "%d", ttl);
+		argv[argc] = "EX";
+		argvlen[argc++] = 2;
+		argv[argc] = ttlstr;
+		argvlen[argc++] = strlen(ttlstr);
+	}
+	if (only_if_absent)
+	{
+		argv[argc] = "NX";
+		argvlen[argc++] = 2;
+	}
+	cmd->argc = argc;
+	cmd->argv = argv;
+	cmd->argvlen = argvlen;
+}
+
+/*
+ * The body of cache_set (text or bytea: any varlena value, stored as its
+ * bytes) and cache_add (only_if_absent).  Returns 1 stored, 0 not stored
+ * (a fault, an error reply, or NX found the key), -1 for cache_add's
+ * "Redis unavailable" (NULL).
+ */
+static int
+store_value(FunctionCallInfo fcinfo, bool only_if_absent)
+{
+	text	   *key = PG_GETARG_TEXT_PP(0);
+	struct varlena *value;
 	int			ttl;
 	size_t		klen;
 	char	   *rkey;
 	char		ttlstr[16];
-	const char *argv[5];
-	size_t		argvlen[5];
-	int			argc = 3;
+	const char *argv[6];
+	size_t		argvlen[6];
+	RedisCommand cmd;
 	RedisReply *reply;
 
-	if (PG_ARGISNULL(0))
-		PG_RETURN_NULL();
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("redis_cache: cannot cache a NULL value"),
 				 errhint("Use cache_delete() to remove a key.")));
-	key = PG_GETARG_TEXT_PP(0);
-	value = PG_GETARG_TEXT_PP(1);
+	value = PG_GETARG_VARLENA_PP(1);
 	rkey = redis_make_key(key, &klen);
 	refuse_reserved_key(rkey, klen, "write");
+	ttl = ttl_argument(fcinfo, 2);
+	check_value_size(VARSIZE_ANY_EXHDR(value));
 
-	if (PG_ARGISNULL(2))
-		ttl = redis_cache_default_ttl;
-	else
-	{
-		ttl = PG_GETARG_INT32(2);
-		redis_check_ttl(ttl);
-	}
-
-	if (VARSIZE_ANY_EXHDR(value) > (size_t) redis_cache_max_value_bytes)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("redis_cache: value is too large to cache"),
-				 errdetail("The value is %zu bytes; redis_cache.max_value_bytes is %d.",
-						   (size_t) VARSIZE_ANY_EXHDR(value), redis_cache_max_value_bytes),
-				 errhint("Cache a smaller value or raise redis_cache.max_value_bytes.")));
-
-	argv[0] = "SET";
-	argvlen[0] = 3;
-	argv[1] = rkey;
-	argvlen[1] = klen;
-	argv[2] = VARDATA_ANY(value);
-	argvlen[2] = VARSIZE_ANY_EXHDR(value);
-	if (ttl > 0)
-	{
-		snprintf(ttlstr, sizeof(ttlstr), "%d", ttl);
-		argv[3] = "EX";
-		argvlen[3] = 2;
-		argv[4] = ttlstr;
-		argvlen[4] = strlen(ttlstr);
-		argc = 5;
-	}
-
-	reply = redis_command(0, argc, argv, argvlen);
+	build_set(&cmd, argv, argvlen, ttlstr, rkey, klen, VARDATA_ANY(value),
+			  VARSIZE_ANY_EXHDR(value), ttl, only_if_absent);
+	reply = redis_command(0, cmd.argc, cmd.argv, cmd.argvlen);
 	if (reply == NULL)
-		PG_RETURN_BOOL(false);
+		return only_if_absent ? -1 : 0;
 	if (reply->type == RC_REPLY_ERROR)
 	{
 		redis_report_reply_error(reply,
 								 psprintf("storing key \"%s\"", text_key_for_message(key)),
 								 0);
+		return only_if_absent ? -1 : 0;
+	}
+	if (reply->type != RC_REPLY_STATUS)
+		return 0;				/* NX: the key exists (nil) */
+	redis_stats_add(RC_STAT_SETS, 1);
+	redis_stats_family(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), RC_FAM_SETS);
+	return 1;
+}
+
+/*
+ * cache_get_bytea(key text) RETURNS bytea: the value's raw bytes, whatever
+ * they are (no encoding check); NULL on a miss.
+ */
+Datum
+cache_get_bytea(PG_FUNCTION_ARGS)
+{
+	text	   *key = PG_GETARG_TEXT_PP(0);
+	size_t		klen;
+	char	   *rkey = redis_make_key(key, &klen);
+	const char *argv[2] = {"GET", rkey};
+	size_t		argvlen[2] = {3, klen};
+	RedisReply *reply;
+	bytea	   *result;
+
+	if (redis_key_pending(redis_cache_key_prefix ? redis_cache_key_prefix : "",
+						  VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)))
+	{
+		redis_stats_add(RC_STAT_BYPASSES, 1);
+		reply = NULL;
+	}
+	else
+		reply = redis_command(0, 2, argv, argvlen);
+	if (reply != NULL && reply->type == RC_REPLY_ERROR)
+		redis_report_reply_error(reply,
+								 psprintf("reading key \"%s\"", text_key_for_message(key)),
+								 0);
+	if (reply == NULL || reply->type != RC_REPLY_STRING)
+	{
+		count_read(key, false);
+		PG_RETURN_NULL();
+	}
+	count_read(key, true);
+	result = palloc(VARHDRSZ + reply->len);
+	SET_VARSIZE(result, VARHDRSZ + reply->len);
+	memcpy(VARDATA(result), reply->str, reply->len);
+	PG_RETURN_BYTEA_P(result);
+}
+
+/*
+ * cache_set(key text, value text|bytea, ttl_seconds int DEFAULT NULL)
+ * RETURNS boolean: true when stored.
+ */
+Datum
+cache_set(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	PG_RETURN_BOOL(store_value(fcinfo, false) == 1);
+}
+
+/*
+ * cache_add(key text, value text, ttl_seconds int DEFAULT NULL) RETURNS
+ * boolean: SET NX; true when stored, false when the key exists, NULL when
+ * Redis is unavailable.
+ */
+Datum
+cache_add(PG_FUNCTION_ARGS)
+{
+	int			stored;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	stored = store_value(fcinfo, true);
+	if (stored < 0)
+		PG_RETURN_NULL();
+	PG_RETURN_BOOL(stored == 1);
+}
+
+/*
+ * cache_set_many(keys text[], values text[], ttl_seconds int DEFAULT NULL)
+ * RETURNS bigint: keys[i] = values[i], all with the TTL, pipelined
+ * (RC_KEYS_PER_COMMAND commands per round trip).  Returns how many were
+ * stored; 0 when Redis is unavailable.
+ */
+Datum
+cache_set_many(PG_FUNCTION_ARGS)
+{
+	ArrayType  *karr;
+	ArrayType  *varr;
+	Datum	   *kelems;
+	Datum	   *velems;
+	bool	   *knulls;
+	bool	   *vnulls;
+	int			nkeys;
+	int			nvalues;
+	int			ttl;
+	char	  **rkeys;
+	size_t	   *klens;
+	RedisCommand *cmds;
+	const char **argv;
+	size_t	   *argvlen;
+	char	   *ttlstr;
+	int64		stored = 0;
+	int			i;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("redis_cache: keys and values must not be NULL"),
+				 errhint("Pass two arrays of the same length.")));
+	karr = PG_GETARG_ARRAYTYPE_P(0);
+	varr = PG_GETARG_ARRAYTYPE_P(1);
+	if (ARR_NDIM(karr) > 1 || ARR_NDIM(varr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("redis_cache: keys and values must be one-dimensional arrays")));
+	deconstruct_array(karr, TEXTOID, -1, false, TYPALIGN_INT,
+					  &kelems, &knulls, &nkeys);
+	deconstruct_array(varr, TEXTOID, -1, false, TYPALIGN_INT,
+					  &velems, &vnulls, &nvalues);
+	if (nkeys != nvalues)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("redis_cache: %d keys but %d values", nkeys, nvalues),
+				 errhint("Pass one value per key.")));
+	ttl = ttl_argument(fcinfo, 2);
+	if (nkeys == 0)
+		PG_RETURN_INT64(0);
+
+	rkeys = palloc(sizeof(char *) * nkeys);
+	klens = palloc(sizeof(size_t) * nkeys);
+	for (i = 0; i < nkeys; i++)
+	{
+		if (knulls[i] || vnulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("redis_cache: element %d of %s is NULL", i + 1,
+							knulls[i] ? "keys" : "values"),
+					 errhint("Use cache_delete() to remove keys.")));
+		rkeys[i] = redis_make_key(DatumGetTextPP(kelems[i]), &klens[i]);
+		check_value_size(VARSIZE_ANY_EXHDR(DatumGetTextPP(velems[i])));
+	}
+	refuse_reserved_keys(rkeys, klens, NULL, nkeys, "write");
+
+	cmds = palloc(sizeof(RedisCommand) * Min(nkeys, RC_KEYS_PER_COMMAND));
+	argv = palloc(sizeof(char *) * 6 * Min(nkeys, RC_KEYS_PER_COMMAND));
+	argvlen = palloc(sizeof(size_t) * 6 * Min(nkeys, RC_KEYS_PER_COMMAND));
+	ttlstr = palloc(16 * Min(nkeys, RC_KEYS_PER_COMMAND));
+	for (i = 0; i < nkeys; i += RC_KEYS_PER_COMMAND)
+	{
+		int			n = Min(nkeys - i, RC_KEYS_PER_COMMAND);
+		RedisReply **replies = palloc(sizeof(RedisReply *) * n);
+		int			j;
+		bool		reported = false;
+
+		for (j = 0; j < n; j++)
+		{
+			text	   *value = DatumGetTextPP(velems[i + j]);
+
+			build_set(&cmds[j], &argv[j * 6], &argvlen[j * 6], &ttlstr[j * 16],
+					  rkeys[i + j], klens[i + j], VARDATA_ANY(value),
+					  VARSIZE_ANY_EXHDR(value), ttl, false);
+		}
+		if (!redis_execute(cmds, n, replies, 0))
+			break;
+		for (j = 0; j < n; j++)
+		{
+			text	   *key = DatumGetTextPP(kelems[i + j]);
+
+			if (replies[j]->type == RC_REPLY_STATUS)
+			{
+				stored++;
+				redis_stats_family(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
+								   RC_FAM_SETS);
+			}
+			else if (replies[j]->type == RC_REPLY_ERROR && !reported)
+			{
+				/* one report per round trip: a full Redis refuses them all */
+				redis_report_reply_error(replies[j],
+										 psprintf("storing key \"%s\"", text_key_for_message(key)),
+										 0);
+				reported = true;
+			}
+		}
+		pfree(replies);
+	}
+	redis_stats_add(RC_STAT_SETS, stored);
+	PG_RETURN_INT64(stored);
+}
+
+/*
+ * cache_touch(key text, ttl_seconds int DEFAULT NULL) RETURNS boolean: a
+ * new TTL for an existing key (EXPIRE; with a default_ttl of 0, PERSIST);
+ * true when the key exists.
+ */
+Datum
+cache_touch(PG_FUNCTION_ARGS)
+{
+	text	   *key;
+	size_t		klen;
+	char	   *rkey;
+	int			ttl;
+	char		ttlstr[16];
+	const char *argv[3];
+	size_t		argvlen[3];
+	const char *exists_argv[2];
+	size_t		exists_len[2];
+	RedisCommand cmds[2];
+	RedisReply *replies[2];
+	int			ncmds = 1;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	key = PG_GETARG_TEXT_PP(0);
+	rkey = redis_make_key(key, &klen);
+	refuse_reserved_key(rkey, klen, "write");
+	ttl = ttl_argument(fcinfo, 1);
+
+	argv[1] = rkey;
+	argvlen[1] = klen;
+	cmds[0].argv = argv;
+	cmds[0].argvlen = argvlen;
+	if (ttl > 0)
+	{
+		snprintf(ttlstr, sizeof(ttlstr), "%d", ttl);
+		argv[0] = "EXPIRE";
+		argvlen[0] = 6;
+		argv[2] = ttlstr;
+		argvlen[2] = strlen(ttlstr);
+		cmds[0].argc = 3;
+	}
+	else
+	{
+		/* PERSIST says 0 for a key without a TTL too: ask EXISTS as well */
+		argv[0] = "PERSIST";
+		argvlen[0] = 7;
+		cmds[0].argc = 2;
+		exists_argv[0] = "EXISTS";
+		exists_len[0] = 6;
+		exists_argv[1] = rkey;
+		exists_len[1] = klen;
+		cmds[1].argc = 2;
+		cmds[1].argv = exists_argv;
+		cmds[1].argvlen = exists_len;
+		ncmds = 2;
+	}
+	if (!redis_execute(cmds, ncmds, replies, 0))
+		PG_RETURN_BOOL(false);
+	if (replies[0]->type == RC_REPLY_ERROR)
+	{
+		redis_report_reply_error(replies[0],
+								 psprintf("setting the TTL of key \"%s\"", text_key_for_message(key)),
+								 0);
 		PG_RETURN_BOOL(false);
 	}
-	if (reply->type == RC_REPLY_STATUS)
-	{
-		redis_stats_add(RC_STAT_SETS, 1);
-		redis_stats_family(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), RC_FAM_SETS);
-	}
-	PG_RETURN_BOOL(reply->type == RC_REPLY_STATUS);
+	PG_RETURN_BOOL(replies[ncmds - 1]->type == RC_REPLY_INTEGER &&
+				   replies[ncmds - 1]->integer == 1);
 }
 
 /*

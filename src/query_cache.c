@@ -904,9 +904,10 @@ cache_query_json(PG_FUNCTION_ARGS)
 }
 
 /*
- * cache_query_key(query text, params text[], format text) RETURNS text:
- * the Redis key of a result for the current role, so that applications can
- * read cache_query_json() results with HGET key data.
+ * cache_query_key(query text, params text[], format text, with_prefix
+ * boolean) RETURNS text: the Redis key of a result for the current role,
+ * so that applications can read cache_query_json() results with HGET key
+ * data; with key_prefix unless with_prefix is false.
  */
 Datum
 cache_query_key(PG_FUNCTION_ARGS)
@@ -928,6 +929,16 @@ cache_query_key(PG_FUNCTION_ARGS)
 	}
 	read_arguments(fcinfo, kind, false, &call);
 	make_keys(&call);
+
+	/* with_prefix => false (1.6): for clients that add key_prefix themselves */
+	if (PG_NARGS() > 3 && !PG_ARGISNULL(3) && !PG_GETARG_BOOL(3))
+	{
+		size_t		plen = redis_cache_key_prefix ? strlen(redis_cache_key_prefix) : 0;
+
+		Assert((size_t) call.entry_key.len >= plen);
+		PG_RETURN_TEXT_P(cstring_to_text_with_len(call.entry_key.data + plen,
+												  call.entry_key.len - (int) plen));
+	}
 	PG_RETURN_TEXT_P(cstring_to_text_with_len(call.entry_key.data, call.entry_key.len));
 }
 

@@ -105,8 +105,42 @@ SELECT family, source FROM cache_families() ORDER BY family COLLATE "C";
 SELECT cache_watch('regress_upgrade_f', '{id}:f');
 \set VERBOSITY default
 DROP TABLE regress_upgrade_f;
+
+-- 1.5 to 1.6: the functions peers have; cache_query_key() gains with_prefix
+ALTER EXTENSION redis_cache UPDATE TO '1.6';
+SELECT extversion FROM pg_extension WHERE extname = 'redis_cache';
+SELECT pg_get_function_arguments('cache_query_key(text, text[], text, boolean)'::regprocedure);
+
+-- a fresh install of the current version (its own install script) holds
+-- exactly the objects of 1.0 followed by every upgrade: members, function
+-- definitions, privileges, comments, tables and views
+CREATE TEMP VIEW regress_extension_objects AS
+SELECT pg_describe_object(d.classid, d.objid, d.objsubid) AS object,
+       CASE WHEN d.classid = 'pg_proc'::regclass THEN
+              (SELECT concat_ws(' | ', pg_get_function_arguments(p.oid), pg_get_function_result(p.oid),
+                                p.provolatile, p.proisstrict, p.proparallel, p.prosrc, p.probin,
+                                p.proacl::text, obj_description(p.oid, 'pg_proc'))
+                 FROM pg_proc p WHERE p.oid = d.objid)
+            WHEN d.classid = 'pg_class'::regclass THEN
+              (SELECT concat_ws(' | ', c.relkind, c.relacl::text, obj_description(c.oid, 'pg_class'),
+                                (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+                                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+                                CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END)
+                 FROM pg_class c WHERE c.oid = d.objid)
+       END AS definition
+  FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'redis_cache'
+ WHERE d.deptype = 'e';
+CREATE TEMP TABLE regress_upgraded AS SELECT * FROM regress_extension_objects;
 DROP EXTENSION redis_cache;
 CREATE EXTENSION redis_cache;
+SELECT extversion FROM pg_extension WHERE extname = 'redis_cache';
+CREATE TEMP TABLE regress_fresh AS SELECT * FROM regress_extension_objects;
+SELECT count(*) AS objects FROM regress_fresh;
+SELECT 'only upgraded' AS side, * FROM (SELECT * FROM regress_upgraded EXCEPT SELECT * FROM regress_fresh) u
+UNION ALL
+SELECT 'only fresh', * FROM (SELECT * FROM regress_fresh EXCEPT SELECT * FROM regress_upgraded) f;
+DROP VIEW regress_extension_objects;
+DROP TABLE regress_upgraded, regress_fresh;
 
 -- cache_version() after the upgrade, in a namespace of our own.  The version
 -- expected is the server's (redis_cache.version, else REDIS_CACHE_VERSION,
