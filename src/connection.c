@@ -1324,7 +1324,7 @@ redis_connection_define_gucs(void)
 
 	DefineCustomStringVariable("redis_cache.host",
 							   gettext_noop("Sets the Redis server host name, IP address or Unix socket file path."),
-							   gettext_noop("A value starting with a slash is the path of a Unix domain socket file, such as /run/redis/redis.sock."),
+							   gettext_noop("A value starting with a slash is the path of a Unix domain socket file, such as /run/redis/redis.sock. Not used when redis_cache.url or redis_cache.sentinels is set."),
 							   &server_host,
 							   "127.0.0.1",
 							   PGC_SUSET,
@@ -1350,7 +1350,7 @@ redis_connection_define_gucs(void)
 							   NULL, assign_server_string, NULL);
 
 	DefineCustomStringVariable("redis_cache.password",
-							   gettext_noop("Sets the Redis password; empty means no AUTH."),
+							   gettext_noop("Sets the Redis password; empty means redis_cache.password_file, or no AUTH."),
 							   gettext_noop("Visible to superusers only."),
 							   &server_password,
 							   "",
@@ -1377,7 +1377,7 @@ redis_connection_define_gucs(void)
 							NULL, assign_server_int, NULL);
 
 	DefineCustomIntVariable("redis_cache.connect_timeout_ms",
-							gettext_noop("Sets the longest wait for a connection to Redis, including AUTH and SELECT."),
+							gettext_noop("Sets the longest wait for a connection to Redis: sentinels, TCP, TLS handshake, AUTH and SELECT."),
 							NULL,
 							&connect_timeout_ms,
 							1000, 1, 600000,

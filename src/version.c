@@ -391,7 +391,7 @@ void
 redis_version_init(void)
 {
 	DefineCustomStringVariable("redis_cache.version",
-							   gettext_noop("Sets the expected cache version; a different version stored in Redis flushes the namespace."),
+							   gettext_noop("Sets the expected cache version; a different version stored in Redis flushes the cache's own keys of the namespace."),
 							   gettext_noop("Empty means the environment variable REDIS_CACHE_VERSION of the server, else \"1\"."),
 							   &expected_version,
 							   "",
