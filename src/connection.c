@@ -148,6 +148,7 @@ static uint64 breaker_config_generation = 0;
 /* Rate limiting of fault warnings. */
 static TimestampTz last_warning_at = 0;
 static int	suppressed_warnings = 0;
+static TimestampTz last_commit_warning_at = 0;
 
 /* Set when the session check's round trip found the connection dead. */
 static bool check_connection_dead = false;
@@ -611,6 +612,20 @@ report_fault(int flags)
 		return;
 	}
 
+	if (flags & RC_EXEC_AT_COMMIT)
+	{
+		/* its own rate limit: a read's WARNING must not hide this one */
+		if (!redis_warning_due(&last_commit_warning_at))
+		{
+			elog(DEBUG1, "redis_cache: %s", message);
+			return;
+		}
+		ereport(WARNING,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("redis_cache: %s", message),
+				 errdetail("The transaction is committed. The background worker (shared_preload_libraries) delivers its invalidations as soon as Redis answers; until then reads of the keys concerned are misses.")));
+		return;
+	}
 	if (!redis_warning_due(&last_warning_at))
 	{
 		suppressed_warnings++;

@@ -225,6 +225,12 @@ redis_record_families(const char *prefix, char *const *globs, int nglobs,
  * Redis by cache_watch() and by commits).  Empty when Redis is unreachable
  * (with the usual degradation).
  */
+static int
+compare_globs(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
 Datum
 cache_families(PG_FUNCTION_ARGS)
 {
@@ -245,6 +251,9 @@ cache_families(PG_FUNCTION_ARGS)
 		globs = declared;
 		n = ndeclared;
 	}
+	/* the declared ones in the setting's order, then the recorded ones sorted */
+	if (n > ndeclared)
+		qsort(&globs[ndeclared], n - ndeclared, sizeof(char *), compare_globs);
 	for (i = 0; i < n; i++)
 	{
 		Datum		values[2];

@@ -844,7 +844,8 @@ send_commit_work(void)
 			delivered = redis_execute(work->commands, work->ncommands,
 									  work->replies,
 									  RC_EXEC_NO_ERROR | RC_EXEC_INTERNAL |
-									  RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED);
+									  RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED |
+									  RC_EXEC_AT_COMMIT);
 		/*
 		 * A refused UNLINK (an ACL) or a script that failed half way
 		 * (foreign data): the worker replays it, and reports what Redis

@@ -302,6 +302,7 @@ extern bool redis_sentinel_discover(int tls_mode, int timeout_ms,
 #define RC_EXEC_STARTUP			0x08	/* backend start: faults to the log only */
 #define RC_EXEC_FAST_CONNECT	0x10	/* connect within command_timeout_ms */
 #define RC_EXEC_IGNORE_ENABLED	0x20	/* invalidation: even when disabled */
+#define RC_EXEC_AT_COMMIT		0x40	/* a commit's delivery: says so in faults */
 
 /* A round trip on the connection being checked (no retry, no report). */
 typedef bool (*RedisRoundTrip) (const RedisCommand *commands, int ncommands,

@@ -787,10 +787,14 @@ drop_patterns_covered(WorkerShared *sh, int ns, int queued_before)
 	pg_atomic_write_u32(&sh->patterns_queued, sh->npatterns);
 }
 
-/* How the worker talks to Redis: faults retried, never raised. */
+/*
+ * How the worker talks to Redis: faults retried, never raised, and never
+ * skipped by the circuit breaker (the worker is the one that must notice
+ * at once that Redis is back: it retries every RC_WORKER_RETRY_MS anyway).
+ */
 #define RC_WORKER_EXEC_FLAGS \
 	(RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR | RC_EXEC_FAST_CONNECT | \
-	 RC_EXEC_IGNORE_ENABLED)
+	 RC_EXEC_IGNORE_ENABLED | RC_EXEC_SKIP_BREAKER)
 
 /* The prefix of namespace index ns, palloc'd ("" when out of range). */
 static char *
