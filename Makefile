@@ -59,7 +59,7 @@ include $(PGXS)
 # after Makefile.global, which resets it
 PROVE_FLAGS += -I ./test/perl
 
-.PHONY: test demo
+.PHONY: test demo package
 
 # Everything, on a fresh Debian bookworm machine: packages, build, install,
 # a temporary PostgreSQL and redis-server for pg_regress and isolation, and
@@ -70,3 +70,8 @@ test:
 # The same embedded stack, showing the extension at work.
 demo:
 	bash test/demo.sh
+
+# the Debian package (debian/, pg_buildext), built from a clean copy,
+# installed and smoke-tested; as root
+package:
+	bash test/package.sh

@@ -59,3 +59,7 @@ LANGUAGE C STABLE PARALLEL SAFE;
 
 COMMENT ON FUNCTION cache_query_key(text, text[], text, boolean) IS
 'Returns the Redis key holding the cached result of a query for the current role (format json or rows): with redis_cache.key_prefix, or without it when with_prefix is false (for clients that add the prefix themselves)';
+
+-- monitoring roles read the statistics through the view as through the
+-- function (cache_stats(), which PUBLIC may execute)
+GRANT SELECT ON cache_stats TO PUBLIC;
