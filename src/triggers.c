@@ -616,6 +616,17 @@ cache_check_templates(PG_FUNCTION_ARGS)
 	int			i;
 	KeyTemplate **templates;
 
+	/*
+	 * The families it queues become owned (bulk deletes may remove them):
+	 * only roles that may create watches may, as cache_watch() checks.
+	 */
+	if (!role_may_watch(GetUserId(), cache_watch_function(fcinfo->flinfo->fn_oid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("redis_cache: permission denied for cache_check_templates()"),
+				 errdetail("Checking templates records their key families as owned by the cache, which bulk deletes may remove: only roles that may execute cache_watch(regclass, text[]) may."),
+				 errhint("Call cache_watch(), which a superuser can GRANT.")));
+
 	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 	if (n == 0)
 		ereport(ERROR,

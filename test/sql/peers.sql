@@ -78,6 +78,20 @@ SELECT jsonb_typeof(h->'reachable') AS reachable, jsonb_typeof(h->'port') AS por
        jsonb_typeof(h->'tls') AS tls, jsonb_typeof(h->'sentinel_master') AS sentinel_master
   FROM cache_health() h;
 
+-- only a role that may call cache_watch() may check templates: checking
+-- records their families as owned, which bulk deletes may remove
+CREATE ROLE regress_peers_nobody;
+CREATE TABLE regress_peers_t (id int);
+GRANT SELECT ON regress_peers_t TO regress_peers_nobody;
+SET ROLE regress_peers_nobody;
+\set VERBOSITY terse
+SELECT cache_check_templates('regress_peers_t', ARRAY['session:{id}']);
+\set VERBOSITY default
+RESET ROLE;
+DROP TABLE regress_peers_t;
+DROP ROLE regress_peers_nobody;
+SELECT count(*) AS families FROM cache_families();
+
 -- Redis unreachable: the miss values, one WARNING
 SELECT cache_delete_pattern('*') >= 0 AS cleaned;
 SET redis_cache.port = 1;
