@@ -18,8 +18,8 @@
  *
  * - Choosing the server: redis_cache.url, when set, replaces host, port,
  *   user and database (parts it leaves out take their defaults), and
- *   rediss:// asks for TLS: the stricter of it and redis_cache.sslmode
- *   applies.  A URL never carries the password (its check refuses one
+ *   rediss:// asks for TLS: verify-full unless redis_cache.sslmode names
+ *   another TLS mode.  A URL never carries the password (its check refuses one
  *   without echoing the value).  With redis_cache.sentinels set, the
  *   address comes from the sentinels (sentinel.c) at each new connection
  *   and the handshake confirms it with ROLE; a READONLY or LOADING reply
@@ -177,8 +177,9 @@ current_target(ServerTarget *t)
 		t->database = server_database;
 	}
 	t->tls_mode = redis_tls_configured_mode();
-	if (url != NULL && url->set && url->tls && t->tls_mode < RC_TLS_REQUIRE)
-		t->tls_mode = RC_TLS_REQUIRE;
+	/* rediss:// verifies, as redis-py and ioredis do, unless sslmode says */
+	if (url != NULL && url->set && url->tls && t->tls_mode == RC_TLS_DISABLE)
+		t->tls_mode = RC_TLS_VERIFY_FULL;
 }
 
 /* Changes whenever a setting that chooses the server or TLS changes. */
@@ -1176,7 +1177,6 @@ parse_url(const char *value, ServerUrl *u)
 {
 	const char *p = value;
 	const char *at;
-	const char *hostend;
 	const char *end = value + strlen(value);
 	size_t		len;
 
@@ -1198,8 +1198,11 @@ parse_url(const char *value, ServerUrl *u)
 	}
 	u->set = true;
 
-	hostend = p + strcspn(p, "/?#");
-	at = memchr(p, '@', hostend - p);
+	/*
+	 * The last '@' ends the user information, wherever it is: a password
+	 * may hold '/', '?' or '#' (base64 does), and must be recognised as one.
+	 */
+	at = strrchr(p, '@');
 	if (at != NULL)
 	{
 		const char *c;
@@ -1230,7 +1233,7 @@ parse_url(const char *value, ServerUrl *u)
 
 	if (*p == '[')
 	{
-		const char *close = memchr(p, ']', hostend - p);
+		const char *close = strchr(p, ']');
 
 		if (close == NULL)
 		{
@@ -1249,12 +1252,20 @@ parse_url(const char *value, ServerUrl *u)
 	}
 	else
 	{
+		size_t		i;
+
 		len = strcspn(p, ":/?#");
 		if (len == 0 || len >= sizeof(u->host))
 		{
 			GUC_check_errdetail("The URL has no valid host.");
 			return false;
 		}
+		for (i = 0; i < len; i++)
+			if (p[i] <= 0x20 || p[i] >= 0x7f)
+			{
+				GUC_check_errdetail("The URL's host may not contain spaces or control characters.");
+				return false;
+			}
 		memcpy(u->host, p, len);
 		u->host[len] = '\0';
 		p += len;
@@ -1262,9 +1273,9 @@ parse_url(const char *value, ServerUrl *u)
 	if (*p == ':')
 	{
 		char	   *pend;
-		long		v = strtol(p + 1, &pend, 10);
+		long		v = isdigit((unsigned char) p[1]) ? strtol(p + 1, &pend, 10) : -1;
 
-		if (pend == p + 1 || v < 1 || v > 65535)
+		if (v < 1 || v > 65535)
 		{
 			GUC_check_errdetail("The URL's port must be a number from 1 to 65535.");
 			return false;
@@ -1275,9 +1286,9 @@ parse_url(const char *value, ServerUrl *u)
 	if (*p == '/' && p[1] != '\0')
 	{
 		char	   *pend;
-		long		v = strtol(p + 1, &pend, 10);
+		long		v = isdigit((unsigned char) p[1]) ? strtol(p + 1, &pend, 10) : -1;
 
-		if (pend == p + 1 || v < 0 || v > 1023)
+		if (v < 0 || v > 1023)
 		{
 			GUC_check_errdetail("The URL's database must be a number from 0 to 1023.");
 			return false;
@@ -1308,6 +1319,12 @@ check_url(char **newval, void **extra, GucSource source)
 	}
 	if (!parse_url(*newval ? *newval : "", u))
 	{
+		/*
+		 * Our own message, never PostgreSQL's default one: that would echo
+		 * the value, which may hold a password we did not recognise.
+		 */
+		if (GUC_check_errmsg_string == NULL)
+			GUC_check_errmsg("invalid value for parameter \"redis_cache.url\"");
 		free(u);
 		return false;
 	}
@@ -1330,7 +1347,7 @@ redis_connection_define_gucs(void)
 {
 	DefineCustomStringVariable("redis_cache.url",
 							   gettext_noop("Sets the Redis server as a URL: redis://[user@]host[:port][/database], or rediss:// for TLS."),
-							   gettext_noop("When set, it replaces redis_cache.host, port, user and database; rediss:// means at least sslmode require. The password never goes in the URL: use redis_cache.password_file."),
+							   gettext_noop("When set, it replaces redis_cache.host, port, user and database; rediss:// means sslmode verify-full unless redis_cache.sslmode names another TLS mode. The password never goes in the URL: use redis_cache.password_file."),
 							   &server_url,
 							   "",
 							   PGC_SUSET,

@@ -277,6 +277,8 @@ extern void redis_auth_command(RedisCommand *cmd, const char **argv,
 							   size_t *len, const char *user,
 							   const char *password);
 extern void redis_transport_limit_waits(TimestampTz limit, int limit_ms);
+extern TimestampTz redis_transport_wait_limit(int *limit_ms);
+extern void redis_transport_strict_deadlines(bool on);
 
 /* in sentinel.c */
 extern void redis_sentinel_define_gucs(void);

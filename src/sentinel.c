@@ -108,6 +108,7 @@ typedef struct SentinelShared
 
 static SentinelShared *shared = NULL;
 static SentinelShared local_state;	/* without shared_preload_libraries */
+static bool local_ready = false;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -161,8 +162,11 @@ state(void)
 {
 	if (shared != NULL)
 		return shared;
-	if (pg_atomic_read_u64(&local_state.epoch) == 0)
+	if (!local_ready)
+	{
 		init_state(&local_state);
+		local_ready = true;
+	}
 	return &local_state;
 }
 
@@ -192,17 +196,21 @@ known_config_epoch(void)
 /*
  * Record what a sentinel said: a different master under a config-epoch at
  * least as high as the known one bumps the master epoch.  reset: accept a
- * lower config-epoch (the sentinels were reset).  Returns the master
- * epoch in force afterwards.
+ * lower config-epoch (the sentinels were reset).  Returns false when the
+ * answer is older than what another process learnt meanwhile: then the
+ * caller asks another sentinel.  *epoch is the master epoch in force.
  */
-static uint64
-note_master(const char *host, int port, int64 config_epoch, bool reset)
+static bool
+note_master(const char *host, int port, int64 config_epoch, bool reset,
+			uint64 *epoch)
 {
 	SentinelShared *st = state();
 	bool		changed = false;
+	bool		accepted;
 
 	SpinLockAcquire(&st->mutex);
-	if (config_epoch >= st->config_epoch || reset)
+	accepted = config_epoch >= st->config_epoch || reset;
+	if (accepted)
 	{
 		changed = st->host[0] != '\0' &&
 			(st->port != port || strcmp(st->host, host) != 0);
@@ -222,7 +230,8 @@ note_master(const char *host, int port, int64 config_epoch, bool reset)
 						master_name, host, port, config_epoch),
 				 errdetail("Connections to the previous master are dropped before their next command.")));
 	}
-	return pg_atomic_read_u64(&st->epoch);
+	*epoch = pg_atomic_read_u64(&st->epoch);
+	return accepted;
 }
 
 bool
@@ -327,10 +336,24 @@ ask_sentinel(const SentinelAddress *sentinel, const char *password,
 	char		label[300];
 
 	snprintf(label, sizeof(label), "%s:%d", sentinel->host, sentinel->port);
-	s = redis_socket_open(sentinel->host, sentinel->port, tls_mode, timeout_ms,
-						  deadline);
+	/* its own share, also at commit: one silent sentinel must not take all */
+	redis_transport_strict_deadlines(true);
+	PG_TRY();
+	{
+		s = redis_socket_open(sentinel->host, sentinel->port, tls_mode,
+							  timeout_ms, deadline);
+	}
+	PG_CATCH();
+	{
+		redis_transport_strict_deadlines(false);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	if (s == NULL)
+	{
+		redis_transport_strict_deadlines(false);
 		return false;
+	}
 	if (password[0] != '\0')
 		redis_auth_command(&cmds[n++], auth_argv, auth_len, sentinel_user,
 						   password);
@@ -351,10 +374,12 @@ ask_sentinel(const SentinelAddress *sentinel, const char *password,
 	}
 	PG_CATCH();
 	{
+		redis_transport_strict_deadlines(false);
 		redis_socket_close(s);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	redis_transport_strict_deadlines(false);
 	redis_socket_close(s);
 	if (!ok)
 		return false;
@@ -407,8 +432,8 @@ redis_sentinel_discover(int tls_mode, int timeout_ms, TimestampTz deadline,
 	int			share_ms;
 	int			i;
 	int			found = -1;
+	int			nanswered = 0;
 	int64		known = known_config_epoch();
-	int64		found_epoch = -1;
 	char		stale_host[256] = "";
 	int			stale_port = 0;
 	int64		stale_epoch = -1;
@@ -437,6 +462,20 @@ redis_sentinel_discover(int tls_mode, int timeout_ms, TimestampTz deadline,
 		}
 	}
 
+	/*
+	 * At commit the superuser's limit is the one bound (no role may make
+	 * its own deliveries fail by lowering a timeout): share that out.
+	 */
+	{
+		int			limit_ms;
+		TimestampTz limit = redis_transport_wait_limit(&limit_ms);
+
+		if (limit != 0)
+		{
+			timeout_ms = limit_ms;
+			deadline = limit;
+		}
+	}
 	share_ms = Max(timeout_ms / sentinels->n, RC_SENTINEL_MIN_MS);
 	for (i = 0; i < sentinels->n && found < 0; i++)
 	{
@@ -454,6 +493,7 @@ redis_sentinel_discover(int tls_mode, int timeout_ms, TimestampTz deadline,
 			strlcpy(last_fault, redis_fault_message(), sizeof(last_fault));
 			continue;
 		}
+		nanswered++;
 		if (config_epoch >= 0 && config_epoch < known)
 		{
 			/* has not heard of the last failover yet: ask another */
@@ -468,8 +508,18 @@ redis_sentinel_discover(int tls_mode, int timeout_ms, TimestampTz deadline,
 					 sentinel->host, sentinel->port, config_epoch, known);
 			continue;
 		}
+		if (!note_master(host, *port,
+						 config_epoch < 0 ? known_config_epoch() : config_epoch,
+						 false, epoch))
+		{
+			/* another process learnt of a newer master meanwhile */
+			snprintf(last_fault, sizeof(last_fault),
+					 "sentinel at %s:%d is behind another one",
+					 sentinel->host, sentinel->port);
+			known = known_config_epoch();
+			continue;
+		}
 		found = order[i];
-		found_epoch = config_epoch;
 		/* the one that answered is asked first from now on */
 		memmove(&order[1], &order[0], i * sizeof(int));
 		order[0] = found;
@@ -477,12 +527,12 @@ redis_sentinel_discover(int tls_mode, int timeout_ms, TimestampTz deadline,
 	explicit_bzero(password, strlen(password));
 	pfree(password);
 
-	if (found < 0 && stale_host[0] != '\0' && i == sentinels->n)
+	if (found < 0 && stale_host[0] != '\0' && nanswered == sentinels->n)
 	{
 		/* every sentinel answered and all are behind: they were reset */
 		strlcpy(host, stale_host, hostlen);
 		*port = stale_port;
-		*epoch = note_master(host, *port, stale_epoch, true);
+		(void) note_master(host, *port, stale_epoch, true, epoch);
 		return true;
 	}
 	if (found < 0)
@@ -491,8 +541,6 @@ redis_sentinel_discover(int tls_mode, int timeout_ms, TimestampTz deadline,
 						master_name, last_fault[0] ? ": " : "", last_fault);
 		return false;
 	}
-	*epoch = note_master(host, *port, found_epoch < 0 ? known : found_epoch,
-						 false);
 	return true;
 }
 

@@ -353,7 +353,13 @@ classify(RedisTls *tls, int rc, const char *doing, const char *label)
 			/* FALLTHROUGH */
 		default:
 			{
-				long		verify = SSL_get_verify_result(tls->ssl);
+				/*
+				 * A certificate check failed only if one was made, in the
+				 * handshake: under require OpenSSL still records a result.
+				 */
+				long		verify = (SSL_get_verify_mode(tls->ssl) != SSL_VERIFY_NONE &&
+									  !SSL_is_init_finished(tls->ssl)) ?
+					SSL_get_verify_result(tls->ssl) : X509_V_OK;
 
 				if (verify != X509_V_OK)
 				{

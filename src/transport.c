@@ -115,6 +115,9 @@ struct RedisSocket
 static TimestampTz wait_limit = 0;
 static int	wait_limit_ms = 0;
 
+/* The caller's deadline counts at commit too, when shorter (sentinels). */
+static bool strict_deadlines = false;
+
 static ssize_t plain_send(RedisSocket *s, const char *buf, size_t len);
 static ssize_t plain_recv(RedisSocket *s, char *buf, size_t len);
 static bool plain_pending(RedisSocket *s);
@@ -313,6 +316,28 @@ redis_transport_limit_waits(TimestampTz limit, int limit_ms)
 }
 
 /*
+ * The commit's bound in force (0: none) and the setting behind it, for
+ * callers that share it out.
+ */
+TimestampTz
+redis_transport_wait_limit(int *limit_ms)
+{
+	*limit_ms = wait_limit != 0 ? wait_limit_ms : 0;
+	return wait_limit;
+}
+
+/*
+ * While on, a caller's deadline shorter than the commit's limit is kept
+ * (a sentinel's share of the discovery); the setting any role may lower
+ * does not reach here, sentinel.c computes the share from the limit.
+ */
+void
+redis_transport_strict_deadlines(bool on)
+{
+	strict_deadlines = on;
+}
+
+/*
  * The deadline of an operation starting now: at commit the superuser's cap
  * is the one deadline, since the settings any role may lower (command and
  * connect timeouts) must not let it make its own deliveries fail on
@@ -322,6 +347,8 @@ static TimestampTz
 operation_deadline(RedisSocket *s, TimestampTz deadline)
 {
 	if (wait_limit == 0)
+		return deadline;
+	if (strict_deadlines && deadline < wait_limit)
 		return deadline;
 	if (s != NULL)
 		s->timeout_ms = wait_limit_ms;

@@ -92,6 +92,18 @@ DROP TABLE regress_peers_t;
 DROP ROLE regress_peers_nobody;
 SELECT count(*) AS families FROM cache_families();
 
+-- redis_cache.url: a password is refused wherever it hides, and no message
+-- echoes the value
+\set VERBOSITY terse
+SET redis_cache.url = 'redis://default:ab/cd@cache.example:6379';
+SET redis_cache.url = 'rediss://u:p?w#x@cache.example';
+SET redis_cache.url = 'redis://ho st:6379';
+SET redis_cache.url = 'redis://cache.example: 80';
+SET redis_cache.url = 'redis://cache.example:6379/+3';
+SET redis_cache.url = 'http://cache.example';
+\set VERBOSITY default
+SHOW redis_cache.url;
+
 -- Redis unreachable: the miss values, one WARNING
 SELECT cache_delete_pattern('*') >= 0 AS cleaned;
 SET redis_cache.port = 1;
