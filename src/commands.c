@@ -151,26 +151,34 @@ count_read(text *key, bool hit)
 /*
  * cache_get(key text) RETURNS text
  */
-Datum
-cache_get(PG_FUNCTION_ARGS)
+/*
+ * GET key: the reply, or NULL on a fault and while the worker owes this
+ * key an invalidation (a miss, never the stale value).
+ */
+static RedisReply *
+get_value(text *key)
 {
-	text	   *key = PG_GETARG_TEXT_PP(0);
 	size_t		klen;
 	char	   *rkey = redis_make_key(key, &klen);
 	const char *argv[2] = {"GET", rkey};
 	size_t		argvlen[2] = {3, klen};
-	RedisReply *reply;
-	text	   *result;
 
-	/* a miss while the worker owes this key an invalidation */
 	if (redis_key_pending(redis_cache_key_prefix ? redis_cache_key_prefix : "",
 						  VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)))
 	{
 		redis_stats_add(RC_STAT_BYPASSES, 1);
-		reply = NULL;
+		return NULL;
 	}
-	else
-		reply = redis_command(0, 2, argv, argvlen);
+	return redis_command(0, 2, argv, argvlen);
+}
+
+Datum
+cache_get(PG_FUNCTION_ARGS)
+{
+	text	   *key = PG_GETARG_TEXT_PP(0);
+	RedisReply *reply = get_value(key);
+	text	   *result;
+
 	result = reply_to_text(reply, key);
 	count_read(key, result != NULL);
 	if (result == NULL)
@@ -297,21 +305,9 @@ Datum
 cache_get_bytea(PG_FUNCTION_ARGS)
 {
 	text	   *key = PG_GETARG_TEXT_PP(0);
-	size_t		klen;
-	char	   *rkey = redis_make_key(key, &klen);
-	const char *argv[2] = {"GET", rkey};
-	size_t		argvlen[2] = {3, klen};
-	RedisReply *reply;
+	RedisReply *reply = get_value(key);
 	bytea	   *result;
 
-	if (redis_key_pending(redis_cache_key_prefix ? redis_cache_key_prefix : "",
-						  VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)))
-	{
-		redis_stats_add(RC_STAT_BYPASSES, 1);
-		reply = NULL;
-	}
-	else
-		reply = redis_command(0, 2, argv, argvlen);
 	if (reply != NULL && reply->type == RC_REPLY_ERROR)
 		redis_report_reply_error(reply,
 								 psprintf("reading key \"%s\"", text_key_for_message(key)),
