@@ -54,11 +54,6 @@ PG_FUNCTION_INFO_V1(cache_add);
 PG_FUNCTION_INFO_V1(cache_set_many);
 PG_FUNCTION_INFO_V1(cache_touch);
 
-/* Atomic compare-and-delete for cache_unlock(). */
-static const char *unlock_script =
-"if redis.call('GET', KEYS[1]) == ARGV[1] then "
-"return redis.call('DEL', KEYS[1]) else return 0 end";
-
 /*
  * Turn a bulk-string reply into text, or NULL when it is a miss, not a
  * string, or not valid in the database encoding.  "key" is the user's key,
@@ -1021,23 +1016,17 @@ cache_unlock(PG_FUNCTION_ARGS)
 	text	   *token = PG_GETARG_TEXT_PP(1);
 	size_t		klen;
 	char	   *rkey = redis_make_key(name, &klen);
-	const char *argv[5];
-	size_t		argvlen[5];
+	const char *args[2];
+	size_t		lens[2];
 	RedisReply *reply;
 
 	refuse_reserved_key(rkey, klen, "delete");
-	argv[0] = "EVAL";
-	argvlen[0] = 4;
-	argv[1] = unlock_script;
-	argvlen[1] = strlen(unlock_script);
-	argv[2] = "1";
-	argvlen[2] = 1;
-	argv[3] = rkey;
-	argvlen[3] = klen;
-	argv[4] = VARDATA_ANY(token);
-	argvlen[4] = VARSIZE_ANY_EXHDR(token);
-
-	reply = redis_command(0, 5, argv, argvlen);
+	/* the compare-and-delete of scripts.c, by its SHA-1 */
+	args[0] = rkey;
+	lens[0] = klen;
+	args[1] = VARDATA_ANY(token);
+	lens[1] = VARSIZE_ANY_EXHDR(token);
+	reply = redis_run_script(RC_SCRIPT_UNLOCK, 1, 2, args, lens, 0);
 	if (reply == NULL)
 		PG_RETURN_BOOL(false);
 	if (reply->type == RC_REPLY_ERROR)

@@ -473,7 +473,7 @@ release_lock(QueryCall *call)
 	if (!call->holds_lock)
 		return;
 	call->holds_lock = false;
-	(void) redis_run_script(RC_SCRIPT_QUERY_UNLOCK, 1, 2, args, lens,
+	(void) redis_run_script(RC_SCRIPT_UNLOCK, 1, 2, args, lens,
 					  RC_EXEC_NO_ERROR | RC_EXEC_FAST_CONNECT);
 }
 
@@ -629,7 +629,7 @@ wait_for_result(QueryCall *call, RedisReply **hit)
 			ereport(DEBUG1,
 					(errmsg_internal("redis_cache: taking over the lock of \"%s\" from a holder that gave up",
 									 call->entry_key.data)));
-			if (redis_run_script(RC_SCRIPT_QUERY_UNLOCK, 1, 2, args, lens, 0) == NULL)
+			if (redis_run_script(RC_SCRIPT_UNLOCK, 1, 2, args, lens, 0) == NULL)
 				return LOOKUP_FAULT;
 			took_over = true;
 			continue;

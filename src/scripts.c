@@ -172,7 +172,11 @@ static const char store_script[] =
 "if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end "
 "return stored";
 
-/* Unlock: KEYS lock; ARGV token. */
+/*
+ * Unlock, compare-and-delete: KEYS lock; ARGV token.  Returns 1 when the
+ * lock was ours and is released.  cache_unlock() and cache_query's
+ * stampede lock both use it.
+ */
 static const char unlock_script[] =
 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
 "return 0";
