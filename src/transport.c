@@ -82,9 +82,8 @@
 /*
  * How bytes reach the server: plain TCP/Unix sockets or TLS.  send and
  * recv return -1 with errno EAGAIN when they must wait, having set
- * s->io_wait to the socket event to wait for; any other -1 sets the fault
- * (TLS) or leaves errno (plain).  pending says whether bytes can be read
- * without waiting.
+ * s->io_wait to the socket event to wait for; any other -1 has set the
+ * fault.  pending says whether bytes can be read without waiting.
  */
 typedef struct RedisTransportOps
 {

@@ -413,9 +413,31 @@ SELECT 'tls=' || coalesce(cache_health()->>'tls', 'NULL');
 	$r = tagged($out);
 	is("$r->{set}|$r->{get}", 'true|via-url', 'rediss:// URL with sslmode disable: round trip');
 	is($err, '', 'rediss:// URL: no warning');
-	like($r->{tls} // '', qr/^TLS/, 'rediss:// URL: the connection is TLS (rediss implies require)');
+	like($r->{tls} // '', qr/^TLS/, 'rediss:// URL: the connection is TLS (rediss implies verify-full)');
 	is($good->cli('-n', 2, 'get', 'tls:url'), 'via-url', 'rediss:// URL: the value is in database 2');
 	is($good->cli('exists', 'tls:url'), '0', 'rediss:// URL: and not in database 0');
+
+	# rediss:// verifies, as redis-py and ioredis do: a certificate for
+	# another name is refused with sslmode left at disable, and accepted
+	# when sslmode names a TLS mode that does not check the name
+	my $wport = $wrong->port;
+	($out, $err) = run_script(qq{
+SET redis_cache.sslmode = 'disable';
+SET redis_cache.sslrootcert = '$CA';
+SET redis_cache.url = 'rediss://localhost:$wport/0';
+SELECT 'get=' || coalesce(cache_get('tls:url'), 'NULL');
+});
+	$r = tagged($out);
+	is($r->{get}, 'NULL', 'rediss:// URL, sslmode disable, certificate for another name: a miss');
+	like($err, qr/certificate verification failed: hostname mismatch/,
+		'rediss:// URL: verify-full by default (the name is checked)');
+	($out, $err) = run_script(qq{
+SET redis_cache.sslmode = 'require';
+SET redis_cache.url = 'rediss://localhost:$wport/0';
+SELECT 'set=' || cache_set('tls:url', 'require', 60);
+});
+	$r = tagged($out);
+	is($r->{set}, 'true', 'rediss:// URL with sslmode require: the mode set is used (no check)');
 
 	my $log_offset = -s $node->logfile;
 	# log_statement (all in TAP nodes) and log_min_error_statement:
