@@ -1135,6 +1135,8 @@ redis_cache_worker_main(Datum main_arg)
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	/* OpenSSL writes with write(), not send(MSG_NOSIGNAL): EPIPE, not death */
+	pqsignal(SIGPIPE, SIG_IGN);
 	BackgroundWorkerUnblockSignals();
 
 	/* faults are retried here, never raised */
