@@ -6,6 +6,7 @@ EXTVERSION = 1.6
 MODULE_big = redis_cache
 OBJS = \
 	src/module.o \
+	src/command_builder.o \
 	src/stats.o \
 	src/state_file.o \
 	src/keys.o \

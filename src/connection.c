@@ -1103,6 +1103,32 @@ redis_command(int flags, int argc, const char **argv, size_t *argvlen)
 	return reply;
 }
 
+/*
+ * Run one command built by command_builder.c.  Returns NULL on a fault
+ * (already reported per flags).
+ */
+RedisReply *
+redis_run(const RedisCommand *cmd, int flags)
+{
+	RedisReply *reply;
+
+	if (!redis_execute(cmd, 1, &reply, flags))
+		return NULL;
+	return reply;
+}
+
+/*
+ * How many masters the server has: a Redis Cluster's masters as the slot
+ * map last seen names them, 1 for a single server.  Keyless commands go
+ * to master RedisCommand.node; a caller that must reach every master
+ * (SCAN) loops over 0 .. redis_master_count() - 1.
+ */
+int
+redis_master_count(void)
+{
+	return 1;
+}
+
 /* ---- settings ------------------------------------------------------------- */
 
 /*

@@ -72,13 +72,31 @@ typedef struct RedisReply
 
 /*
  * One command of a pipeline: argv[i] is argvlen[i] bytes (binary safe).
+ * Built by command_builder.c, which records the keys: argv[first_key ..
+ * first_key + nkeys - 1] (first_key 0: none).  A Redis Cluster routes a
+ * command by the slot of its keys, a keyless one to master number node.
  */
 typedef struct RedisCommand
 {
 	int			argc;
 	const char **argv;
 	size_t	   *argvlen;
+	int			first_key;
+	int			nkeys;
+	int			node;
+	int			capacity;		/* room in argv and argvlen */
 } RedisCommand;
+
+/* in command_builder.c */
+extern void redis_cmd_init(RedisCommand *cmd, const char *name, int nargs);
+extern RedisCommand *redis_cmd_new(const char *name, int nargs);
+extern void redis_cmd_arg(RedisCommand *cmd, const char *arg, size_t len);
+extern void redis_cmd_str(RedisCommand *cmd, const char *arg);
+extern void redis_cmd_int(RedisCommand *cmd, int64 value);
+extern void redis_cmd_key(RedisCommand *cmd, const char *key, size_t len);
+extern void redis_cmd_key_str(RedisCommand *cmd, const char *key);
+extern void redis_cmd_on_node(RedisCommand *cmd, int node);
+extern void redis_cmd_copy(RedisCommand *dst, const RedisCommand *src);
 
 /* in stats.c */
 typedef enum RedisCounter
@@ -327,6 +345,8 @@ extern bool redis_execute(const RedisCommand *commands, int ncommands,
 						  RedisReply **replies, int flags);
 extern RedisReply *redis_command(int flags, int argc, const char **argv,
 								 size_t *argvlen);
+extern RedisReply *redis_run(const RedisCommand *cmd, int flags);
+extern int	redis_master_count(void);
 /* What an error reply means: its first word, classified in one place. */
 typedef enum RedisErrorKind
 {
