@@ -76,6 +76,7 @@ use warnings;
 use Carp;
 use File::Spec;
 use IPC::Run;
+use POSIX ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use RedisCache::Server;
@@ -577,6 +578,266 @@ sub node_for_key
 
 =pod
 
+=item $c->owners(@keys)
+
+The node owning each key (in order; undef where no master owns its slot),
+from one C<CLUSTER NODES> view and key_hash_slot: for many keys, rather
+than node_for_key's two redis-cli calls per key.
+
+=item $c->get_all(@keys)
+
+A hashref key =E<gt> value (undef when absent) read with plain C<GET>s
+from each key's owner, one pipelined redis-cli per owner: what the cluster
+holds, without redirections.  Keys and values must be free of whitespace
+and newlines (what redis-cli's line protocol carries); a key whose owner
+answers an error (C<MOVED> while the view is stale) dies.
+
+=item $c->scan_masters($pattern)
+
+The keys matching $pattern on every current master (C<redis-cli --scan
+--pattern>, which SCANs that one node): a hashref port =E<gt> [keys,
+sorted].
+
+=cut
+
+sub owners
+{
+	my ($self, @keys) = @_;
+	my $view = $self->cluster_view // croak 'no cluster view';
+	my @ranges;
+	for my $e (values %$view)
+	{
+		next unless $e->{flags}{master};
+		my $node = $self->node_by_port($e->{port});
+		push @ranges, [ $_->[0], $_->[1], $node ] for @{ $e->{slots} };
+	}
+	return map {
+		my $slot = key_hash_slot($_);
+		my ($r) = grep { $slot >= $_->[0] && $slot <= $_->[1] } @ranges;
+		$r ? $r->[2] : undef;
+	} @keys;
+}
+
+sub get_all
+{
+	my ($self, @keys) = @_;
+	my @owners = $self->owners(@keys);
+	my (%by_port, %node);
+	for my $i (0 .. $#keys)
+	{
+		my $o = $owners[$i] // croak "no owner for $keys[$i]";
+		push @{ $by_port{ $o->port } }, $keys[$i];
+		$node{ $o->port } = $o;
+	}
+	my %values;
+	for my $port (keys %by_port)
+	{
+		my @k = @{ $by_port{$port} };
+		my $out = $node{$port}->cli(join('', map { "GET $_\n" } @k))
+		  // croak "redis-cli GET on $port failed";
+		my @v = split /\n/, $out, -1;
+		croak "GET on $port: " . scalar(@v) . ' replies for ' . scalar(@k) . ' keys'
+		  unless @v == @k;
+		for my $i (0 .. $#k)
+		{
+			croak "GET $k[$i] on $port: $v[$i]" if $v[$i] =~ /^(MOVED|ASK|CLUSTERDOWN|TRYAGAIN) /;
+			$values{ $k[$i] } = $v[$i] eq '' ? undef : $v[$i];
+		}
+	}
+	return \%values;
+}
+
+sub scan_masters
+{
+	my ($self, $pattern) = @_;
+	my %found;
+	for my $m ($self->masters)
+	{
+		my $out = $m->cli('--scan', '--pattern', $pattern)
+		  // croak 'redis-cli --scan on ' . $m->port . ' failed';
+		$found{ $m->port } = [ sort grep { $_ ne '' } split /\n/, $out ];
+	}
+	return \%found;
+}
+
+=pod
+
+=item $c->slot_open($slot, $to)
+
+Starts moving $slot from its owner to $to by hand, as C<redis-cli
+--cluster reshard> does for each slot: C<CLUSTER SETSLOT $slot IMPORTING>
+on $to, then C<MIGRATING> on the owner.  From then on the owner answers
+C<ASK> for keys of the slot it no longer has (and C<TRYAGAIN> for
+multi-key commands whose keys are split).  Returns the owner (the source).
+
+=item $c->migrate_keys($slot, $to, @keys)
+
+C<MIGRATE>s @keys (all of the slot's keys left on the source when @keys
+is empty, 100 at a time) from the slot's owner to $to.  Returns how many
+keys were sent; dies if the source refuses.
+
+=item $c->slot_close($slot, $to)
+
+Ends the move: C<CLUSTER SETSLOT $slot NODE> on $to, the source and every
+other master (the order redis-cli uses).  Keys still on the source are
+then unreachable: migrate them first.
+
+=item $c->migrate_slot_bg($slot, $to, %opts)
+
+The three steps above in a child process, so that load runs meanwhile:
+open, then C<MIGRATE> the slot's keys C<batch> (default 10) at a time with
+C<pause_ms> (default 0) between batches, then close.  Returns a handle
+for migrate_running and finish_migrate (C<< $h->{log} >> the child's
+output).
+
+=item $c->migrate_running($h), $c->finish_migrate($h)
+
+Whether the child still runs; wait for it, then for wait_ok: true if the
+child succeeded and the cluster is ok (C<< $h->{seconds} >> is then how
+long the move took, C<< $h->{out} >> what the child wrote).
+
+=cut
+
+sub _owner_of_slot
+{
+	my ($self, $slot) = @_;
+	my $from = $self->slot_owner($slot) // croak "no owner for slot $slot";
+	return $from;
+}
+
+sub slot_open
+{
+	my ($self, $slot, $to) = @_;
+	my $from = $self->_owner_of_slot($slot);
+	croak "slot $slot is already on " . $to->port if $from == $to;
+	my $r = $to->cli('cluster', 'setslot', $slot, 'importing', $self->node_id($from)) // '';
+	croak "SETSLOT IMPORTING on " . $to->port . ": $r" unless $r eq 'OK';
+	$r = $from->cli('cluster', 'setslot', $slot, 'migrating', $self->node_id($to)) // '';
+	croak "SETSLOT MIGRATING on " . $from->port . ": $r" unless $r eq 'OK';
+	return $from;
+}
+
+sub migrate_keys
+{
+	my ($self, $slot, $to, @keys) = @_;
+	my $from = $self->_owner_of_slot($slot);
+	my @auth = defined $self->{password} ? ('auth', $self->{password}) : ();
+	my $moved = 0;
+	my $all = !@keys;
+	while (1)
+	{
+		my @batch;
+		if ($all)
+		{
+			my $out = $from->cli('cluster', 'getkeysinslot', $slot, 100) // croak 'GETKEYSINSLOT failed';
+			@batch = grep { $_ ne '' } split /\n/, $out;
+		}
+		else
+		{
+			@batch = splice(@keys, 0, 100);
+		}
+		last unless @batch;
+		my $r = $from->cli('migrate', '127.0.0.1', $to->port, '', 0, 5000, @auth,
+			'keys', @batch) // croak 'MIGRATE failed';
+		croak "MIGRATE on " . $from->port . ": $r" unless $r =~ /^(OK|NOKEY)$/;
+		$moved += @batch;
+		last if !$all && !@keys;
+	}
+	return $moved;
+}
+
+sub slot_close
+{
+	my ($self, $slot, $to) = @_;
+	my $from = $self->_owner_of_slot($slot);
+	my $to_id = $self->node_id($to);
+	my $view = $self->cluster_view // croak 'no cluster view';
+	my @others = grep { $_ != $to && $_ != $from }
+	  map { $self->node_by_port($_->{port}) }
+	  grep { $_->{flags}{master} && !$_->{flags}{fail} } values %$view;
+	for my $n ($to, ($from == $to ? () : $from), @others)
+	{
+		next unless $n && $n->pid;
+		my $r = $n->cli('cluster', 'setslot', $slot, 'node', $to_id) // '';
+		croak "SETSLOT NODE on " . $n->port . ": $r" unless $r eq 'OK';
+	}
+	return;
+}
+
+sub migrate_slot_bg
+{
+	my ($self, $slot, $to, %opts) = @_;
+	my $batch = $opts{batch} // 10;
+	my $pause = $opts{pause_ms} // 0;
+	my $log = File::Spec->rel2abs("$PostgreSQL::Test::Utils::tmp_check/migrate_${slot}_"
+		  . $to->port . '_' . int(time() * 1000) . '.log');
+	my $h = { log => $log, started => time(), slot => $slot };
+	my $pid = fork();
+	croak "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		# the child must not run the END blocks that stop the servers
+		my $ok = eval {
+			open(my $fh, '>', $log) or die "$log: $!";
+			$fh->autoflush(1);
+			my $from = $self->slot_open($slot, $to);
+			print $fh "opened slot $slot: " . $from->port . ' -> ' . $to->port . "\n";
+			my $n = 0;
+			while (1)
+			{
+				my $out = $from->cli('cluster', 'getkeysinslot', $slot, $batch)
+				  // die 'GETKEYSINSLOT failed';
+				my @k = grep { $_ ne '' } split /\n/, $out;
+				last unless @k;
+				$n += $self->migrate_keys($slot, $to, @k);
+				usleep($pause * 1000) if $pause;
+			}
+			print $fh "migrated $n keys\n";
+			$self->slot_close($slot, $to);
+			print $fh "closed\n";
+			close $fh;
+			1;
+		};
+		if (!$ok)
+		{
+			if (open(my $fh, '>>', $log)) { print $fh "failed: $@"; close $fh; }
+		}
+		POSIX::_exit($ok ? 0 : 1);
+	}
+	$h->{pid} = $pid;
+	push @{ $self->{migrations} }, $h;
+	return $h;
+}
+
+sub migrate_running
+{
+	my ($self, $h) = @_;
+	return 0 if defined $h->{status};
+	if (waitpid($h->{pid}, POSIX::WNOHANG()) == $h->{pid})
+	{
+		$h->{status} = $?;
+		$h->{seconds} = time() - $h->{started};
+		return 0;
+	}
+	return 1;
+}
+
+sub finish_migrate
+{
+	my ($self, $h) = @_;
+	if (!defined $h->{status})
+	{
+		waitpid($h->{pid}, 0);
+		$h->{status} = $?;
+		$h->{seconds} = time() - $h->{started};
+	}
+	$h->{out} = -f $h->{log} ? PostgreSQL::Test::Utils::slurp_file($h->{log}) : '';
+	return 0 unless $h->{status} == 0;
+	return $self->wait_ok;
+}
+
+=pod
+
 =item $c->seeds_conf
 
 The current masters as a redis_cache.host value:
@@ -587,7 +848,9 @@ C<'127.0.0.1:P1, 127.0.0.1:P2, 127.0.0.1:P3'> (a list of cluster seeds).
 postgresql.conf lines: C<redis_cache.host = 'SEEDS'> (seeds_conf; no
 redis_cache.port, every seed has its own) and, for TLS, the sslmode,
 sslrootcert, sslcert and sslkey lines of RedisCache::Server::pg_conf
-(%opts as there, C<client_cert> included).
+(%opts as there, C<client_cert> included); for a cluster with a
+password, C<redis_cache.password_file> naming a file (mode 0600, in
+tmp_check) that holds it.
 
 =cut
 
@@ -606,7 +869,39 @@ sub pg_conf
 		my $server = $self->{nodes}[0]->pg_conf(%opts);
 		$conf .= join('', grep { !/^redis_cache\.(host|port) / } split /^/, $server);
 	}
+	if (defined $self->{password})
+	{
+		my $file = File::Spec->rel2abs(
+			"$PostgreSQL::Test::Utils::tmp_check/redis_cluster_$self->{name}.pass");
+		open(my $fh, '>', $file) or croak "$file: $!";
+		print $fh "$self->{password}\n";
+		close $fh;
+		chmod 0600, $file;
+		$conf .= "redis_cache.password_file = '$file'\n";
+	}
 	return $conf;
+}
+
+=pod
+
+=item $c->new_pg_node($name, %params)
+
+A PostgreSQL::Test::Cluster node (initialized, not started) preloading
+redis_cache and configured for this cluster (pg_conf, with
+C<< %{ $params{pg_conf} } >>), then C<< $params{conf} >> appended.
+
+=cut
+
+sub new_pg_node
+{
+	my ($self, $name, %params) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf',
+		"shared_preload_libraries = 'redis_cache'\nmax_connections = 50\n"
+		  . $self->pg_conf(%{ $params{pg_conf} // {} })
+		  . ($params{conf} // ''));
+	return $node;
 }
 
 =pod
@@ -707,6 +1002,13 @@ flags $old C<fail>, and the cluster is ok (wait_ok's checks); returns the
 new master, undef on timeout.  C<< $c->failover_seconds >> is then the
 time from the kill to that state (to within the 50 ms of a poll).
 
+=item $c->failover_done($old)
+
+One poll of wait_failover's checks, without waiting: the new master, or
+undef while the failover is not complete (describe says why).  For a test
+that does other work (probes, load) while the cluster fails over;
+failover_seconds is set by the first call that sees it done.
+
 =item $c->restart($node)
 
 Starts $node again (a killed or stopped node; a running one is stopped
@@ -729,49 +1031,58 @@ sub kill_master
 		replicas => [ map { $_->{id} } grep { $_->{master} eq $id } values %$view ],
 		at => time(),
 	};
+	delete $self->{failover_seconds};
 	$node->kill9;
 	return;
+}
+
+sub failover_done
+{
+	my ($self, $old) = @_;
+	my $id = $self->node_id($old);
+	my $k = $self->{killed}{$id} // croak $old->port . ' was not killed by kill_master';
+	my ($new, @problems);
+	for my $n ($self->running_nodes)
+	{
+		my $view = $self->cluster_view($n);
+		if (!$view)
+		{
+			push @problems, $n->port . ' does not answer';
+			next;
+		}
+		push @problems, $n->port . ' does not flag ' . $old->port . ' fail'
+		  unless $view->{$id} && $view->{$id}{flags}{fail};
+		my ($promoted) = grep {
+			my $e = $view->{$_};
+			$e && $e->{flags}{master} && _covers($e->{slots}, $k->{slots})
+		} @{ $k->{replicas} };
+		if (!$promoted)
+		{
+			push @problems, $n->port . ' sees no promoted replica';
+			next;
+		}
+		push @problems, $n->port . ' sees another promoted replica'
+		  if defined $new && $new ne $promoted;
+		$new //= $promoted;
+	}
+	my @ok_problems = $self->ok_problems;
+	if (!@problems && !@ok_problems)
+	{
+		$self->{failover_seconds} //= time() - $k->{at};
+		return $self->node_by_id($new);
+	}
+	$self->{last_problems} = [ @problems, @ok_problems ];
+	return undef;
 }
 
 sub wait_failover
 {
 	my ($self, $old) = @_;
-	my $id = $self->node_id($old);
-	my $k = $self->{killed}{$id} // croak $old->port . ' was not killed by kill_master';
 	my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
 	while (time() < $deadline)
 	{
-		my ($new, @problems);
-		for my $n ($self->running_nodes)
-		{
-			my $view = $self->cluster_view($n);
-			if (!$view)
-			{
-				push @problems, $n->port . ' does not answer';
-				next;
-			}
-			push @problems, $n->port . ' does not flag ' . $old->port . ' fail'
-			  unless $view->{$id} && $view->{$id}{flags}{fail};
-			my ($promoted) = grep {
-				my $e = $view->{$_};
-				$e && $e->{flags}{master} && _covers($e->{slots}, $k->{slots})
-			} @{ $k->{replicas} };
-			if (!$promoted)
-			{
-				push @problems, $n->port . ' sees no promoted replica';
-				next;
-			}
-			push @problems, $n->port . ' sees another promoted replica'
-			  if defined $new && $new ne $promoted;
-			$new //= $promoted;
-		}
-		my @ok_problems = $self->ok_problems;
-		if (!@problems && !@ok_problems)
-		{
-			$self->{failover_seconds} = time() - $k->{at};
-			return $self->node_by_id($new);
-		}
-		$self->{last_problems} = [ @problems, @ok_problems ];
+		my $new = $self->failover_done($old);
+		return $new if $new;
 		usleep(50_000);
 	}
 	return undef;
@@ -921,6 +1232,10 @@ END
 {
 	my $exit = $?;
 	$_->_kill_reshards for @all_clusters;
+	for my $c (@all_clusters)
+	{
+		kill 'KILL', $_->{pid} for grep { $_->{pid} && !defined $_->{status} } @{ $c->{migrations} // [] };
+	}
 	$? = $exit;
 }
 
