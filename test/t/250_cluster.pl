@@ -655,6 +655,8 @@ common_checks();
 	is($err, '', "$what: ... without a message");
 	($out, $err) = bg_query($s, "SELECT cache_set('$k[0]', 'new', 600)");
 	is($out . '|' . ($to->cli('get', "shop:$k[0]") // ''), 't|new', "$what: its cache_set lands on the new owner");
+	($out) = bg_query($s, "SELECT cache_health()->>'cluster_moved'");
+	cmp_ok($out || 0, '>=', 1, "$what: cache_health() of the session counts the MOVED it followed ($out)");
 	is((health('cluster', 'reachable'))[1], 'true', "$what: cache_health reachable");
 	bg_query($s, 'SELECT cache_delete(VARIADIC ' . arr(@k) . ')');
 	$s->quit;
@@ -689,13 +691,16 @@ common_checks();
 	is($out, 't', "$what: cache_set of a new key of the migrating slot");
 	is($to->cli("asking\nget shop:$c\n"), "OK\nC", "$what: ... it went to the target (ASK)");
 	is($from->cli('exists', "shop:$c"), '0', "$what: ... not to the source");
+	($out) = bg_query($s, "SELECT cache_health()->>'cluster_asked'");
+	cmp_ok($out || 0, '>=', 2, "$what: cache_health() of the session counts the ASKs it followed ($out)");
 	is($to->cli("asking\nget $pk\n"), "OK\n$name5", "$what: the watched key sits on the target");
 	($out, $err) = bg_query($s, "UPDATE tenants SET name = name || 'a' WHERE id = 5");
 	is($to->cli("asking\nexists $pk\n"), "OK\n0", "$what: an UPDATE of tenant 5 deleted it there at commit (ASK)");
 	is((health('replay_queued'))[0], '0', "$what: ... nothing left to the worker");
 	($out, $err) = bg_query($s, "SELECT array_to_string(cache_mget(ARRAY['$a', '$b']), ',', '*')");
 	ok($out =~ /^(A|\*),(B|\*)$/, "$what: cache_mget of keys split between source and target: no wrong value ($out)");
-	diag("$what: cache_mget of split keys gave '$out'" . ($err ne '' ? ", with: $err" : ''));
+	my ($tryagain) = bg_query($s, "SELECT cache_health()->>'cluster_tryagain'");
+	diag("$what: cache_mget of split keys gave '$out' (cluster_tryagain $tryagain)" . ($err ne '' ? ", with: $err" : ''));
 	is(sql("SELECT cache_delete('$b')"), '1', "$what: cache_delete of the key still on the source");
 
 	$plain->migrate_keys($slot, $to);
@@ -805,8 +810,11 @@ common_checks();
 	ok($plain->wait_ok, "$what: the master and its replica restarted, cluster ok") or diag($plain->describe);
 	poll("$what: the replay queue drains", sub { (health('replay_queued'))[0] eq '0' });
 	diag(sprintf('%s: replay done %.2f s after the restart', $what, time() - $t_back));
-	is(present(@healthy_upd), 0, "$what: the replayed deletes reached the masters that stayed up");
-	is(present(@healthy_stay), scalar(@healthy_stay), "$what: the other keys there stay");
+	is(present(@healthy_upd), 0, "$what: the updated rows' keys are gone from the masters that stayed up");
+	# the restarted master has a new run_id: the owned keys of every master
+	# may have been flushed (README, Redis Cluster: Failover)
+	diag(sprintf('%s: %d of the %d keys of rows not updated on the masters that stayed up survived',
+			$what, present(@healthy_stay), scalar(@healthy_stay)));
 	is(sql(q{SELECT cache_set('cd:y', 'y', 60)::text || cache_get('cd:y')}), 'truey', "$what: the cache works again");
 	sql(q{SELECT cache_delete('cd:y')});
 }
