@@ -291,6 +291,20 @@ extern bool redis_socket_round_trip(RedisSocket *s,
 									TimestampTz deadline, int timeout_ms,
 									bool *nothing_received);
 extern void redis_socket_close(RedisSocket *s);
+
+/* One socket's share of redis_sockets_round_trip(). */
+typedef struct RedisSocketPart
+{
+	RedisSocket *socket;
+	const RedisCommand *commands;
+	int			ncommands;
+	RedisReply **replies;		/* ncommands of them, set on success */
+	bool		ok;				/* out */
+	bool		nothing_received;	/* out */
+} RedisSocketPart;
+
+extern bool redis_sockets_round_trip(RedisSocketPart *parts, int nparts,
+									 TimestampTz deadline, int timeout_ms);
 extern void redis_auth_command(RedisCommand *cmd, const char **argv,
 							   size_t *len, const char *user,
 							   const char *password);
