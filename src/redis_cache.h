@@ -14,7 +14,8 @@
  *
  * Layers, lowest first (a file calls only files listed before it; the
  * upper layers register callbacks instead of being called): stats,
- * state_file, keys, guc, transport, connection, scripts, families, flush,
+ * state_file, keys, guc, fault, tls, transport, sentinel, cluster,
+ * connection, scripts, families, flush,
  * version, query_tables, replay, worker, invalidation, query_deps,
  * triggers, query_rows, query_cache, commands, monitor, module (_PG_init).
  *
@@ -327,6 +328,36 @@ extern bool redis_sentinel_discover(int tls_mode, int timeout_ms,
 									size_t hostlen, int *port,
 									uint64 *epoch);
 
+/* in cluster.c */
+typedef struct RedisCluster RedisCluster;
+
+/* Connect to a node and run the handshake; its run_id into run_id. */
+typedef RedisSocket *(*RedisNodeOpen) (const char *host, int port,
+									   char *run_id, size_t run_id_len,
+									   TimestampTz deadline, int timeout_ms);
+
+extern int	redis_key_slot(const char *key, size_t len);
+extern RedisCluster *redis_cluster_create(RedisSocket *seed,
+										  const char *seed_host, int seed_port,
+										  const char *seed_run_id,
+										  RedisNodeOpen open,
+										  TimestampTz deadline, int timeout_ms,
+										  RedisCluster **out);
+extern void redis_cluster_free(RedisCluster *c);
+extern int	redis_cluster_master_count(RedisCluster *c);
+extern const char *redis_cluster_identity(RedisCluster *c);
+extern bool redis_cluster_changed(RedisCluster *c);
+extern RedisSocket *redis_cluster_any_socket(RedisCluster *c);
+extern void redis_cluster_counts(RedisCluster *c, uint64 *moved,
+								 uint64 *asked, uint64 *retried);
+extern int	redis_cluster_nodes(RedisCluster *c, char ***addresses,
+								int **slots);
+extern bool redis_cluster_round_trip(RedisCluster *c,
+									 const RedisCommand *commands,
+									 int ncommands, RedisReply **replies,
+									 TimestampTz deadline, int timeout_ms,
+									 bool *nothing_received);
+
 /* in connection.c */
 
 /* Flags for redis_execute() */
@@ -361,6 +392,8 @@ extern RedisReply *redis_command(int flags, int argc, const char **argv,
 								 size_t *argvlen);
 extern RedisReply *redis_run(const RedisCommand *cmd, int flags);
 extern int	redis_master_count(void);
+extern bool redis_server_is_cluster(void);
+extern RedisCluster *redis_connection_cluster(void);
 /* What an error reply means: its first word, classified in one place. */
 typedef enum RedisErrorKind
 {
