@@ -6,7 +6,8 @@
  *
  * Design rules:
  *
- * - One connection (a RedisSocket of transport.c) per backend, opened
+ * - One connection (a RedisSocket of transport.c, or for a Redis Cluster
+ *   the client of cluster.c with one socket per master) per backend, opened
  *   lazily, reused across calls and transactions, dropped and reopened when
  *   a server parameter changes (TLS and sentinel settings included) or
  *   after any fault.  The settings that choose the server (url, host, port,
@@ -16,7 +17,12 @@
  *   everybody.  The password is hidden from SHOW ALL, pg_settings and the
  *   sample file.
  *
- * - Choosing the server: redis_cache.url, when set, replaces host, port,
+ * - Choosing the server: redis_cache.host may list several addresses,
+ *   tried in order, each within its share of the connect timeout; a node
+ *   that says cluster_enabled:1 (INFO cluster, in the handshake) makes the
+ *   connection a cluster client, whose identity (the masters' node ids and
+ *   run_ids) stands for the run_id, and which is dropped when the masters
+ *   change (cluster.c).  redis_cache.url, when set, replaces host, port,
  *   user and database (parts it leaves out take their defaults), and
  *   rediss:// asks for TLS: verify-full unless redis_cache.sslmode names
  *   another TLS mode.  A URL never carries the password (its check refuses one
@@ -47,7 +53,8 @@
  *   role can SHOW and that a reload logs: redis_cache.password is then
  *   refused at connect (redis_cache.password_file is not affected).
  *
- * - The handshake (AUTH, SELECT, INFO server, and ROLE under Sentinel) is
+ * - The handshake (AUTH, SELECT, INFO server, INFO cluster, and ROLE under
+ *   Sentinel) is
  *   one pipelined round trip within the connect deadline, after the TCP
  *   and TLS handshakes (transport.c); INFO gives the run_id that tells restarts
  *   apart.  Then the session check registered by an upper layer (version.c:
@@ -1590,8 +1597,8 @@ redis_connection_define_gucs(void)
 							   check_url, assign_url, NULL);
 
 	DefineCustomStringVariable("redis_cache.host",
-							   gettext_noop("Sets the Redis server host name, IP address or Unix socket file path."),
-							   gettext_noop("A value starting with a slash is the path of a Unix domain socket file, such as /run/redis/redis.sock. Not used when redis_cache.url or redis_cache.sentinels is set."),
+							   gettext_noop("Sets the Redis server host name, IP address or Unix socket file path, or a list of them."),
+							   gettext_noop("A value starting with a slash is the path of a Unix domain socket file, such as /run/redis/redis.sock. A comma-separated list of host:port entries is tried in order: the seeds of a Redis Cluster, detected by itself. Not used when redis_cache.url or redis_cache.sentinels is set."),
 							   &server_host,
 							   "127.0.0.1",
 							   PGC_SUSET,
