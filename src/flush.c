@@ -36,7 +36,7 @@
  *
  * Every SCAN iteration is bounded: DBSIZE of the same master, pipelined
  * with its first SCAN, gives a number of rounds no real server needs
- * (RC_SCAN_ROUNDS); a server whose cursor has not come back to 0 by then
+ * (scan_round_limit); a server whose cursor has not come back to 0 by then
  * is a fault (WARNING), and the caller keeps its work pending.  Each round
  * checks for interrupts and for the background worker's shutdown request.
  *
