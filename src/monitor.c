@@ -127,10 +127,6 @@ append_json_field(StringInfo buf, const char *name, const char *value, bool nume
 Datum
 cache_health(PG_FUNCTION_ARGS)
 {
-	const char *ping_argv[1] = {"PING"};
-	size_t		ping_len[1] = {4};
-	const char *info_argv[1] = {"INFO"};
-	size_t		info_len[1] = {4};
 	RedisCommand cmds[2];
 	RedisReply *replies[2];
 	StringInfoData buf;
@@ -143,12 +139,9 @@ cache_health(PG_FUNCTION_ARGS)
 	};
 	int			i;
 
-	cmds[0].argc = 1;
-	cmds[0].argv = ping_argv;
-	cmds[0].argvlen = ping_len;
-	cmds[1].argc = 1;
-	cmds[1].argv = info_argv;
-	cmds[1].argvlen = info_len;
+	/* keyless: on a Redis Cluster both go to the first master (node 0) */
+	redis_cmd_init(&cmds[0], "PING", 0);
+	redis_cmd_init(&cmds[1], "INFO", 0);
 
 	start = GetCurrentTimestamp();
 	ok = redis_execute(cmds, 2, replies, RC_EXEC_SKIP_BREAKER | RC_EXEC_NO_ERROR);
