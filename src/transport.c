@@ -1292,6 +1292,11 @@ redis_auth_command(RedisCommand *cmd, const char **argv, size_t *len,
 	cmd->argc = argc;
 	cmd->argv = argv;
 	cmd->argvlen = len;
+	/* keyless, and never grown (see command_builder.c) */
+	cmd->first_key = 0;
+	cmd->nkeys = 0;
+	cmd->node = 0;
+	cmd->capacity = argc;
 }
 
 /*
