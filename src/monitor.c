@@ -122,6 +122,52 @@ append_json_field(StringInfo buf, const char *name, const char *value, bool nume
 }
 
 /*
+ * Redis Cluster: whether the connection is to one, its masters with their
+ * slot counts (as this backend's map has them) and the redirections this
+ * backend followed.
+ */
+static void
+append_cluster_fields(StringInfo buf)
+{
+	RedisCluster *cluster = redis_connection_cluster();
+	char		number[32];
+	char	  **addresses;
+	int		   *slots;
+	int			n;
+	int			i;
+	uint64		moved;
+	uint64		asked;
+	uint64		retried;
+	StringInfoData list;
+
+	append_json_field(buf, "cluster", cluster ? "true" : "false", true);
+	if (cluster == NULL)
+		return;
+	n = redis_cluster_nodes(cluster, &addresses, &slots);
+	snprintf(number, sizeof(number), "%d", n);
+	append_json_field(buf, "cluster_masters", number, true);
+	initStringInfo(&list);
+	appendStringInfoChar(&list, '[');
+	for (i = 0; i < n; i++)
+	{
+		if (i > 0)
+			appendStringInfoString(&list, ", ");
+		appendStringInfoString(&list, "{\"address\": ");
+		escape_json(&list, addresses[i]);
+		appendStringInfo(&list, ", \"slots\": %d}", slots[i]);
+	}
+	appendStringInfoChar(&list, ']');
+	append_json_field(buf, "cluster_nodes", list.data, true);
+	redis_cluster_counts(cluster, &moved, &asked, &retried);
+	snprintf(number, sizeof(number), UINT64_FORMAT, moved);
+	append_json_field(buf, "cluster_moved", number, true);
+	snprintf(number, sizeof(number), UINT64_FORMAT, asked);
+	append_json_field(buf, "cluster_asked", number, true);
+	snprintf(number, sizeof(number), UINT64_FORMAT, retried);
+	append_json_field(buf, "cluster_tryagain", number, true);
+}
+
+/*
  * cache_health() RETURNS jsonb: one PING (timed) and one INFO.
  */
 Datum
@@ -180,6 +226,7 @@ cache_health(PG_FUNCTION_ARGS)
 		append_json_field(&buf, "sentinel_master", redis_sentinel_master_name(), false);
 	else
 		append_json_field(&buf, "sentinel_master", "null", true);
+	append_cluster_fields(&buf);
 	{
 		/* the worker's replay queue (replay.c): exact, undelivered work */
 		int64		counts[5];
