@@ -1461,3 +1461,10 @@ redis_connection_define_gucs(void)
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 }
+
+/* TEMP stub until cluster.c lands: whether the server is a Redis Cluster. */
+bool
+redis_server_is_cluster(void)
+{
+	return false;
+}

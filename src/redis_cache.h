@@ -347,6 +347,7 @@ extern RedisReply *redis_command(int flags, int argc, const char **argv,
 								 size_t *argvlen);
 extern RedisReply *redis_run(const RedisCommand *cmd, int flags);
 extern int	redis_master_count(void);
+extern bool redis_server_is_cluster(void);
 /* What an error reply means: its first word, classified in one place. */
 typedef enum RedisErrorKind
 {
