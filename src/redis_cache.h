@@ -167,10 +167,9 @@ extern void redis_append_glob_escaped(StringInfo buf, const char *str,
 									  size_t len);
 extern void redis_check_ttl(int ttl_seconds);
 extern char *redis_control_key(const char *prefix, int which);
+extern char *redis_legacy_control_key(const char *prefix, int which);
 extern bool redis_is_control_key(const char *key, size_t len,
 								 const char *prefix, size_t prefixlen);
-/* the version check script's keys: the first five control keys */
-#define RC_NUM_VERSION_KEYS		5
 extern bool redis_glob_match(const char *pattern, size_t plen,
 							 const char *str, size_t slen);
 extern const char *redis_family_unacceptable(const char *glob, size_t len);
@@ -179,10 +178,19 @@ extern const char *redis_family_unacceptable(const char *glob, size_t len);
 
 extern void redis_query_namespace(char *buf);
 extern char *redis_query_base(const char *prefix);
+extern char *redis_legacy_query_base(const char *prefix);
+extern char *redis_query_gen_key(const char *base, const char *item,
+								 size_t len);
+extern char *redis_query_deps_key(const char *base, const char *item,
+								  size_t len);
+extern char *redis_query_dead_list_key(const char *base);
+extern char *redis_query_lock_key(const char *entry_key);
 extern bool redis_is_foreign_query_key(const char *key, size_t len,
 									   const char *prefix, size_t prefixlen,
 									   const char *own_base,
 									   size_t own_baselen);
+extern bool redis_is_own_query_key(const char *key, size_t len,
+								   const char *prefix, size_t prefixlen);
 
 /* After key_prefix: query results, generations, dependency sets, locks. */
 #define RC_QUERY_NAMESPACE	"query:"
@@ -197,10 +205,12 @@ extern bool redis_is_reserved_key(const char *key, size_t len,
 extern bool redis_may_be_reserved_key(const char *key, size_t len);
 extern void redis_hash_hex(pg_cryptohash_type type, const void *data,
 						   size_t len, char *out);
+/* a hex SHA-256 and a NUL */
+#define RC_QUERY_SHAPE_LEN		65
 extern char *redis_query_entry_key(const char *base, const char *format,
 								   const char *query, int nparams,
 								   const Datum *param_values,
-								   const bool *param_nulls);
+								   const bool *param_nulls, char *shape);
 
 /* in guc.c: the settings several files read */
 typedef enum RedisOnError
@@ -438,10 +448,19 @@ typedef enum RedisScriptId
 	RC_NUM_SCRIPTS
 } RedisScriptId;
 
-extern const char *redis_script_body(RedisScriptId id);
+extern void redis_script_cmd(RedisCommand *cmd, RedisScriptId id, int nkeys,
+							 int nargs);
+extern bool redis_execute_scripts(RedisCommand *cmds, int n,
+								  RedisReply **replies, int flags);
+extern bool redis_execute_scripts_on(RedisRoundTrip round_trip,
+									 RedisCommand *cmds, int n,
+									 RedisReply **replies);
 extern RedisReply *redis_run_script(RedisScriptId id, int nkeys, int nargs,
 									const char **args, size_t *lens,
 									int flags);
+extern void redis_invalidate_script_cmd(RedisCommand *cmd, const char *base,
+										const char *const *items,
+										const size_t *lens, int nitems);
 
 /* in families.c */
 extern void redis_families_define_gucs(void);
