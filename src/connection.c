@@ -1300,24 +1300,6 @@ redis_execute(const RedisCommand *commands, int ncommands,
 }
 
 /*
- * Convenience wrapper for a single command.  Returns NULL on a fault (already
- * reported).
- */
-RedisReply *
-redis_command(int flags, int argc, const char **argv, size_t *argvlen)
-{
-	RedisCommand cmd;
-	RedisReply *reply;
-
-	cmd.argc = argc;
-	cmd.argv = argv;
-	cmd.argvlen = argvlen;
-	if (!redis_execute(&cmd, 1, &reply, flags))
-		return NULL;
-	return reply;
-}
-
-/*
  * Run one command built by command_builder.c.  Returns NULL on a fault
  * (already reported per flags).
  */

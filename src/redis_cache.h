@@ -398,8 +398,6 @@ extern void redis_connection_define_gucs(void);
 extern void redis_set_session_check(RedisSessionCheck check);
 extern bool redis_execute(const RedisCommand *commands, int ncommands,
 						  RedisReply **replies, int flags);
-extern RedisReply *redis_command(int flags, int argc, const char **argv,
-								 size_t *argvlen);
 extern RedisReply *redis_run(const RedisCommand *cmd, int flags);
 extern int	redis_master_count(void);
 extern bool redis_server_is_cluster(void);
