@@ -15,6 +15,7 @@ OBJS = \
 	src/tls.o \
 	src/transport.o \
 	src/sentinel.o \
+	src/cluster.o \
 	src/connection.o \
 	src/scripts.o \
 	src/families.o \

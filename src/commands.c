@@ -8,7 +8,11 @@
  *		  cache_ping.
  *
  * Every function validates its input first (ERROR, SQLSTATE 22023), then
- * talks to Redis through redis_execute().  On a Redis fault the function
+ * builds its commands with command_builder.c (every key marked, so that a
+ * Redis Cluster routes each command, and splits a multi-key UNLINK or MGET
+ * per slot) and runs them with redis_run() or, pipelined, redis_execute().
+ * Commands whose keys are interleaved with values (MSET) are not used:
+ * cache_set_many pipelines one SET per key.  On a Redis fault the function
  * returns its miss value (NULL, false, 0) unless redis_cache.on_error is
  * 'error'; the fault itself is reported by the connection layer.
  *
@@ -144,6 +148,20 @@ count_read(text *key, bool hit)
 }
 
 /*
+ * Run "name key", a command whose only argument is one (prefixed) key, with
+ * the default flags.  NULL on a fault (reported).
+ */
+static RedisReply *
+run_on_key(const char *name, const char *rkey, size_t klen)
+{
+	RedisCommand cmd;
+
+	redis_cmd_init(&cmd, name, 1);
+	redis_cmd_key(&cmd, rkey, klen);
+	return redis_run(&cmd, 0);
+}
+
+/*
  * cache_get(key text) RETURNS text
  */
 /*
@@ -155,8 +173,6 @@ get_value(text *key)
 {
 	size_t		klen;
 	char	   *rkey = redis_make_key(key, &klen);
-	const char *argv[2] = {"GET", rkey};
-	size_t		argvlen[2] = {3, klen};
 
 	if (redis_key_pending(redis_cache_key_prefix ? redis_cache_key_prefix : "",
 						  VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)))
@@ -164,7 +180,7 @@ get_value(text *key)
 		redis_stats_add(RC_STAT_BYPASSES, 1);
 		return NULL;
 	}
-	return redis_command(0, 2, argv, argvlen);
+	return run_on_key("GET", rkey, klen);
 }
 
 Datum
@@ -208,38 +224,23 @@ check_value_size(size_t len)
 }
 
 /*
- * SET key value [EX ttl] [NX] into cmd, with argv/argvlen (6 slots) and
- * ttlstr (16 bytes) as its storage.
+ * SET key value [EX ttl] [NX] into cmd (key and value referenced, not
+ * copied).
  */
 static void
-build_set(RedisCommand *cmd, const char **argv, size_t *argvlen, char *ttlstr,
-		  const char *rkey, size_t klen, const char *value, size_t vlen,
-		  int ttl, bool only_if_absent)
+build_set(RedisCommand *cmd, const char *rkey, size_t klen,
+		  const char *value, size_t vlen, int ttl, bool only_if_absent)
 {
-	int			argc = 0;
-
-	argv[argc] = "SET";
-	argvlen[argc++] = 3;
-	argv[argc] = rkey;
-	argvlen[argc++] = klen;
-	argv[argc] = value;
-	argvlen[argc++] = vlen;
+	redis_cmd_init(cmd, "SET", 5);
+	redis_cmd_key(cmd, rkey, klen);
+	redis_cmd_arg(cmd, value, vlen);
 	if (ttl > 0)
 	{
-		snprintf(ttlstr, 16, "%d", ttl);
-		argv[argc] = "EX";
-		argvlen[argc++] = 2;
-		argv[argc] = ttlstr;
-		argvlen[argc++] = strlen(ttlstr);
+		redis_cmd_str(cmd, "EX");
+		redis_cmd_int(cmd, ttl);
 	}
 	if (only_if_absent)
-	{
-		argv[argc] = "NX";
-		argvlen[argc++] = 2;
-	}
-	cmd->argc = argc;
-	cmd->argv = argv;
-	cmd->argvlen = argvlen;
+		redis_cmd_str(cmd, "NX");
 }
 
 /*
@@ -256,9 +257,6 @@ store_value(FunctionCallInfo fcinfo, bool only_if_absent)
 	int			ttl;
 	size_t		klen;
 	char	   *rkey;
-	char		ttlstr[16];
-	const char *argv[6];
-	size_t		argvlen[6];
 	RedisCommand cmd;
 	RedisReply *reply;
 
@@ -273,9 +271,9 @@ store_value(FunctionCallInfo fcinfo, bool only_if_absent)
 	ttl = ttl_argument(fcinfo, 2);
 	check_value_size(VARSIZE_ANY_EXHDR(value));
 
-	build_set(&cmd, argv, argvlen, ttlstr, rkey, klen, VARDATA_ANY(value),
-			  VARSIZE_ANY_EXHDR(value), ttl, only_if_absent);
-	reply = redis_command(0, cmd.argc, cmd.argv, cmd.argvlen);
+	build_set(&cmd, rkey, klen, VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value),
+			  ttl, only_if_absent);
+	reply = redis_run(&cmd, 0);
 	if (reply == NULL)
 		return only_if_absent ? -1 : 0;
 	if (reply->type == RC_REPLY_ERROR)
@@ -370,9 +368,8 @@ cache_set_many(PG_FUNCTION_ARGS)
 	char	  **rkeys;
 	size_t	   *klens;
 	RedisCommand *cmds;
-	const char **argv;
-	size_t	   *argvlen;
-	char	   *ttlstr;
+	MemoryContext chunk_context;
+	MemoryContext old_context;
 	int64		stored = 0;
 	int			i;
 
@@ -415,10 +412,12 @@ cache_set_many(PG_FUNCTION_ARGS)
 	}
 	refuse_reserved_keys(rkeys, klens, NULL, nkeys, "write");
 
+	/* one SET per key (never MSET: its keys are not contiguous), pipelined */
 	cmds = palloc(sizeof(RedisCommand) * Min(nkeys, RC_KEYS_PER_COMMAND));
-	argv = palloc(sizeof(char *) * 6 * Min(nkeys, RC_KEYS_PER_COMMAND));
-	argvlen = palloc(sizeof(size_t) * 6 * Min(nkeys, RC_KEYS_PER_COMMAND));
-	ttlstr = palloc(16 * Min(nkeys, RC_KEYS_PER_COMMAND));
+	chunk_context = AllocSetContextCreate(CurrentMemoryContext,
+										  "redis_cache set_many chunk",
+										  ALLOCSET_DEFAULT_SIZES);
+	old_context = MemoryContextSwitchTo(chunk_context);
 	for (i = 0; i < nkeys; i += RC_KEYS_PER_COMMAND)
 	{
 		int			n = Min(nkeys - i, RC_KEYS_PER_COMMAND);
@@ -430,8 +429,7 @@ cache_set_many(PG_FUNCTION_ARGS)
 		{
 			text	   *value = DatumGetTextPP(velems[i + j]);
 
-			build_set(&cmds[j], &argv[j * 6], &argvlen[j * 6], &ttlstr[j * 16],
-					  rkeys[i + j], klens[i + j], VARDATA_ANY(value),
+			build_set(&cmds[j], rkeys[i + j], klens[i + j], VARDATA_ANY(value),
 					  VARSIZE_ANY_EXHDR(value), ttl, false);
 		}
 		if (!redis_execute(cmds, n, replies, 0))
@@ -455,8 +453,11 @@ cache_set_many(PG_FUNCTION_ARGS)
 				reported = true;
 			}
 		}
-		pfree(replies);
+		/* the commands and replies of this chunk */
+		MemoryContextReset(chunk_context);
 	}
+	MemoryContextSwitchTo(old_context);
+	MemoryContextDelete(chunk_context);
 	redis_stats_add(RC_STAT_SETS, stored);
 	PG_RETURN_INT64(stored);
 }
@@ -473,11 +474,6 @@ cache_touch(PG_FUNCTION_ARGS)
 	size_t		klen;
 	char	   *rkey;
 	int			ttl;
-	char		ttlstr[16];
-	const char *argv[3];
-	size_t		argvlen[3];
-	const char *exists_argv[2];
-	size_t		exists_len[2];
 	RedisCommand cmds[2];
 	RedisReply *replies[2];
 	int			ncmds = 1;
@@ -489,32 +485,19 @@ cache_touch(PG_FUNCTION_ARGS)
 	refuse_reserved_key(rkey, klen, "write");
 	ttl = ttl_argument(fcinfo, 1);
 
-	argv[1] = rkey;
-	argvlen[1] = klen;
-	cmds[0].argv = argv;
-	cmds[0].argvlen = argvlen;
 	if (ttl > 0)
 	{
-		snprintf(ttlstr, sizeof(ttlstr), "%d", ttl);
-		argv[0] = "EXPIRE";
-		argvlen[0] = 6;
-		argv[2] = ttlstr;
-		argvlen[2] = strlen(ttlstr);
-		cmds[0].argc = 3;
+		redis_cmd_init(&cmds[0], "EXPIRE", 2);
+		redis_cmd_key(&cmds[0], rkey, klen);
+		redis_cmd_int(&cmds[0], ttl);
 	}
 	else
 	{
 		/* PERSIST says 0 for a key without a TTL too: ask EXISTS as well */
-		argv[0] = "PERSIST";
-		argvlen[0] = 7;
-		cmds[0].argc = 2;
-		exists_argv[0] = "EXISTS";
-		exists_len[0] = 6;
-		exists_argv[1] = rkey;
-		exists_len[1] = klen;
-		cmds[1].argc = 2;
-		cmds[1].argv = exists_argv;
-		cmds[1].argvlen = exists_len;
+		redis_cmd_init(&cmds[0], "PERSIST", 1);
+		redis_cmd_key(&cmds[0], rkey, klen);
+		redis_cmd_init(&cmds[1], "EXISTS", 1);
+		redis_cmd_key(&cmds[1], rkey, klen);
 		ncmds = 2;
 	}
 	if (!redis_execute(cmds, ncmds, replies, 0))
@@ -562,8 +545,10 @@ array_to_keys(ArrayType *arr, char ***keys, size_t **lens, bool **isnull)
 }
 
 /*
- * UNLINK the given (already prefixed) keys in batches, pipelined in one
- * round trip.  Returns the number removed, or -1 on a fault.
+ * UNLINK the given (already prefixed) keys in batches of
+ * RC_KEYS_PER_COMMAND, pipelined in one round trip (a Redis Cluster splits
+ * each batch per slot and sums the counts).  Returns the number removed,
+ * or -1 on a fault.
  */
 static int64
 unlink_keys(char **keys, size_t *lens, bool *skip, int nkeys, int flags)
@@ -583,23 +568,19 @@ unlink_keys(char **keys, size_t *lens, bool *skip, int nkeys, int flags)
 		return 0;
 
 	ncommands = (nwanted + RC_KEYS_PER_COMMAND - 1) / RC_KEYS_PER_COMMAND;
-	cmds = palloc0(sizeof(RedisCommand) * ncommands);
+	cmds = palloc(sizeof(RedisCommand) * ncommands);
 	for (i = 0; i < nkeys; i++)
 	{
 		if (skip && skip[i])
 			continue;
-		if (c < 0 || cmds[c].argc == RC_KEYS_PER_COMMAND + 1)
+		if (c < 0 || cmds[c].nkeys == RC_KEYS_PER_COMMAND)
 		{
 			c++;
-			cmds[c].argv = palloc(sizeof(char *) * (RC_KEYS_PER_COMMAND + 1));
-			cmds[c].argvlen = palloc(sizeof(size_t) * (RC_KEYS_PER_COMMAND + 1));
-			cmds[c].argv[0] = "UNLINK";
-			cmds[c].argvlen[0] = 6;
-			cmds[c].argc = 1;
+			redis_cmd_init(&cmds[c], "UNLINK",
+						   Min(RC_KEYS_PER_COMMAND,
+							   nwanted - c * RC_KEYS_PER_COMMAND));
 		}
-		cmds[c].argv[cmds[c].argc] = keys[i];
-		cmds[c].argvlen[cmds[c].argc] = lens[i];
-		cmds[c].argc++;
+		redis_cmd_key(&cmds[c], keys[i], lens[i]);
 	}
 
 	replies = palloc(sizeof(RedisReply *) * ncommands);
@@ -654,11 +635,9 @@ cache_exists(PG_FUNCTION_ARGS)
 	text	   *key = PG_GETARG_TEXT_PP(0);
 	size_t		klen;
 	char	   *rkey = redis_make_key(key, &klen);
-	const char *argv[2] = {"EXISTS", rkey};
-	size_t		argvlen[2] = {6, klen};
 	RedisReply *reply;
 
-	reply = redis_command(0, 2, argv, argvlen);
+	reply = run_on_key("EXISTS", rkey, klen);
 	PG_RETURN_BOOL(reply != NULL && reply->type == RC_REPLY_INTEGER &&
 				   reply->integer > 0);
 }
@@ -673,11 +652,9 @@ cache_ttl(PG_FUNCTION_ARGS)
 	text	   *key = PG_GETARG_TEXT_PP(0);
 	size_t		klen;
 	char	   *rkey = redis_make_key(key, &klen);
-	const char *argv[2] = {"TTL", rkey};
-	size_t		argvlen[2] = {3, klen};
 	RedisReply *reply;
 
-	reply = redis_command(0, 2, argv, argvlen);
+	reply = run_on_key("TTL", rkey, klen);
 	if (reply == NULL || reply->type != RC_REPLY_INTEGER || reply->integer < 0 ||
 		reply->integer > PG_INT32_MAX)
 		PG_RETURN_NULL();
@@ -700,16 +677,6 @@ cache_incr(PG_FUNCTION_ARGS)
 	int			ttl;
 	size_t		klen;
 	char	   *rkey;
-	char		deltastr[32];
-	char		ttlstr[16];
-	const char *multi_argv[1] = {"MULTI"};
-	size_t		multi_len[1] = {5};
-	const char *set_argv[6];
-	size_t		set_len[6];
-	const char *incr_argv[3];
-	size_t		incr_len[3];
-	const char *exec_argv[1] = {"EXEC"};
-	size_t		exec_len[1] = {4};
 	RedisCommand cmds[4];
 	RedisReply *replies[4];
 	int			n = 0;
@@ -730,42 +697,17 @@ cache_incr(PG_FUNCTION_ARGS)
 		redis_check_ttl(ttl);
 	}
 
-	snprintf(deltastr, sizeof(deltastr), INT64_FORMAT, delta);
-	incr_argv[0] = "INCRBY";
-	incr_len[0] = 6;
-	incr_argv[1] = rkey;
-	incr_len[1] = klen;
-	incr_argv[2] = deltastr;
-	incr_len[2] = strlen(deltastr);
-
-	cmds[n].argc = 1;
-	cmds[n].argv = multi_argv;
-	cmds[n++].argvlen = multi_len;
+	/*
+	 * MULTI and EXEC name no key: on a Redis Cluster they must go where the
+	 * commands between them go (the key's master), as one transaction.
+	 */
+	redis_cmd_init(&cmds[n++], "MULTI", 0);
 	if (ttl > 0)
-	{
-		snprintf(ttlstr, sizeof(ttlstr), "%d", ttl);
-		set_argv[0] = "SET";
-		set_len[0] = 3;
-		set_argv[1] = rkey;
-		set_len[1] = klen;
-		set_argv[2] = "0";
-		set_len[2] = 1;
-		set_argv[3] = "EX";
-		set_len[3] = 2;
-		set_argv[4] = ttlstr;
-		set_len[4] = strlen(ttlstr);
-		set_argv[5] = "NX";
-		set_len[5] = 2;
-		cmds[n].argc = 6;
-		cmds[n].argv = set_argv;
-		cmds[n++].argvlen = set_len;
-	}
-	cmds[n].argc = 3;
-	cmds[n].argv = incr_argv;
-	cmds[n++].argvlen = incr_len;
-	cmds[n].argc = 1;
-	cmds[n].argv = exec_argv;
-	cmds[n++].argvlen = exec_len;
+		build_set(&cmds[n++], rkey, klen, "0", 1, ttl, true);
+	redis_cmd_init(&cmds[n], "INCRBY", 2);
+	redis_cmd_key(&cmds[n], rkey, klen);
+	redis_cmd_int(&cmds[n++], delta);
+	redis_cmd_init(&cmds[n++], "EXEC", 0);
 
 	if (!redis_execute(cmds, n, replies, 0))
 		PG_RETURN_NULL();
@@ -843,24 +785,17 @@ cache_mget(PG_FUNCTION_ARGS)
 		int			key_index = 0;
 		int			c;
 
-		cmds = palloc0(sizeof(RedisCommand) * ncommands);
+		/* a Redis Cluster splits each MGET per slot, replies in key order */
+		cmds = palloc(sizeof(RedisCommand) * ncommands);
 		for (c = 0; c < ncommands; c++)
 		{
 			int			chunk = Min(RC_KEYS_PER_COMMAND, nvalid - c * RC_KEYS_PER_COMMAND);
 
-			cmds[c].argv = palloc(sizeof(char *) * (chunk + 1));
-			cmds[c].argvlen = palloc(sizeof(size_t) * (chunk + 1));
-			cmds[c].argv[0] = "MGET";
-			cmds[c].argvlen[0] = 4;
-			cmds[c].argc = 1;
-			while (cmds[c].argc <= chunk)
+			redis_cmd_init(&cmds[c], "MGET", chunk);
+			while (cmds[c].nkeys < chunk)
 			{
 				if (!nulls[key_index])
-				{
-					cmds[c].argv[cmds[c].argc] = keys[key_index];
-					cmds[c].argvlen[cmds[c].argc] = lens[key_index];
-					cmds[c].argc++;
-				}
+					redis_cmd_key(&cmds[c], keys[key_index], lens[key_index]);
 				key_index++;
 			}
 		}
@@ -887,7 +822,7 @@ cache_mget(PG_FUNCTION_ARGS)
 					break;
 				}
 				if (reply->type != RC_REPLY_ARRAY ||
-					reply->elements != (size_t) (cmds[c].argc - 1))
+					reply->elements != (size_t) cmds[c].nkeys)
 					break;
 				for (j = 0; j < reply->elements; j++)
 				{
@@ -925,8 +860,8 @@ cache_mget(PG_FUNCTION_ARGS)
 /*
  * cache_delete_pattern(pattern text) RETURNS bigint
  *
- * SCAN MATCH key_prefix||pattern, UNLINK each batch, leaving the keys
- * reserved to the extension alone.  SCAN may miss keys created during the
+ * SCAN MATCH key_prefix||pattern on every master (flush.c), UNLINK each
+ * batch, leaving the keys reserved to the extension alone.  SCAN may miss keys created during the
  * iteration: this is a clean-up tool, not a guarantee.
  */
 Datum
@@ -960,9 +895,7 @@ cache_lock(PG_FUNCTION_ARGS)
 	char	   *rkey;
 	uint8		random_bytes[16];
 	char		token[33];
-	char		ttlstr[16];
-	const char *argv[6];
-	size_t		argvlen[6];
+	RedisCommand cmd;
 	RedisReply *reply;
 	int			i;
 
@@ -975,22 +908,10 @@ cache_lock(PG_FUNCTION_ARGS)
 				 errmsg("redis_cache: could not generate a random lock token")));
 	for (i = 0; i < 16; i++)
 		snprintf(token + i * 2, 3, "%02x", random_bytes[i]);
-	snprintf(ttlstr, sizeof(ttlstr), "%d", ttl);
 
-	argv[0] = "SET";
-	argvlen[0] = 3;
-	argv[1] = rkey;
-	argvlen[1] = klen;
-	argv[2] = token;
-	argvlen[2] = 32;
-	argv[3] = "NX";
-	argvlen[3] = 2;
-	argv[4] = "EX";
-	argvlen[4] = 2;
-	argv[5] = ttlstr;
-	argvlen[5] = strlen(ttlstr);
-
-	reply = redis_command(0, 6, argv, argvlen);
+	/* SET key token EX ttl NX (ttl is positive) */
+	build_set(&cmd, rkey, klen, token, 32, ttl, true);
+	reply = redis_run(&cmd, 0);
 	if (reply == NULL)
 		PG_RETURN_NULL();
 	if (reply->type == RC_REPLY_ERROR)
@@ -1048,11 +969,12 @@ cache_unlock(PG_FUNCTION_ARGS)
 Datum
 cache_ping(PG_FUNCTION_ARGS)
 {
-	const char *argv[1] = {"PING"};
-	size_t		argvlen[1] = {4};
+	RedisCommand cmd;
 	RedisReply *reply;
 
-	reply = redis_command(RC_EXEC_SKIP_BREAKER, 1, argv, argvlen);
+	/* keyless: a Redis Cluster's first master (node 0) answers */
+	redis_cmd_init(&cmd, "PING", 0);
+	reply = redis_run(&cmd, RC_EXEC_SKIP_BREAKER);
 	if (reply == NULL)
 		PG_RETURN_NULL();
 	if (reply->type == RC_REPLY_ERROR)

@@ -6,7 +6,8 @@
  *
  * Design rules:
  *
- * - One connection (a RedisSocket of transport.c) per backend, opened
+ * - One connection (a RedisSocket of transport.c, or for a Redis Cluster
+ *   the client of cluster.c with one socket per master) per backend, opened
  *   lazily, reused across calls and transactions, dropped and reopened when
  *   a server parameter changes (TLS and sentinel settings included) or
  *   after any fault.  The settings that choose the server (url, host, port,
@@ -16,7 +17,12 @@
  *   everybody.  The password is hidden from SHOW ALL, pg_settings and the
  *   sample file.
  *
- * - Choosing the server: redis_cache.url, when set, replaces host, port,
+ * - Choosing the server: redis_cache.host may list several addresses,
+ *   tried in order, each within its share of the connect timeout; a node
+ *   that says cluster_enabled:1 (INFO cluster, in the handshake) makes the
+ *   connection a cluster client, whose identity (the masters' node ids and
+ *   run_ids) stands for the run_id, and which is dropped when the masters
+ *   change (cluster.c).  redis_cache.url, when set, replaces host, port,
  *   user and database (parts it leaves out take their defaults), and
  *   rediss:// asks for TLS: verify-full unless redis_cache.sslmode names
  *   another TLS mode.  A URL never carries the password (its check refuses one
@@ -47,7 +53,8 @@
  *   role can SHOW and that a reload logs: redis_cache.password is then
  *   refused at connect (redis_cache.password_file is not affected).
  *
- * - The handshake (AUTH, SELECT, INFO server, and ROLE under Sentinel) is
+ * - The handshake (AUTH, SELECT, INFO server, INFO cluster, and ROLE under
+ *   Sentinel) is
  *   one pipelined round trip within the connect deadline, after the TCP
  *   and TLS handshakes (transport.c); INFO gives the run_id that tells restarts
  *   apart.  Then the session check registered by an upper layer (version.c:
@@ -121,6 +128,7 @@ typedef struct RedisConnection
 	char		host[256];		/* the server connected to */
 	int			port;
 	uint64		master_epoch;	/* redis_sentinel_epoch() it was made under */
+	RedisCluster *cluster;		/* a Redis Cluster's client; socket NULL then */
 } RedisConnection;
 
 /* Where and how to connect, from the settings (see the header comment). */
@@ -221,8 +229,27 @@ redis_server_port(void)
 bool
 redis_connection_tls(const char **version, const char **cipher)
 {
-	return connection != NULL &&
-		redis_socket_tls(connection->socket, version, cipher);
+	RedisSocket *sock;
+
+	if (connection == NULL)
+		return false;
+	sock = connection->cluster ? redis_cluster_any_socket(connection->cluster) :
+		connection->socket;
+	return sock != NULL && redis_socket_tls(sock, version, cipher);
+}
+
+/* The open connection's cluster client, or NULL (cache_health). */
+RedisCluster *
+redis_connection_cluster(void)
+{
+	return connection != NULL ? connection->cluster : NULL;
+}
+
+/* Whether the open connection is to a Redis Cluster. */
+bool
+redis_server_is_cluster(void)
+{
+	return connection != NULL && connection->cluster != NULL;
 }
 
 void
@@ -245,6 +272,7 @@ redis_disconnect(void)
 		return;
 	connection = NULL;
 	redis_socket_close(conn->socket);
+	redis_cluster_free(conn->cluster);
 	pfree(conn);
 }
 
@@ -280,9 +308,9 @@ read_password(void)
 	return result;
 }
 
-/* The run_id line of an INFO server reply, into conn->run_id. */
+/* The run_id line of an INFO server reply, into run_id. */
 static void
-remember_run_id(RedisConnection *conn, const RedisReply *info)
+remember_run_id(char *run_id, size_t run_id_len, const RedisReply *info)
 {
 	const char *p;
 	size_t		len;
@@ -299,11 +327,23 @@ remember_run_id(RedisConnection *conn, const RedisReply *info)
 	p += strlen("run_id:");
 	/* 40 hex digits from Redis; anything else is not kept (cache_version) */
 	len = strspn(p, "0123456789abcdefABCDEF");
-	if (len == 0 || len >= sizeof(conn->run_id) ||
+	if (len == 0 || len >= run_id_len ||
 		(p[len] != '\r' && p[len] != '\n' && p[len] != '\0'))
 		return;
-	memcpy(conn->run_id, p, len);
-	conn->run_id[len] = '\0';
+	memcpy(run_id, p, len);
+	run_id[len] = '\0';
+}
+
+/* Whether an INFO cluster reply says cluster_enabled:1. */
+static bool
+cluster_enabled(const RedisReply *info)
+{
+	const char *p;
+
+	if (info->type != RC_REPLY_STRING)
+		return false;
+	p = strstr(info->str, "cluster_enabled:");
+	return p != NULL && p[strlen("cluster_enabled:")] == '1';
 }
 
 /*
@@ -325,30 +365,37 @@ not_a_master(const RedisReply *role)
 }
 
 /*
- * AUTH, SELECT, INFO server and, under Sentinel, ROLE: pipelined, within
- * the connect deadline.
+ * AUTH, SELECT, INFO server, INFO cluster and, under Sentinel, ROLE:
+ * pipelined, within the connect deadline, over sock to host:port.  The
+ * run_id goes into run_id; *is_cluster says whether the server is a Redis
+ * Cluster node.  A cluster node (cluster_node: a master of the map) gets
+ * AUTH and INFO server only: a cluster has database 0 alone.
  */
 static bool
-handshake(RedisConnection *conn, const ServerTarget *target,
-		  const char *password, TimestampTz deadline, int timeout_ms)
+handshake(RedisSocket *sock, const char *host, int port,
+		  const ServerTarget *target, const char *password, bool cluster_node,
+		  TimestampTz deadline, int timeout_ms, char *run_id,
+		  size_t run_id_len, bool *is_cluster)
 {
-	RedisCommand cmds[4];
+	RedisCommand cmds[5];
 	const char *auth_argv[3];
 	size_t		auth_len[3];
-	const char *select_argv[2];
-	size_t		select_len[2];
-	const char *info_argv[2] = {"INFO", "server"};
-	size_t		info_len[2] = {4, 6};
-	const char *role_argv[1] = {"ROLE"};
-	size_t		role_len[1] = {4};
-	char		dbstr[16];
 	int			n = 0;
 	int			auth_index = -1;
 	int			info_index;
-	RedisReply *replies[4];
+	int			cluster_index = -1;
+	int			role_index = -1;
+	RedisReply *replies[5];
 	bool		nothing;
 	int			i;
 
+	*is_cluster = false;
+	if (cluster_node && target->database != 0)
+	{
+		redis_fault_set(RC_FAULT_CONNECT, "Redis at %s:%d is a Redis Cluster node, which has database 0 only, but redis_cache.database is %d",
+						host, port, target->database);
+		return false;
+	}
 	if (password[0] != '\0')
 	{
 		auth_index = n;
@@ -357,30 +404,25 @@ handshake(RedisConnection *conn, const ServerTarget *target,
 	}
 	if (target->database != 0)
 	{
-		snprintf(dbstr, sizeof(dbstr), "%d", target->database);
-		select_argv[0] = "SELECT";
-		select_len[0] = 6;
-		select_argv[1] = dbstr;
-		select_len[1] = strlen(dbstr);
-		cmds[n].argc = 2;
-		cmds[n].argv = select_argv;
-		cmds[n].argvlen = select_len;
-		n++;
+		redis_cmd_init(&cmds[n], "SELECT", 1);
+		redis_cmd_int(&cmds[n++], target->database);
 	}
 	info_index = n;
-	cmds[n].argc = 2;
-	cmds[n].argv = info_argv;
-	cmds[n].argvlen = info_len;
-	n++;
-	if (redis_sentinel_enabled())
+	redis_cmd_init(&cmds[n], "INFO", 1);
+	redis_cmd_str(&cmds[n++], "server");
+	if (!cluster_node)
 	{
-		cmds[n].argc = 1;
-		cmds[n].argv = role_argv;
-		cmds[n].argvlen = role_len;
-		n++;
+		cluster_index = n;
+		redis_cmd_init(&cmds[n], "INFO", 1);
+		redis_cmd_str(&cmds[n++], "cluster");
+	}
+	if (redis_sentinel_enabled() && !cluster_node)
+	{
+		role_index = n;
+		redis_cmd_init(&cmds[n++], "ROLE", 0);
 	}
 
-	if (!redis_socket_round_trip(conn->socket, cmds, n, replies, deadline,
+	if (!redis_socket_round_trip(sock, cmds, n, replies, deadline,
 								 timeout_ms, &nothing))
 		return false;
 	for (i = 0; i < info_index; i++)
@@ -389,7 +431,7 @@ handshake(RedisConnection *conn, const ServerTarget *target,
 		{
 			/* never echo the command: it carries the password */
 			redis_fault_set(RC_FAULT_CONNECT, "Redis at %s:%d refused %s: %s",
-							conn->host, conn->port,
+							host, port,
 							(i == auth_index) ? "authentication" : "SELECT",
 							redis_printable(replies[i]->str, replies[i]->len));
 			return false;
@@ -398,31 +440,137 @@ handshake(RedisConnection *conn, const ServerTarget *target,
 	if (redis_reply_error_kind(replies[info_index]) == RC_ERR_NOAUTH)
 	{
 		redis_fault_set(RC_FAULT_CONNECT, "Redis at %s:%d requires authentication: %s",
-						conn->host, conn->port,
+						host, port,
 						redis_printable(replies[info_index]->str,
 										replies[info_index]->len));
 		return false;
 	}
-	if (info_index + 1 < n)
+	if (role_index >= 0)
 	{
-		const char *role = not_a_master(replies[info_index + 1]);
+		const char *role = not_a_master(replies[role_index]);
 
 		if (role != NULL)
 		{
 			/* a failover in progress: the next connection asks again */
 			redis_fault_set(RC_FAULT_CONNECT, "Redis at %s:%d, named master \"%s\" by the sentinels, is %s",
-							conn->host, conn->port,
-							redis_sentinel_master_name(), role);
+							host, port, redis_sentinel_master_name(), role);
 			return false;
 		}
 	}
-	remember_run_id(conn, replies[info_index]);
+	if (cluster_index >= 0)
+	{
+		*is_cluster = cluster_enabled(replies[cluster_index]);
+		if (*is_cluster && target->database != 0)
+		{
+			redis_fault_set(RC_FAULT_CONNECT, "Redis at %s:%d is a Redis Cluster node, which has database 0 only, but redis_cache.database is %d",
+							host, port, target->database);
+			return false;
+		}
+	}
+	remember_run_id(run_id, run_id_len, replies[info_index]);
 	return true;
 }
 
 /*
- * Connect to the configured server (asking the sentinels first, if any),
- * then the handshake.  On success "connection" is set; on failure the
+ * The addresses redis_cache.host lists: "host", "host:port", "[v6]:port"
+ * or a Unix socket path, separated by commas (the seeds of a cluster, or
+ * servers tried in order).  Entries without a port take redis_cache.port.
+ */
+#define RC_MAX_SEEDS 16
+
+typedef struct ServerSeed
+{
+	char		host[256];
+	int			port;
+} ServerSeed;
+
+static int
+parse_seeds(const char *list, int default_port, ServerSeed *seeds)
+{
+	int			n = 0;
+	const char *p = list;
+
+	while (*p != '\0' && n < RC_MAX_SEEDS)
+	{
+		const char *end = strchr(p, ',');
+		size_t		len;
+		char		item[300];
+		char	   *colon;
+
+		if (end == NULL)
+			end = p + strlen(p);
+		while (p < end && isspace((unsigned char) *p))
+			p++;
+		len = end - p;
+		while (len > 0 && isspace((unsigned char) p[len - 1]))
+			len--;
+		if (len > 0 && len < sizeof(item))
+		{
+			memcpy(item, p, len);
+			item[len] = '\0';
+			seeds[n].port = default_port;
+			colon = (item[0] == '/') ? NULL : strrchr(item, ':');
+			if (item[0] == '[' && strchr(item, ']') != NULL)
+			{
+				/* [IPv6 address] or [IPv6 address]:port */
+				char	   *close = strchr(item, ']');
+
+				if (close[1] == ':')
+					seeds[n].port = atoi(close + 2);
+				*close = '\0';
+				memmove(item, item + 1, strlen(item + 1) + 1);
+			}
+			else if (colon != NULL && strchr(item, ':') == colon)
+			{
+				/* one colon: host:port (several: a bare IPv6 address) */
+				*colon = '\0';
+				seeds[n].port = atoi(colon + 1);
+			}
+			strlcpy(seeds[n].host, item, sizeof(seeds[n].host));
+			if (seeds[n].port > 0 && seeds[n].port <= 65535 && seeds[n].host[0] != '\0')
+				n++;
+		}
+		p = (*end == ',') ? end + 1 : end;
+	}
+	return n;
+}
+
+/* For cluster.c: connect to one master and run its handshake. */
+static RedisSocket *
+open_cluster_node(const char *host, int port, char *run_id, size_t run_id_len,
+				  TimestampTz deadline, int timeout_ms)
+{
+	ServerTarget target;
+	char	   *password;
+	RedisSocket *sock;
+	bool		is_cluster;
+	bool		ok;
+
+	current_target(&target);
+	password = read_password();
+	if (password == NULL)
+		return NULL;
+	sock = redis_socket_open(host, port, target.tls_mode, timeout_ms, deadline);
+	ok = sock != NULL &&
+		handshake(sock, host, port, &target, password, true, deadline,
+				  timeout_ms, run_id, run_id_len, &is_cluster);
+	explicit_bzero(password, strlen(password));
+	pfree(password);
+	if (!ok)
+	{
+		if (redis_fault_kind() == RC_FAULT_IO)
+			redis_fault_reclassify(RC_FAULT_CONNECT);
+		redis_socket_close(sock);
+		return NULL;
+	}
+	return sock;
+}
+
+/*
+ * Connect to the configured server (asking the sentinels first, if any;
+ * else the addresses of redis_cache.host in turn, each with its share of
+ * the time left), then the handshake; a cluster node becomes a cluster
+ * client (cluster.c).  On success "connection" is set; on failure the
  * fault says why.  Throws only on interrupts (the caller's PG_TRY cleans
  * up).
  */
@@ -433,8 +581,12 @@ connect_to_server(int timeout_ms)
 													   timeout_ms);
 	RedisConnection *conn;
 	ServerTarget target;
+	ServerSeed	seeds[RC_MAX_SEEDS];
+	int			nseeds = 1;
 	char	   *password;
-	bool		ok;
+	bool		ok = false;
+	bool		is_cluster = false;
+	int			i;
 
 	current_target(&target);
 	password = read_password();
@@ -447,25 +599,54 @@ connect_to_server(int timeout_ms)
 	connection = conn;
 	if (redis_sentinel_enabled())
 		ok = redis_sentinel_discover(target.tls_mode, timeout_ms, deadline,
-									 conn->host, sizeof(conn->host),
-									 &conn->port, &conn->master_epoch);
+									 seeds[0].host, sizeof(seeds[0].host),
+									 &seeds[0].port, &conn->master_epoch);
 	else
 	{
-		strlcpy(conn->host, target.host, sizeof(conn->host));
-		conn->port = target.port;
-		ok = true;
+		nseeds = parse_seeds(target.host, target.port, seeds);
+		ok = nseeds > 0;
+		if (!ok)
+			redis_fault_set(RC_FAULT_CONNECT, "redis_cache.host names no address");
 	}
-	if (ok)
+	for (i = 0; ok && i < nseeds; i++)
 	{
-		conn->socket = redis_socket_open(conn->host, conn->port,
-										 target.tls_mode, timeout_ms,
-										 deadline);
-		ok = conn->socket != NULL &&
-			handshake(conn, &target, password, deadline, timeout_ms);
-	}
+		TimestampTz now = GetCurrentTimestamp();
+		long		left = TimestampDifferenceMilliseconds(now, deadline);
+		int			share = (int) Max(left / (nseeds - i), Min(left, 100));
+		TimestampTz seed_deadline = i == nseeds - 1 ? deadline :
+			TimestampTzPlusMilliseconds(now, share);
 
+		strlcpy(conn->host, seeds[i].host, sizeof(conn->host));
+		conn->port = seeds[i].port;
+		conn->socket = redis_socket_open(conn->host, conn->port,
+										 target.tls_mode, share, seed_deadline);
+		if (conn->socket != NULL &&
+			handshake(conn->socket, conn->host, conn->port, &target, password,
+					  false, seed_deadline, share, conn->run_id,
+					  sizeof(conn->run_id), &is_cluster))
+			break;
+		redis_socket_close(conn->socket);
+		conn->socket = NULL;
+		if (i == nseeds - 1)
+			ok = false;
+	}
 	explicit_bzero(password, strlen(password));
 	pfree(password);
+
+	if (ok && is_cluster)
+	{
+		RedisSocket *seed = conn->socket;
+
+		/* the cluster client owns the seed's socket from here */
+		conn->socket = NULL;
+		ok = redis_cluster_create(seed, conn->host, conn->port, conn->run_id,
+								  open_cluster_node, deadline, timeout_ms,
+								  &conn->cluster) != NULL;
+		if (ok)
+			strlcpy(conn->run_id, redis_cluster_identity(conn->cluster),
+					sizeof(conn->run_id));
+	}
+
 	if (!ok)
 	{
 		/* broken before it was ready: counted as a failed connect */
@@ -478,10 +659,16 @@ connect_to_server(int timeout_ms)
 	{
 		const char *version;
 		const char *cipher;
-		char	   *how = redis_socket_tls(conn->socket, &version, &cipher) ?
+		RedisSocket *sock = conn->cluster ? redis_cluster_any_socket(conn->cluster) : conn->socket;
+		char	   *how = sock != NULL && redis_socket_tls(sock, &version, &cipher) ?
 			psprintf(" over %s (%s)", version, cipher) : pstrdup("");
 
-		if (redis_sentinel_enabled())
+		if (conn->cluster)
+			ereport(LOG,
+					(errmsg("redis_cache: connected to the Redis Cluster of %s:%d%s, %d masters",
+							conn->host, conn->port, how,
+							redis_cluster_master_count(conn->cluster))));
+		else if (redis_sentinel_enabled())
 			ereport(LOG,
 					(errmsg("redis_cache: connected to Redis at %s:%d%s, master \"%s\" of the sentinels",
 							conn->host, conn->port, how,
@@ -496,6 +683,29 @@ connect_to_server(int timeout_ms)
 }
 
 /*
+ * One round trip on the open connection: its socket, or the cluster's
+ * masters.
+ */
+static bool
+connection_round_trip(const RedisCommand *commands, int ncommands,
+					  RedisReply **replies, bool *nothing_received)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   redis_cache_command_timeout_ms);
+
+	Assert(connection != NULL);
+	if (connection->cluster != NULL)
+		return redis_cluster_round_trip(connection->cluster, commands,
+										ncommands, replies, deadline,
+										redis_cache_command_timeout_ms,
+										nothing_received);
+	return redis_socket_round_trip(connection->socket, commands, ncommands,
+								   replies, deadline,
+								   redis_cache_command_timeout_ms,
+								   nothing_received);
+}
+
+/*
  * The round trip handed to the session check: the current connection, no
  * retry, breaker or reporting.  Returns false with the fault recorded; the
  * calling redis_execute() treats it as its own failure.
@@ -506,11 +716,7 @@ check_round_trip(const RedisCommand *commands, int ncommands,
 {
 	bool		nothing;
 
-	Assert(connection != NULL);
-	if (redis_socket_round_trip(connection->socket, commands, ncommands, replies,
-								TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-															redis_cache_command_timeout_ms),
-								redis_cache_command_timeout_ms, &nothing))
+	if (connection_round_trip(commands, ncommands, replies, &nothing))
 		return true;
 	check_connection_dead = nothing;
 	return false;
@@ -897,12 +1103,8 @@ attempt_round_trip(const RedisCommand *commands, int ncommands,
 		}
 	}
 	if (ok)
-		ok = redis_socket_round_trip(connection->socket, commands, ncommands,
-									 replies,
-									 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-																 redis_cache_command_timeout_ms),
-									 redis_cache_command_timeout_ms,
-									 nothing_received);
+		ok = connection_round_trip(commands, ncommands, replies,
+								   nothing_received);
 	return ok;
 }
 
@@ -1082,25 +1284,19 @@ redis_execute(const RedisCommand *commands, int ncommands,
 		return false;
 	}
 	record_success();
+	if (connection != NULL && connection->cluster != NULL &&
+		redis_cluster_changed(connection->cluster))
+	{
+		/*
+		 * Other masters (a failover) or a master restarted: the next
+		 * command reconnects, and its session check sees a new identity.
+		 * This call's replies stand: they came from the current masters.
+		 */
+		elog(LOG, "redis_cache: the masters of the Redis Cluster of %s:%d changed; reconnecting",
+			 connection->host, connection->port);
+		redis_disconnect();
+	}
 	return true;
-}
-
-/*
- * Convenience wrapper for a single command.  Returns NULL on a fault (already
- * reported).
- */
-RedisReply *
-redis_command(int flags, int argc, const char **argv, size_t *argvlen)
-{
-	RedisCommand cmd;
-	RedisReply *reply;
-
-	cmd.argc = argc;
-	cmd.argv = argv;
-	cmd.argvlen = argvlen;
-	if (!redis_execute(&cmd, 1, &reply, flags))
-		return NULL;
-	return reply;
 }
 
 /*
@@ -1126,6 +1322,8 @@ redis_run(const RedisCommand *cmd, int flags)
 int
 redis_master_count(void)
 {
+	if (connection != NULL && connection->cluster != NULL)
+		return redis_cluster_master_count(connection->cluster);
 	return 1;
 }
 
@@ -1381,8 +1579,8 @@ redis_connection_define_gucs(void)
 							   check_url, assign_url, NULL);
 
 	DefineCustomStringVariable("redis_cache.host",
-							   gettext_noop("Sets the Redis server host name, IP address or Unix socket file path."),
-							   gettext_noop("A value starting with a slash is the path of a Unix domain socket file, such as /run/redis/redis.sock. Not used when redis_cache.url or redis_cache.sentinels is set."),
+							   gettext_noop("Sets the Redis server host name, IP address or Unix socket file path, or a list of them."),
+							   gettext_noop("A value starting with a slash is the path of a Unix domain socket file, such as /run/redis/redis.sock. A comma-separated list of host:port entries is tried in order: the seeds of a Redis Cluster, detected by itself. Not used when redis_cache.url or redis_cache.sentinels is set."),
 							   &server_host,
 							   "127.0.0.1",
 							   PGC_SUSET,

@@ -139,14 +139,14 @@ redis_owned_families(const char *prefix, int flags, RedisRoundTrip round_trip,
 	char	  **declared;
 	int			ndeclared = declared_families(cache_families_setting, &declared);
 	char	   *key = redis_control_key(prefix, RC_CONTROL_FAMILIES);
-	const char *argv[2] = {"SMEMBERS", key};
-	size_t		argvlen[2] = {8, strlen(key)};
-	RedisCommand cmd = {2, argv, argvlen};
+	RedisCommand cmd;
 	RedisReply *reply = NULL;
 	int			n = 0;
 	size_t		i;
 	bool		ok;
 
+	redis_cmd_init(&cmd, "SMEMBERS", 1);
+	redis_cmd_key_str(&cmd, key);
 	if (round_trip != NULL)
 		ok = round_trip(&cmd, 1, &reply);
 	else
@@ -194,20 +194,18 @@ bool
 redis_record_families(const char *prefix, char *const *globs, int nglobs,
 					  int flags)
 {
-	const char **argv = palloc(sizeof(char *) * (nglobs + 2));
-	size_t	   *argvlen = palloc(sizeof(size_t) * (nglobs + 2));
+	RedisCommand cmd;
 	RedisReply *reply;
 	int			i;
 
 	if (nglobs == 0)
 		return true;
-	argv[0] = "SADD";
-	argv[1] = redis_control_key(prefix, RC_CONTROL_FAMILIES);
+	/* SADD key member ...: one key, the members are values */
+	redis_cmd_init(&cmd, "SADD", nglobs + 1);
+	redis_cmd_key_str(&cmd, redis_control_key(prefix, RC_CONTROL_FAMILIES));
 	for (i = 0; i < nglobs; i++)
-		argv[i + 2] = globs[i];
-	for (i = 0; i < nglobs + 2; i++)
-		argvlen[i] = strlen(argv[i]);
-	reply = redis_command(flags, nglobs + 2, argv, argvlen);
+		redis_cmd_str(&cmd, globs[i]);
+	reply = redis_run(&cmd, flags);
 	if (reply == NULL)
 		return false;
 	if (reply->type == RC_REPLY_ERROR)

@@ -24,11 +24,23 @@
  * one flush that cache:run_id elects must serve every cluster sharing the
  * prefix.
  *
- * Every SCAN iteration is bounded: DBSIZE, pipelined with the first SCAN,
- * gives a number of rounds no real server needs (RC_SCAN_ROUNDS); a server
- * whose cursor has not come back to 0 by then is a fault (WARNING), and
- * the caller keeps its work pending.  Each round checks for interrupts and
- * for the background worker's shutdown request.
+ * Every walk covers every master of a Redis Cluster: SCAN is keyless and
+ * sees one server's keys, so a walk takes redis_master_count() once and
+ * SCANs master 0, then 1, and so on (redis_cmd_on_node), each with its own
+ * cursor and its own bound, going on to the next master when one's cursor
+ * comes back to 0.  A master index that is no longer below the current
+ * count (the cluster shrank during the walk) counts as finished.  What a
+ * SCAN finds is UNLINKed as a keyed command, which the cluster layer
+ * splits per slot.  A single server is master 0 of 1.  A fault on any
+ * master ends the whole walk (*failed), with what was removed until then.
+ *
+ * Every SCAN iteration is bounded: DBSIZE of the same master, pipelined
+ * with its first SCAN, gives a number of rounds no real server needs
+ * (scan_round_limit); a server whose cursor has not come back to 0 by then
+ * is a fault (WARNING), and the caller keeps its work pending.  Each round
+ * checks for interrupts and for the background worker's shutdown request.
+ *
+ * Commands are built with command_builder.c, keys marked.
  *
  *-------------------------------------------------------------------------
  */
@@ -115,12 +127,16 @@ scan_round_trip(RedisRoundTrip round_trip, RedisCommand *cmds, int ncmds,
  * caller reports faults itself (round_trip: the session check).
  */
 static void
-scan_bound_hit(const char *match, int64 rounds, int64 keys, int flags,
-			   RedisRoundTrip round_trip)
+scan_bound_hit(const char *match, int node, int nmasters, int64 rounds,
+			   int64 keys, int flags, RedisRoundTrip round_trip)
 {
+	char		where[32] = "";
+
+	if (nmasters > 1)
+		snprintf(where, sizeof(where), " on master %d", node);
 	redis_fault_set(RC_FAULT_PROTOCOL,
-					"SCAN MATCH \"%s\" did not finish within " INT64_FORMAT " rounds (DBSIZE " INT64_FORMAT "): the server's cursor never returned to 0",
-					match, rounds, keys);
+					"SCAN MATCH \"%s\"%s did not finish within " INT64_FORMAT " rounds (DBSIZE " INT64_FORMAT "): the server's cursor never returned to 0",
+					match, where, rounds, keys);
 	redis_stats_add(RC_STAT_ERRORS_PROTOCOL, 1);
 	if (round_trip != NULL)
 		return;
@@ -137,18 +153,6 @@ scan_bound_hit(const char *match, int64 rounds, int64 keys, int flags,
 				 errhint("Check that redis_cache.host and redis_cache.port name a Redis server.")));
 }
 
-/*
- * SCAN MATCH prefix||pattern and UNLINK what it finds, except the cache
- * version's control keys, with RC_SCAN_KEEP_RESERVED in flags every key
- * reserved to the extension, and, when own_base is not NULL, the query
- * results of other clusters (keys.c).  pattern is a glob whose literal parts are
- * already escaped; the prefix is escaped here.  Returns the number of keys
- * removed; on a fault (or when deadline, if not 0, passes between two SCAN
- * rounds, or the rounds run out, or the worker is asked to stop) sets
- * *failed and returns what was removed until then.  flags are
- * the redis_execute() flags (faults reported per on_error); round_trip, if
- * not NULL, replaces redis_execute() (the version check's flush).
- */
 /*
  * What a flush of a namespace may remove (after the prefix): keys starting
  * with query_base, and keys matching one of the globs.
@@ -175,43 +179,69 @@ is_owned(const OwnedKeys *owned, const char *key, size_t len)
 	return false;
 }
 
-static int64
-scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
-			int flags, RedisRoundTrip round_trip, TimestampTz deadline,
-			const char *own_base, const OwnedKeys *owned, bool *failed)
+/* One walk of scan_unlink(): what it matches, keeps, and has removed. */
+typedef struct ScanWalk
 {
-	size_t		prefixlen = strlen(prefix);
-	size_t		own_baselen = own_base ? strlen(own_base) : 0;
-	StringInfoData match;
+	const char *prefix;
+	size_t		prefixlen;
+	StringInfoData match;		/* the escaped prefix, then the pattern */
+	int			flags;			/* redis_execute() flags */
+	RedisRoundTrip round_trip;
+	TimestampTz deadline;
+	bool		keep_reserved;
+	char	  **reserved;
+	int			nreserved;
+	const char *own_base;
+	size_t		own_baselen;
+	const OwnedKeys *owned;
+	int			nmasters;		/* redis_master_count() at the start */
+	int64		removed;
+	MemoryContext batch_context;
+} ScanWalk;
+
+/* Whether the walk removes key k, one element of a SCAN reply. */
+static bool
+scan_wants(const ScanWalk *walk, const RedisReply *k)
+{
+	/* the cache version bookkeeping is never removed */
+	if (k->type != RC_REPLY_STRING ||
+		redis_is_control_key(k->str, k->len, walk->prefix, walk->prefixlen) ||
+		(walk->keep_reserved &&
+		 redis_is_reserved_key(k->str, k->len, walk->reserved,
+							   walk->nreserved)))
+		return false;
+	if (walk->own_base != NULL &&
+		redis_is_foreign_query_key(k->str, k->len, walk->prefix,
+								   walk->prefixlen, walk->own_base,
+								   walk->own_baselen))
+		return false;
+	/* a flush: only what the extension owns */
+	if (walk->owned != NULL &&
+		(k->len < walk->prefixlen ||
+		 !is_owned(walk->owned, k->str + walk->prefixlen,
+				   k->len - walk->prefixlen)))
+		return false;
+	return true;
+}
+
+/*
+ * The SCAN iteration of master number node, UNLINKing each round's keys
+ * the walk wants (adding to walk->removed).  False on a fault, when the
+ * deadline passes between two rounds, when the rounds run out or the
+ * worker is asked to stop; true when the cursor came back to 0, or when
+ * node is no longer below redis_master_count() (gone: nothing to scan).
+ */
+static bool
+scan_node(ScanWalk *walk, int node)
+{
 	char	   *cursor = pstrdup("0");
-	int64		removed = 0;
 	int64		rounds = 0;
 	int64		max_rounds = 0;
 	int64		dbsize = 0;
-	MemoryContext batch_context;
-	MemoryContext old_context;
-	char	  **reserved = NULL;
-	int			nreserved = 0;
-	bool		keep_reserved = (flags & RC_SCAN_KEEP_RESERVED) != 0;
+	bool		ok = true;
 
-	*failed = false;
-	flags &= ~RC_SCAN_KEEP_RESERVED;
-	if (keep_reserved)
-		nreserved = redis_reserved_namespaces(prefix, &reserved);
-	initStringInfo(&match);
-	redis_append_glob_escaped(&match, prefix, prefixlen);
-	appendBinaryStringInfo(&match, pattern, (int) patternlen);
-
-	batch_context = AllocSetContextCreate(CurrentMemoryContext,
-										  "redis_cache scan batch",
-										  ALLOCSET_DEFAULT_SIZES);
 	do
 	{
-		const char *argv[6] = {"SCAN", cursor, "MATCH", match.data, "COUNT",
-		CppAsString2(RC_SCAN_COUNT)};
-		size_t		argvlen[6];
-		const char *dbsize_argv[1] = {"DBSIZE"};
-		size_t		dbsize_argvlen[1] = {6};
 		RedisCommand cmds[2];
 		int			ncmds = 0;
 		RedisCommand unlink_cmd;
@@ -219,46 +249,50 @@ scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 		RedisReply *reply;
 		RedisReply *unlink_reply;
 		RedisReply *keys;
+		MemoryContext old_context;
 		size_t		i;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ShutdownRequestPending)
 		{
 			redis_fault_set(RC_FAULT_TIMEOUT, "SCAN interrupted by shutdown");
-			*failed = true;
+			ok = false;
 			break;
 		}
-		if (deadline != 0 && GetCurrentTimestamp() >= deadline)
+		if (walk->deadline != 0 && GetCurrentTimestamp() >= walk->deadline)
 		{
-			*failed = true;
+			ok = false;
 			break;
 		}
 		if (rounds > 0 && rounds >= max_rounds)
 		{
-			scan_bound_hit(match.data, rounds, dbsize, flags, round_trip);
-			*failed = true;
+			scan_bound_hit(walk->match.data, node, walk->nmasters, rounds,
+						   dbsize, walk->flags, walk->round_trip);
+			ok = false;
 			break;
 		}
-		old_context = MemoryContextSwitchTo(batch_context);
+		/* a failover may have left fewer masters: this one is done */
+		if (node >= redis_master_count())
+			break;
+		old_context = MemoryContextSwitchTo(walk->batch_context);
 		/* the bound comes with the first round, in the same round trip */
 		if (rounds == 0)
 		{
-			cmds[ncmds].argc = 1;
-			cmds[ncmds].argv = dbsize_argv;
-			cmds[ncmds].argvlen = dbsize_argvlen;
-			ncmds++;
+			redis_cmd_init(&cmds[ncmds], "DBSIZE", 0);
+			redis_cmd_on_node(&cmds[ncmds++], node);
 		}
-		for (i = 0; i < 6; i++)
-			argvlen[i] = strlen(argv[i]);
-		argvlen[3] = match.len;
-		cmds[ncmds].argc = 6;
-		cmds[ncmds].argv = argv;
-		cmds[ncmds].argvlen = argvlen;
-		ncmds++;
-		if (!scan_round_trip(round_trip, cmds, ncmds, replies, flags, "SCAN"))
+		redis_cmd_init(&cmds[ncmds], "SCAN", 5);
+		redis_cmd_str(&cmds[ncmds], cursor);
+		redis_cmd_str(&cmds[ncmds], "MATCH");
+		redis_cmd_arg(&cmds[ncmds], walk->match.data, walk->match.len);
+		redis_cmd_str(&cmds[ncmds], "COUNT");
+		redis_cmd_str(&cmds[ncmds], CppAsString2(RC_SCAN_COUNT));
+		redis_cmd_on_node(&cmds[ncmds++], node);
+		if (!scan_round_trip(walk->round_trip, cmds, ncmds, replies,
+							 walk->flags, "SCAN"))
 		{
 			MemoryContextSwitchTo(old_context);
-			*failed = true;
+			ok = false;
 			break;
 		}
 		if (rounds == 0)
@@ -271,59 +305,91 @@ scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 		{
 			redis_fault_set(RC_FAULT_PROTOCOL, "unexpected reply to SCAN");
 			MemoryContextSwitchTo(old_context);
-			*failed = true;
+			ok = false;
 			break;
 		}
 
+		/* keyed: a Redis Cluster splits it per slot and sums the counts */
 		keys = reply->element[1];
-		unlink_cmd.argv = palloc(sizeof(char *) * (keys->elements + 1));
-		unlink_cmd.argvlen = palloc(sizeof(size_t) * (keys->elements + 1));
-		unlink_cmd.argv[0] = "UNLINK";
-		unlink_cmd.argvlen[0] = 6;
-		unlink_cmd.argc = 1;
+		redis_cmd_init(&unlink_cmd, "UNLINK", keys->elements);
 		for (i = 0; i < keys->elements; i++)
+			if (scan_wants(walk, keys->element[i]))
+				redis_cmd_key(&unlink_cmd, keys->element[i]->str,
+							  keys->element[i]->len);
+		if (unlink_cmd.nkeys > 0)
 		{
-			RedisReply *k = keys->element[i];
-
-			/* the cache version bookkeeping is never removed */
-			if (k->type != RC_REPLY_STRING ||
-				redis_is_control_key(k->str, k->len, prefix, prefixlen) ||
-				(keep_reserved &&
-				 redis_is_reserved_key(k->str, k->len, reserved, nreserved)))
-				continue;
-			if (own_base != NULL &&
-				redis_is_foreign_query_key(k->str, k->len, prefix, prefixlen,
-										   own_base, own_baselen))
-				continue;
-			/* a flush: only what the extension owns */
-			if (owned != NULL &&
-				(k->len < prefixlen ||
-				 !is_owned(owned, k->str + prefixlen, k->len - prefixlen)))
-				continue;
-			unlink_cmd.argv[unlink_cmd.argc] = k->str;
-			unlink_cmd.argvlen[unlink_cmd.argc] = k->len;
-			unlink_cmd.argc++;
-		}
-		if (unlink_cmd.argc > 1)
-		{
-			if (!scan_round_trip(round_trip, &unlink_cmd, 1, &unlink_reply, flags, "deleting keys"))
+			if (!scan_round_trip(walk->round_trip, &unlink_cmd, 1,
+								 &unlink_reply, walk->flags, "deleting keys"))
 			{
 				MemoryContextSwitchTo(old_context);
-				*failed = true;
+				ok = false;
 				break;
 			}
 			if (unlink_reply->type == RC_REPLY_INTEGER)
-				removed += unlink_reply->integer;
+				walk->removed += unlink_reply->integer;
 		}
 		MemoryContextSwitchTo(old_context);
 		pfree(cursor);
 		cursor = pstrdup(reply->element[0]->str);
-		MemoryContextReset(batch_context);
+		MemoryContextReset(walk->batch_context);
 	} while (strcmp(cursor, "0") != 0);
 
-	MemoryContextDelete(batch_context);
-	pfree(match.data);
-	return removed;
+	pfree(cursor);
+	MemoryContextReset(walk->batch_context);
+	return ok;
+}
+
+/*
+ * SCAN MATCH prefix||pattern on every master and UNLINK what it finds,
+ * except the cache version's control keys, with RC_SCAN_KEEP_RESERVED in
+ * flags every key reserved to the extension, when own_base is not NULL
+ * the query results of other clusters (keys.c), and when owned is not
+ * NULL every key it does not own.  pattern is a glob whose literal parts
+ * are already escaped; the prefix is escaped here.  Returns the number of
+ * keys removed; on a fault (or when deadline, if not 0, passes between two
+ * SCAN rounds, or the rounds run out, or the worker is asked to stop) sets
+ * *failed and returns what was removed until then.  flags are the
+ * redis_execute() flags (faults reported per on_error); round_trip, if not
+ * NULL, replaces redis_execute() (the version check's flush).
+ */
+static int64
+scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
+			int flags, RedisRoundTrip round_trip, TimestampTz deadline,
+			const char *own_base, const OwnedKeys *owned, bool *failed)
+{
+	ScanWalk	walk;
+	int			node;
+
+	walk.prefix = prefix;
+	walk.prefixlen = strlen(prefix);
+	walk.keep_reserved = (flags & RC_SCAN_KEEP_RESERVED) != 0;
+	walk.flags = flags & ~RC_SCAN_KEEP_RESERVED;
+	walk.round_trip = round_trip;
+	walk.deadline = deadline;
+	walk.reserved = NULL;
+	walk.nreserved = 0;
+	if (walk.keep_reserved)
+		walk.nreserved = redis_reserved_namespaces(prefix, &walk.reserved);
+	walk.own_base = own_base;
+	walk.own_baselen = own_base ? strlen(own_base) : 0;
+	walk.owned = owned;
+	walk.removed = 0;
+	initStringInfo(&walk.match);
+	redis_append_glob_escaped(&walk.match, prefix, walk.prefixlen);
+	appendBinaryStringInfo(&walk.match, pattern, (int) patternlen);
+	walk.batch_context = AllocSetContextCreate(CurrentMemoryContext,
+											   "redis_cache scan batch",
+											   ALLOCSET_DEFAULT_SIZES);
+
+	/* once per walk: a master added meanwhile is the next walk's */
+	walk.nmasters = redis_master_count();
+	*failed = false;
+	for (node = 0; node < walk.nmasters && !*failed; node++)
+		*failed = !scan_node(&walk, node);
+
+	MemoryContextDelete(walk.batch_context);
+	pfree(walk.match.data);
+	return walk.removed;
 }
 
 /* Every key the pattern matches but the control keys (no other filter). */
@@ -362,12 +428,11 @@ unlink_matching(const char *prefix, const char *pattern, TimestampTz deadline)
 static bool
 ensure_connection(void)
 {
-	const char *argv[1] = {"PING"};
-	size_t		argvlen[1] = {4};
+	RedisCommand cmd;
 
-	return redis_command(RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
-						 RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED,
-						 1, argv, argvlen) != NULL;
+	redis_cmd_init(&cmd, "PING", 0);
+	return redis_run(&cmd, RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
+					 RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED) != NULL;
 }
 
 /*
@@ -446,11 +511,12 @@ redis_unlink_pattern_until(const char *prefix, const char *pattern,
 bool
 redis_unlink_raw(const char *key)
 {
-	const char *argv[2] = {"UNLINK", key};
-	size_t		argvlen[2] = {6, strlen(key)};
+	RedisCommand cmd;
 
-	return redis_command(RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
-						 RC_EXEC_IGNORE_ENABLED, 2, argv, argvlen) != NULL;
+	redis_cmd_init(&cmd, "UNLINK", 1);
+	redis_cmd_key_str(&cmd, key);
+	return redis_run(&cmd, RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
+					 RC_EXEC_IGNORE_ENABLED) != NULL;
 }
 
 /*
@@ -460,18 +526,12 @@ redis_unlink_raw(const char *key)
 bool
 redis_unlink_bookkeeping(const char *prefix)
 {
-	const char *argv[1 + RC_NUM_CONTROL_KEYS];
-	size_t		argvlen[1 + RC_NUM_CONTROL_KEYS];
+	RedisCommand cmd;
 	int			i;
 
-	argv[0] = "UNLINK";
-	argvlen[0] = 6;
+	redis_cmd_init(&cmd, "UNLINK", RC_NUM_CONTROL_KEYS);
 	for (i = 0; i < RC_NUM_CONTROL_KEYS; i++)
-	{
-		argv[i + 1] = redis_control_key(prefix, i);
-		argvlen[i + 1] = strlen(argv[i + 1]);
-	}
-	return redis_command(RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
-						 RC_EXEC_IGNORE_ENABLED, 1 + RC_NUM_CONTROL_KEYS,
-						 argv, argvlen) != NULL;
+		redis_cmd_key_str(&cmd, redis_control_key(prefix, i));
+	return redis_run(&cmd, RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
+					 RC_EXEC_IGNORE_ENABLED) != NULL;
 }

@@ -108,7 +108,8 @@ typedef struct CommitWork
 	PendingItem **generations;
 	int			nfamilies;
 	PendingItem **families;
-	int			first_generation_command;	/* UNLINKs, SADDs, then EVALs */
+	int			first_generation_command;	/* UNLINKs, SADDs, then EVALSHAs */
+	char		(*numkeys)[12];	/* per command: a bump's key count, rewritten at COMMIT */
 	int			nreplay;		/* the hand-over if delivery fails */
 	RedisReplayItem *replay;
 	bool		counted_in_flight;
@@ -328,40 +329,27 @@ bump_command_count(int nitems)
 }
 
 /*
- * EVAL <invalidate script> 0 <query base of prefix> item...: the bump of
- * nitems generations in namespace prefix (scripts.c deletes the results of
- * their dependency sets), RC_KEYS_PER_COMMAND items per command, into
- * commands (bump_command_count() of them).  The commit and
- * cache_query_invalidate() send the same commands.  Returns the count.
+ * The invalidate script (scripts.c, redis_invalidate_script_cmd(): KEYS
+ * the namespace's deps-dead list, then each item's generation and
+ * dependency set; ARGV the query base of prefix and the items): the bump
+ * of nitems generations in namespace prefix, which also deletes the
+ * results of their dependency sets, RC_KEYS_PER_COMMAND items per command,
+ * into commands (bump_command_count() of them).  The keys of one command
+ * share the namespace's hashtag, hence one Redis Cluster slot.  The commit
+ * and cache_query_invalidate() send the same commands.  Returns the count.
  */
 static int
 build_bump_commands(const char *prefix, char **items, const size_t *lens,
 					int nitems, RedisCommand *commands)
 {
+	char	   *base = redis_query_base(prefix);
 	int			c = 0;
 	int			i;
 
 	for (i = 0; i < nitems; i += RC_KEYS_PER_COMMAND)
-	{
-		RedisCommand *cmd = &commands[c++];
-		int			n = Min(RC_KEYS_PER_COMMAND, nitems - i);
-		int			j;
-
-		cmd->argv = palloc(sizeof(char *) * (n + 4));
-		cmd->argvlen = palloc(sizeof(size_t) * (n + 4));
-		cmd->argv[0] = "EVAL";
-		cmd->argv[1] = redis_script_body(RC_SCRIPT_QUERY_INVALIDATE);
-		cmd->argv[2] = "0";
-		cmd->argv[3] = redis_query_base(prefix);
-		for (j = 0; j < 4; j++)
-			cmd->argvlen[j] = strlen(cmd->argv[j]);
-		for (j = 0; j < n; j++)
-		{
-			cmd->argv[4 + j] = items[i + j];
-			cmd->argvlen[4 + j] = lens[i + j];
-		}
-		cmd->argc = n + 4;
-	}
+		redis_invalidate_script_cmd(&commands[c++], base,
+									(const char *const *) items + i, lens + i,
+									Min(RC_KEYS_PER_COMMAND, nitems - i));
 	return c;
 }
 
@@ -398,8 +386,8 @@ redis_invalidate_generations_now(char **items, int nitems)
 		ncommands = build_bump_commands(prefix, items, lens, nitems, commands);
 		replies = palloc0(sizeof(RedisReply *) * ncommands);
 		/* other namespaces are bookkeeping: no version check of theirs */
-		if (!redis_execute(commands, ncommands, replies,
-						   k < 0 ? 0 : RC_EXEC_INTERNAL))
+		if (!redis_execute_scripts(commands, ncommands, replies,
+								   k < 0 ? 0 : RC_EXEC_INTERNAL))
 			return -1;
 		for (i = 0; i < ncommands; i++)
 		{
@@ -555,6 +543,7 @@ prepare_commit_work(void)
 		 work->nprefixes * bump_command_count(work->ngenerations) : 0);
 	work->commands = palloc0(sizeof(RedisCommand) * Max(work->ncommands, 1));
 	work->replies = palloc0(sizeof(RedisReply *) * Max(work->ncommands, 1));
+	work->numkeys = palloc(sizeof(*work->numkeys) * Max(work->ncommands, 1));
 
 	/* keys, bumps of every namespace, families: the worst case */
 	work->replay = palloc(sizeof(RedisReplayItem) *
@@ -571,21 +560,12 @@ prepare_commit_work(void)
 		RedisReplayItem *r = &work->replay[work->nreplay++];
 
 		if (cmd->argc == 0)
-		{
-			int			n = Min(RC_KEYS_PER_COMMAND, work->nkeys - c * RC_KEYS_PER_COMMAND);
-
-			cmd->argv = palloc(sizeof(char *) * (n + 1));
-			cmd->argvlen = palloc(sizeof(size_t) * (n + 1));
-			cmd->argv[0] = "UNLINK";
-			cmd->argvlen[0] = 6;
-			cmd->argc = 1;
-		}
+			redis_cmd_init(cmd, "UNLINK",
+						   Min(RC_KEYS_PER_COMMAND, work->nkeys - c * RC_KEYS_PER_COMMAND));
 		full = palloc(plen + item->len + 1);
 		memcpy(full, prefix, plen);
 		memcpy(full + plen, item->key, item->len + 1);
-		cmd->argv[cmd->argc] = full;
-		cmd->argvlen[cmd->argc] = plen + item->len;
-		cmd->argc++;
+		redis_cmd_key(cmd, full, plen + item->len);
 
 		r->namespace_index = work->namespace_index[item->prefix_index];
 		r->kind = RC_REPLAY_KEY;
@@ -594,7 +574,7 @@ prepare_commit_work(void)
 		r->hash = redis_replay_key_hash(full, plen + item->len);
 	}
 
-	/* SADD <prefix>cache:families family... (families.c) */
+	/* SADD <prefix>{cache}:families family... (families.c) */
 	if (ncommands_families > 0)
 	{
 		int			c = (work->nkeys + RC_KEYS_PER_COMMAND - 1) / RC_KEYS_PER_COMMAND;
@@ -604,13 +584,8 @@ prepare_commit_work(void)
 		{
 			RedisCommand *cmd = &work->commands[c + p];
 
-			cmd->argv = palloc(sizeof(char *) * (work->nfamilies + 2));
-			cmd->argvlen = palloc(sizeof(size_t) * (work->nfamilies + 2));
-			cmd->argv[0] = "SADD";
-			cmd->argv[1] = redis_control_key(work->prefixes[p], RC_CONTROL_FAMILIES);
-			cmd->argvlen[0] = 4;
-			cmd->argvlen[1] = strlen(cmd->argv[1]);
-			cmd->argc = 2;
+			redis_cmd_init(cmd, "SADD", work->nfamilies + 1);
+			redis_cmd_key_str(cmd, redis_control_key(work->prefixes[p], RC_CONTROL_FAMILIES));
 			for (i = 0; i < work->nfamilies; i++)
 			{
 				PendingItem *f = work->families[i];
@@ -619,9 +594,7 @@ prepare_commit_work(void)
 				if (f->prefix_index != p ||
 					family_recorded(work->prefixes[p], f->key, true))
 					continue;
-				cmd->argv[cmd->argc] = f->key;
-				cmd->argvlen[cmd->argc] = f->len;
-				cmd->argc++;
+				redis_cmd_arg(cmd, f->key, f->len);
 				/* a namespace the worker does not track: SADD at commit only */
 				if (work->namespace_index[p] < 0)
 					continue;
@@ -762,7 +735,10 @@ warn_lost(CommitWork *work, const char *why)
 /*
  * COMMIT: keep only the generation bumps some cached result may need
  * (decided now, after the transaction became visible; query_deps.c), in
- * place, without allocating.
+ * place, without allocating.  A bump command is EVALSHA sha nkeys dead
+ * {gen deps}*n base item*n (redis_invalidate_script_cmd()): an item and
+ * its two keys go or stay together, and the key count is rewritten into
+ * the command's buffer of numkeys, allocated at PRE_COMMIT.
  */
 static void
 drop_unneeded_generations(CommitWork *work)
@@ -775,22 +751,41 @@ drop_unneeded_generations(CommitWork *work)
 	for (c = work->first_generation_command; c < work->ncommands; c++)
 	{
 		RedisCommand *cmd = &work->commands[c];
-		int			n = 4;
+		int			n = (cmd->argc - 5) / 3;
+		int			items_at = 5 + 2 * n;
+		int			w = 0;
 		int			j;
 
-		for (j = 4; j < cmd->argc; j++)
+		Assert(cmd->argc == 5 + 3 * n && cmd->first_key == 3 &&
+			   cmd->nkeys == 1 + 2 * n);
+		for (j = 0; j < n; j++)
 		{
-			if (!redis_query_generation_needed(cmd->argv[j], (int) cmd->argvlen[j]))
+			if (!redis_query_generation_needed(cmd->argv[items_at + j],
+											   (int) cmd->argvlen[items_at + j]))
 				continue;
-			cmd->argv[n] = cmd->argv[j];
-			cmd->argvlen[n] = cmd->argvlen[j];
-			n++;
+			/* writes never pass reads: w <= j, and the regions are apart */
+			cmd->argv[4 + 2 * w] = cmd->argv[4 + 2 * j];
+			cmd->argvlen[4 + 2 * w] = cmd->argvlen[4 + 2 * j];
+			cmd->argv[5 + 2 * w] = cmd->argv[5 + 2 * j];
+			cmd->argvlen[5 + 2 * w] = cmd->argvlen[5 + 2 * j];
+			cmd->argv[items_at + w] = cmd->argv[items_at + j];
+			cmd->argvlen[items_at + w] = cmd->argvlen[items_at + j];
+			w++;
 		}
-		cmd->argc = n;
+		/* base and the kept items follow the kept keys */
+		memmove(&cmd->argv[4 + 2 * w], &cmd->argv[4 + 2 * n],
+				sizeof(char *) * (1 + w));
+		memmove(&cmd->argvlen[4 + 2 * w], &cmd->argvlen[4 + 2 * n],
+				sizeof(size_t) * (1 + w));
+		cmd->argc = 5 + 3 * w;
+		cmd->nkeys = 1 + 2 * w;
+		snprintf(work->numkeys[c], sizeof(work->numkeys[c]), "%d", cmd->nkeys);
+		cmd->argv[2] = work->numkeys[c];
+		cmd->argvlen[2] = strlen(work->numkeys[c]);
 		/* the same items for every prefix: count the first prefix's */
 		if (c < work->first_generation_command + chunks)
-			needed += n - 4;
-		if (n > 4)
+			needed += w;
+		if (w > 0)
 			work->commands[keep++] = *cmd;
 	}
 	work->ncommands = keep;
@@ -840,12 +835,13 @@ send_commit_work(void)
 
 		drop_unneeded_generations(work);
 
+		/* EVALSHA; the scripts Redis lacks go again as EVAL (scripts.c) */
 		if (work->ncommands > 0)
-			delivered = redis_execute(work->commands, work->ncommands,
-									  work->replies,
-									  RC_EXEC_NO_ERROR | RC_EXEC_INTERNAL |
-									  RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED |
-									  RC_EXEC_AT_COMMIT);
+			delivered = redis_execute_scripts(work->commands, work->ncommands,
+											  work->replies,
+											  RC_EXEC_NO_ERROR | RC_EXEC_INTERNAL |
+											  RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED |
+											  RC_EXEC_AT_COMMIT);
 		/*
 		 * A refused UNLINK (an ACL) or a script that failed half way
 		 * (foreign data): the worker replays it, and reports what Redis

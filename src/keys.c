@@ -3,18 +3,20 @@
  * keys.c
  *		  Key names: validation of keys, TTLs and patterns, key_prefix
  *		  handling, the cache version's bookkeeping keys and the keys of
- *		  cached query results.
+ *		  cached query results.  Every key name the extension makes for
+ *		  itself is built here.
  *
  * Keys are what the application's own Redis client uses too, so they are
  * stored exactly as given, behind redis_cache.key_prefix.  We refuse what
  * would make them ambiguous or unreadable in logs and redis-cli: empty keys,
  * control characters and keys longer than RC_MAX_KEY_BYTES.
  *
- * Cached query results, their generations and dependency sets live in the
- * namespace of one WAL history: prefix||"query:<system identifier>.<timeline>:"
- * (redis_query_base(), the only place that builds it).  Table and database
- * OIDs are only meaningful inside one cluster, and generations are only
- * bumped by the writes of one history:
+ * Cached query results, their generations, dependency sets and stampede
+ * locks live in the namespace of one WAL history:
+ * prefix||"query:{<system identifier>.<timeline>}:" (redis_query_base(),
+ * the only place that builds it).  Table and database OIDs are only
+ * meaningful inside one cluster, and generations are only bumped by the
+ * writes of one history:
  *
  * - the system identifier (chosen at initdb) separates clusters that share
  *   a Redis and a key_prefix (same migrations give the same OIDs);
@@ -23,17 +25,38 @@
  *   only, so the promoted server starts with an empty namespace.  A standby
  *   reads the namespace of the timeline it replays, i.e. its primary's.
  *
+ * The braces make the namespace a Redis Cluster hashtag (1.7): every key of
+ * one namespace hashes to one slot, so each Lua script (scripts.c) can
+ * declare every key it touches and still run on one node, and the keys a
+ * script finds while it runs (members of a dependency set, a set moved
+ * aside) are in that slot by construction.  The trade-off: one shard holds
+ * all the cached results of one PostgreSQL cluster (memory and load are
+ * spread per PostgreSQL cluster, not per result); the key-value keys are
+ * the application's and spread as it names them.  A key_prefix containing
+ * "{}" or a "{...}" of its own takes the hashtag's place: still one slot per
+ * namespace, as all of a namespace's keys share the prefix.  Versions 1.4
+ * to 1.6 used prefix||"query:<system identifier>.<timeline>:" (no braces):
+ * such keys are never read again, but our own are still ours to delete
+ * (redis_is_own_query_key()) and another cluster's stay foreign.
+ *
  * Physical copies keep the system identifier: a copy started as a primary
  * without a timeline switch, or promoted copies whose timelines happen to
  * get the same number without a shared WAL archive, share a namespace and
  * need key_prefix values of their own (README).  The key-value keys and the
  * cache version's bookkeeping keys are per key_prefix, shared on purpose.
  *
+ * The bookkeeping keys of the cache version (version.c) and the owned
+ * families (families.c) are prefix||"{cache}:<name>" (1.7; before,
+ * prefix||"cache:<name>"): one hashtag, so the version check script can
+ * declare them all and run on one node.  The prefix stays in front so that
+ * ACL key patterns such as ~prefix* still cover them.  The first version
+ * check of a standalone server renames the legacy names (scripts.c).
+ *
  * Some keys belong to the extension (redis_is_reserved_key): the cache
- * version's bookkeeping and the query-result namespace.  No SQL function
- * writes or deletes them on a caller's behalf, whoever the caller: one
- * cache_set() of 'cache:version' would otherwise disable the cache of every
- * server, one forged result would be served to other roles.
+ * version's bookkeeping (both names) and the query-result namespace.  No
+ * SQL function writes or deletes them on a caller's behalf, whoever the
+ * caller: one cache_set() of '{cache}:version' would otherwise disable the
+ * cache of every server, one forged result would be served to other roles.
  *
  *-------------------------------------------------------------------------
  */
@@ -148,16 +171,24 @@ redis_check_ttl(int ttl_seconds)
 /*
  * In RedisControlKey order.  Every key the extension keeps for itself
  * outside the query namespace must be listed here: these names are what the
- * SQL functions refuse to write and bulk deletes leave alone.
+ * SQL functions refuse to write and bulk deletes leave alone.  The current
+ * names share the hashtag {cache}; the legacy names (1.1 to 1.6) stay
+ * protected as long as a server may still use them or a migration may
+ * still find them.
  */
 static const char *const control_suffixes[RC_NUM_CONTROL_KEYS] = {
+	"{cache}:version", "{cache}:versions", "{cache}:run_id", "{cache}:flush",
+	"{cache}:flushed", "{cache}:families"
+};
+
+static const char *const legacy_control_suffixes[RC_NUM_CONTROL_KEYS] = {
 	"cache:version", "cache:versions", "cache:run_id", "cache:flush",
 	"cache:flushed", "cache:families"
 };
 
 /*
  * The full name (prefix included) of bookkeeping key number which of the
- * namespace prefix.
+ * namespace prefix: prefix||"{cache}:<name>".
  */
 char *
 redis_control_key(const char *prefix, int which)
@@ -167,26 +198,44 @@ redis_control_key(const char *prefix, int which)
 }
 
 /*
- * True for the bookkeeping keys of the namespace "prefix", which flushes
- * and cache_delete_pattern() leave alone.
+ * The name versions 1.1 to 1.6 gave the same key: prefix||"cache:<name>",
+ * which the first version check of a standalone server renames.
+ */
+char *
+redis_legacy_control_key(const char *prefix, int which)
+{
+	Assert(which >= 0 && which < RC_NUM_CONTROL_KEYS);
+	return psprintf("%s%s", prefix, legacy_control_suffixes[which]);
+}
+
+/* Whether the len bytes at key are exactly one of the names. */
+static bool
+is_one_of(const char *key, size_t len, const char *const *names)
+{
+	int			i;
+
+	for (i = 0; i < RC_NUM_CONTROL_KEYS; i++)
+	{
+		size_t		slen = strlen(names[i]);
+
+		if (len == slen && memcmp(key, names[i], slen) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * True for the bookkeeping keys of the namespace "prefix" (current or
+ * legacy names), which flushes and cache_delete_pattern() leave alone.
  */
 bool
 redis_is_control_key(const char *key, size_t len, const char *prefix,
 					 size_t prefixlen)
 {
-	int			i;
-
 	if (len < prefixlen || memcmp(key, prefix, prefixlen) != 0)
 		return false;
-	for (i = 0; i < RC_NUM_CONTROL_KEYS; i++)
-	{
-		size_t		slen = strlen(control_suffixes[i]);
-
-		if (len - prefixlen == slen &&
-			memcmp(key + prefixlen, control_suffixes[i], slen) == 0)
-			return true;
-	}
-	return false;
+	return is_one_of(key + prefixlen, len - prefixlen, control_suffixes) ||
+		is_one_of(key + prefixlen, len - prefixlen, legacy_control_suffixes);
 }
 
 /* ---- globs and owned families ------------------------------------------- */
@@ -350,7 +399,8 @@ redis_query_namespace(char *buf)
 /*
  * The base of every key of cached query results (entries, locks,
  * generations, dependency sets) under key_prefix "prefix":
- * prefix||"query:<system identifier>.<timeline>:", palloc'd.
+ * prefix||"query:{<system identifier>.<timeline>}:", palloc'd.  The braces
+ * are the Redis Cluster hashtag of the namespace (see the file header).
  */
 char *
 redis_query_base(const char *prefix)
@@ -358,38 +408,140 @@ redis_query_base(const char *prefix)
 	char		ns[RC_QUERY_NAMESPACE_LEN];
 
 	redis_query_namespace(ns);
-	return psprintf("%squery:%s:", prefix, ns);
+	return psprintf("%s" RC_QUERY_NAMESPACE "{%s}:", prefix, ns);
 }
 
 /*
- * True for a key of another cluster's (or another timeline's) query
- * results under the same key_prefix: prefix||"query:<digits>.<digits>:..."
- * not under own_base.  The worker's flushes and pattern deletes leave them
- * alone: that server ends them itself.  Keys of the layout before 1.4
- * (prefix||"query:<db oid>:..." and "query:gen:...") are nobody's and are
- * not protected.
+ * The base versions 1.4 to 1.6 used for the same namespace:
+ * prefix||"query:<system identifier>.<timeline>:", palloc'd.  Only to
+ * delete what they left (cache_forget_namespace()); nothing reads there.
  */
-bool
-redis_is_foreign_query_key(const char *key, size_t len, const char *prefix,
-						   size_t prefixlen, const char *own_base,
-						   size_t own_baselen)
+char *
+redis_legacy_query_base(const char *prefix)
 {
-	size_t		i;
-	size_t		digits;
+	char		ns[RC_QUERY_NAMESPACE_LEN];
 
-	if (len < prefixlen + 6 || memcmp(key, prefix, prefixlen) != 0 ||
-		memcmp(key + prefixlen, "query:", 6) != 0)
+	redis_query_namespace(ns);
+	return psprintf("%s" RC_QUERY_NAMESPACE "%s:", prefix, ns);
+}
+
+/*
+ * Key names under a query base (the scripts of scripts.c build the same
+ * names from the base for the keys they find while running):
+ *
+ *		base||"gen:"||item		the generation of item ("<db>:<table>", "ddl:<db>", "ddl")
+ *		base||"deps:"||item		the set of results that read item
+ *		base||"deps-dead"		the list of dependency sets moved aside
+ *		entry||":lock"			the stampede lock of a result
+ */
+char *
+redis_query_gen_key(const char *base, const char *item, size_t len)
+{
+	return psprintf("%sgen:%.*s", base, (int) len, item);
+}
+
+char *
+redis_query_deps_key(const char *base, const char *item, size_t len)
+{
+	return psprintf("%sdeps:%.*s", base, (int) len, item);
+}
+
+char *
+redis_query_dead_list_key(const char *base)
+{
+	return psprintf("%sdeps-dead", base);
+}
+
+char *
+redis_query_lock_key(const char *entry_key)
+{
+	return psprintf("%s:lock", entry_key);
+}
+
+/*
+ * The namespace ("<digits>.<digits>") of a query key under prefix, in the
+ * current layout (prefix||"query:{N.T}:...") or the one of 1.4 to 1.6
+ * (prefix||"query:N.T:..."): true with *ns and *nslen set, false for any
+ * other key (the layout before 1.4, "query:<db oid>:...", "query:gen:...",
+ * is nobody's).
+ */
+static bool
+query_key_namespace(const char *key, size_t len, const char *prefix,
+					size_t prefixlen, const char **ns, size_t *nslen)
+{
+	size_t		qlen = strlen(RC_QUERY_NAMESPACE);
+	size_t		i;
+	size_t		start;
+	size_t		digits;
+	bool		braced;
+
+	if (len < prefixlen + qlen || memcmp(key, prefix, prefixlen) != 0 ||
+		memcmp(key + prefixlen, RC_QUERY_NAMESPACE, qlen) != 0)
 		return false;
-	if (len >= own_baselen && memcmp(key, own_base, own_baselen) == 0)
-		return false;
-	i = prefixlen + 6;
+	i = prefixlen + qlen;
+	braced = i < len && key[i] == '{';
+	if (braced)
+		i++;
+	start = i;
 	for (digits = 0; i < len && key[i] >= '0' && key[i] <= '9'; i++)
 		digits++;
 	if (digits == 0 || i >= len || key[i++] != '.')
 		return false;
 	for (digits = 0; i < len && key[i] >= '0' && key[i] <= '9'; i++)
 		digits++;
-	return digits > 0 && i < len && key[i] == ':';
+	if (digits == 0)
+		return false;
+	*ns = key + start;
+	*nslen = i - start;
+	if (braced && (i >= len || key[i++] != '}'))
+		return false;
+	return i < len && key[i] == ':';
+}
+
+/*
+ * True for a key of another cluster's (or another timeline's) query
+ * results under the same key_prefix, in either layout (see
+ * query_key_namespace()), own_base being this server's
+ * redis_query_base(prefix).  The worker's flushes and pattern deletes
+ * leave them alone: that server ends them itself.  Our own namespace in
+ * the layout of 1.4 to 1.6 is not foreign: what 1.6 left is ours to
+ * delete.  Keys of the layout before 1.4 are nobody's and not protected.
+ */
+bool
+redis_is_foreign_query_key(const char *key, size_t len, const char *prefix,
+						   size_t prefixlen, const char *own_base,
+						   size_t own_baselen)
+{
+	const char *ns;
+	size_t		nslen;
+	const char *own_ns;
+	size_t		own_nslen;
+
+	if (!query_key_namespace(key, len, prefix, prefixlen, &ns, &nslen))
+		return false;
+	if (!query_key_namespace(own_base, own_baselen, prefix, prefixlen,
+							 &own_ns, &own_nslen))
+		return true;			/* can't happen: own_base is a query base */
+	return nslen != own_nslen || memcmp(ns, own_ns, nslen) != 0;
+}
+
+/*
+ * True for a key of this server's own query namespace under prefix, in
+ * the current layout or in that of 1.4 to 1.6: what a flush of this
+ * cluster's results only (the worker's) may delete.
+ */
+bool
+redis_is_own_query_key(const char *key, size_t len, const char *prefix,
+					   size_t prefixlen)
+{
+	char		own[RC_QUERY_NAMESPACE_LEN];
+	const char *ns;
+	size_t		nslen;
+
+	if (!query_key_namespace(key, len, prefix, prefixlen, &ns, &nslen))
+		return false;
+	redis_query_namespace(own);
+	return nslen == strlen(own) && memcmp(ns, own, nslen) == 0;
 }
 
 /* ---- keys reserved to the extension --------------------------------------- */
@@ -406,20 +558,28 @@ redis_set_namespace_lister(RedisNamespaceLister lister)
 	namespace_lister = lister;
 }
 
-/* True when the len bytes at key end with one of the control suffixes. */
+/* True when the len bytes at key end with one of the names. */
 static bool
-has_control_suffix(const char *key, size_t len)
+ends_with_one_of(const char *key, size_t len, const char *const *names)
 {
 	int			i;
 
 	for (i = 0; i < RC_NUM_CONTROL_KEYS; i++)
 	{
-		size_t		slen = strlen(control_suffixes[i]);
+		size_t		slen = strlen(names[i]);
 
-		if (len >= slen && memcmp(key + len - slen, control_suffixes[i], slen) == 0)
+		if (len >= slen && memcmp(key + len - slen, names[i], slen) == 0)
 			return true;
 	}
 	return false;
+}
+
+/* True when key ends with a control key's name, current or legacy. */
+static bool
+has_control_suffix(const char *key, size_t len)
+{
+	return ends_with_one_of(key, len, control_suffixes) ||
+		ends_with_one_of(key, len, legacy_control_suffixes);
 }
 
 /* True when key starts with prefix||RC_QUERY_NAMESPACE. */
@@ -462,11 +622,12 @@ redis_reserved_namespaces(const char *prefix, char ***prefixes)
  * extension, which the SQL functions neither write nor delete:
  *
  * - the cache version's bookkeeping (control keys), of any namespace:
- *   every key ending in one of their names, so that a namespace nested in
+ *   every key ending in one of their names, current ("{cache}:version")
+ *   or legacy ("cache:version"), so that a namespace nested in
  *   another one (key_prefix '' and 'app:' in one Redis database, of this
  *   cluster or another one) cannot reach the other's;
  * - the query-result namespace prefix||"query:" (results, generations,
- *   dependency sets, stampede locks) of the given namespaces
+ *   dependency sets, stampede locks, in every layout) of the given namespaces
  *   (redis_reserved_namespaces()).
  *
  * The query namespaces of another cluster's prefixes are not known here:
@@ -575,11 +736,17 @@ hash_append_setting(StringInfo buf, const char *name)
  * unordered, or whether it fails; client_encoding applies after the
  * result; a query that reads other settings (current_setting()) or with
  * gin_fuzzy_search_limit set is not cached at all (query_deps.c).
+ *
+ * When shape is not NULL it receives (RC_QUERY_SHAPE_LEN bytes) the hex
+ * SHA-256 of the same input without the parameters, with the database and
+ * the role: what the tables a query reads depend on (query_cache.c
+ * remembers them per shape, to declare their generation keys before a
+ * lookup).
  */
 char *
 redis_query_entry_key(const char *base, const char *format, const char *query,
 					  int nparams, const Datum *param_values,
-					  const bool *param_nulls)
+					  const bool *param_nulls, char *shape)
 {
 	StringInfoData input;
 	char		hex[PG_SHA256_DIGEST_LENGTH * 2 + 1];
@@ -619,6 +786,17 @@ redis_query_entry_key(const char *base, const char *format, const char *query,
 	for (i = 0; i < (int) lengthof(settings); i++)
 		hash_append_setting(&input, settings[i]);
 	hash_append(&input, query, strlen(query));
+	if (shape != NULL)
+	{
+		int			len = input.len;
+		Oid			role = GetUserId();
+
+		appendBinaryStringInfo(&input, (const char *) &MyDatabaseId, sizeof(Oid));
+		appendBinaryStringInfo(&input, (const char *) &role, sizeof(Oid));
+		redis_hash_hex(PG_SHA256, input.data, input.len, shape);
+		input.len = len;
+		input.data[len] = '\0';
+	}
 	for (i = 0; i < nparams; i++)
 	{
 		if (param_nulls[i])

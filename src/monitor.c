@@ -122,15 +122,57 @@ append_json_field(StringInfo buf, const char *name, const char *value, bool nume
 }
 
 /*
+ * Redis Cluster: whether the connection is to one, its masters with their
+ * slot counts (as this backend's map has them) and the redirections this
+ * backend followed.
+ */
+static void
+append_cluster_fields(StringInfo buf)
+{
+	RedisCluster *cluster = redis_connection_cluster();
+	char		number[32];
+	char	  **addresses;
+	int		   *slots;
+	int			n;
+	int			i;
+	uint64		moved;
+	uint64		asked;
+	uint64		retried;
+	StringInfoData list;
+
+	append_json_field(buf, "cluster", cluster ? "true" : "false", true);
+	if (cluster == NULL)
+		return;
+	n = redis_cluster_nodes(cluster, &addresses, &slots);
+	snprintf(number, sizeof(number), "%d", n);
+	append_json_field(buf, "cluster_masters", number, true);
+	initStringInfo(&list);
+	appendStringInfoChar(&list, '[');
+	for (i = 0; i < n; i++)
+	{
+		if (i > 0)
+			appendStringInfoString(&list, ", ");
+		appendStringInfoString(&list, "{\"address\": ");
+		escape_json(&list, addresses[i]);
+		appendStringInfo(&list, ", \"slots\": %d}", slots[i]);
+	}
+	appendStringInfoChar(&list, ']');
+	append_json_field(buf, "cluster_nodes", list.data, true);
+	redis_cluster_counts(cluster, &moved, &asked, &retried);
+	snprintf(number, sizeof(number), UINT64_FORMAT, moved);
+	append_json_field(buf, "cluster_moved", number, true);
+	snprintf(number, sizeof(number), UINT64_FORMAT, asked);
+	append_json_field(buf, "cluster_asked", number, true);
+	snprintf(number, sizeof(number), UINT64_FORMAT, retried);
+	append_json_field(buf, "cluster_tryagain", number, true);
+}
+
+/*
  * cache_health() RETURNS jsonb: one PING (timed) and one INFO.
  */
 Datum
 cache_health(PG_FUNCTION_ARGS)
 {
-	const char *ping_argv[1] = {"PING"};
-	size_t		ping_len[1] = {4};
-	const char *info_argv[1] = {"INFO"};
-	size_t		info_len[1] = {4};
 	RedisCommand cmds[2];
 	RedisReply *replies[2];
 	StringInfoData buf;
@@ -143,12 +185,9 @@ cache_health(PG_FUNCTION_ARGS)
 	};
 	int			i;
 
-	cmds[0].argc = 1;
-	cmds[0].argv = ping_argv;
-	cmds[0].argvlen = ping_len;
-	cmds[1].argc = 1;
-	cmds[1].argv = info_argv;
-	cmds[1].argvlen = info_len;
+	/* keyless: on a Redis Cluster both go to the first master (node 0) */
+	redis_cmd_init(&cmds[0], "PING", 0);
+	redis_cmd_init(&cmds[1], "INFO", 0);
 
 	start = GetCurrentTimestamp();
 	ok = redis_execute(cmds, 2, replies, RC_EXEC_SKIP_BREAKER | RC_EXEC_NO_ERROR);
@@ -187,6 +226,7 @@ cache_health(PG_FUNCTION_ARGS)
 		append_json_field(&buf, "sentinel_master", redis_sentinel_master_name(), false);
 	else
 		append_json_field(&buf, "sentinel_master", "null", true);
+	append_cluster_fields(&buf);
 	{
 		/* the worker's replay queue (replay.c): exact, undelivered work */
 		int64		counts[5];

@@ -5,12 +5,14 @@
  *		  cache_query_invalidate() and cache_query_key().
  *
  * Keys, all under redis_cache.key_prefix ("base" below is
- * prefix||"query:<system identifier>.<timeline>:", keys.c):
+ * prefix||"query:{<system identifier>.<timeline>}:", keys.c; the braces
+ * are the Redis Cluster hashtag that puts them all in one slot):
  *
  *		base||<db oid>:<role oid>:<sha256>		a result (hash: meta, deps, data)
  *		base||<db oid>:<role oid>:<sha256>:lock	stampede lock
  *		base||gen:<db oid>:<table oid>			a table's generation
  *		base||gen:ddl							generation of DDL and privileges
+ *		base||gen:ddl:<db oid>					generation of a database's DDL
  *		base||deps:<db oid>:<table oid>			set of results that read a table
  *		base||deps-dead:<stamp>:<db>:<table>	such a set moved aside, draining
  *		base||deps-dead							list of the sets moved aside
@@ -27,7 +29,14 @@
  * committed in between has bumped one (at its commit, after its rows were
  * visible), so the result is dropped instead of stored.  A hit is one Lua
  * script that returns the entry only if every generation it recorded is
- * still current (a stale one is deleted).  A writer's commit bumps the
+ * still current (a stale one is deleted).  Every key a script touches is
+ * declared (scripts.c), so the lookup is given the generation keys of the
+ * tables the query reads: this backend remembers them per query shape
+ * (keys.c: everything in the key but the parameters) from the last time it
+ * prepared the query, and prepares it before its first lookup.  An entry
+ * recording a table not declared (the tables changed since, by DDL, which
+ * ends the entry anyway) is stale for that lookup: deleted, a miss, and
+ * the miss prepares the query again.  A writer's commit bumps the
  * generations and deletes the results listed in the tables' dependency
  * sets, at most 1000 per script (a set too large is moved aside and
  * drained by later invalidations; scripts.c), so that Redis is never
@@ -127,6 +136,10 @@ typedef struct QueryCall
 	StringInfoData base;		/* redis_query_base(prefix) */
 	StringInfoData entry_key;
 	StringInfoData lock_key;
+	char		shape[RC_QUERY_SHAPE_LEN];	/* "" until make_keys() */
+	int			nitems;			/* dependency items: tables, "ddl:<db>", "ddl" */
+	char	  **items;
+	char	  **gen_keys;		/* base||gen:item, in items order */
 	char		token[RC_LOCK_TOKEN_LEN];
 	bool		holds_lock;		/* the lock may be ours: release it */
 } QueryCall;
@@ -143,6 +156,24 @@ static TimestampTz last_decode_warning = 0;
 
 /* redis_cache.query_lock_timeout_ms */
 static int	query_lock_timeout_ms = 5000;
+
+/*
+ * The dependency items of the query shapes this backend prepared (shape ->
+ * items), so that a lookup can declare their generation keys without
+ * preparing the query.  Forgotten all at once when full: one more prepare
+ * per shape.
+ */
+#define RC_MAX_KNOWN_SHAPES		1024
+
+typedef struct KnownShape
+{
+	char		shape[RC_QUERY_SHAPE_LEN];	/* hash key */
+	int			nitems;
+	char	  **items;			/* in known_shapes_context */
+} KnownShape;
+
+static HTAB *known_shapes = NULL;
+static MemoryContext known_shapes_context = NULL;
 
 static void warn_undecodable(QueryCall *call, const char *why);
 
@@ -178,9 +209,109 @@ make_keys(QueryCall *call)
 												 call->kind == RCQ_KIND_JSON ? "json" : "rows",
 												 call->query, call->nparams,
 												 call->param_values,
-												 call->param_nulls));
+												 call->param_nulls,
+												 call->shape));
 	initStringInfo(&call->lock_key);
-	appendStringInfo(&call->lock_key, "%s:lock", call->entry_key.data);
+	appendStringInfoString(&call->lock_key,
+						   redis_query_lock_key(call->entry_key.data));
+}
+
+/* ---- dependency items ------------------------------------------------------ */
+
+/*
+ * Use items (copied) as the call's dependency items, with their generation
+ * keys.
+ */
+static void
+set_items(QueryCall *call, int nitems, char *const *items)
+{
+	int			i;
+
+	call->nitems = nitems;
+	call->items = palloc(sizeof(char *) * nitems);
+	call->gen_keys = palloc(sizeof(char *) * nitems);
+	for (i = 0; i < nitems; i++)
+	{
+		call->items[i] = pstrdup(items[i]);
+		call->gen_keys[i] = redis_query_gen_key(call->base.data, items[i],
+												strlen(items[i]));
+	}
+}
+
+/*
+ * The call's items are those of the prepared query: its tables, then the
+ * database's DDL item and "ddl" (every result depends on both); the shape
+ * remembers them.
+ */
+static void
+set_items_from_deps(QueryCall *call, const QueryDependencies *deps)
+{
+	int			nitems = deps->nrelids + 2;
+	char	  **items = palloc(sizeof(char *) * nitems);
+	KnownShape *known;
+	bool		found;
+	MemoryContext old;
+	int			i;
+
+	for (i = 0; i < deps->nrelids; i++)
+		items[i] = redis_query_generation_item(deps->relids[i]);
+	items[nitems - 2] = redis_query_database_ddl_item();
+	items[nitems - 1] = RC_DDL_GENERATION;
+	set_items(call, nitems, items);
+	if (call->shape[0] == '\0')
+		return;
+
+	if (known_shapes != NULL && hash_get_num_entries(known_shapes) >= RC_MAX_KNOWN_SHAPES)
+	{
+		/* the table lives in the context: both go */
+		MemoryContextReset(known_shapes_context);
+		known_shapes = NULL;
+	}
+	if (known_shapes == NULL)
+	{
+		HASHCTL		ctl;
+
+		if (known_shapes_context == NULL)
+			known_shapes_context = AllocSetContextCreate(TopMemoryContext,
+														 "redis_cache query shapes",
+														 ALLOCSET_DEFAULT_SIZES);
+		ctl.keysize = RC_QUERY_SHAPE_LEN;
+		ctl.entrysize = sizeof(KnownShape);
+		ctl.hcxt = known_shapes_context;
+		known_shapes = hash_create("redis_cache query shapes", 64, &ctl,
+								   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	}
+	known = hash_search(known_shapes, call->shape, HASH_ENTER, &found);
+	old = MemoryContextSwitchTo(known_shapes_context);
+	if (found)
+	{
+		for (i = 0; i < known->nitems; i++)
+			pfree(known->items[i]);
+		pfree(known->items);
+	}
+	known->nitems = nitems;
+	known->items = palloc(sizeof(char *) * nitems);
+	for (i = 0; i < nitems; i++)
+		known->items[i] = pstrdup(items[i]);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * The items remembered for the call's shape, if any: true when the call
+ * has them now.
+ */
+static bool
+set_known_items(QueryCall *call)
+{
+	KnownShape *known;
+
+	if (known_shapes == NULL || call->shape[0] == '\0')
+		return false;
+	known = hash_search(known_shapes, call->shape, HASH_FIND, NULL);
+	if (known == NULL)
+		return false;
+	set_items(call, known->nitems, known->items);
+	return true;
 }
 
 /* ---- arguments ------------------------------------------------------------- */
@@ -377,18 +508,6 @@ prepare_query(QueryCall *call, Oid cache_function)
 
 /* ---- lookups ----------------------------------------------------------------- */
 
-/* The first three script arguments: KEYS entry and lock, then ARGV base. */
-static void
-set_key_arguments(QueryCall *call, const char **args, size_t *lens)
-{
-	args[0] = call->entry_key.data;
-	lens[0] = call->entry_key.len;
-	args[1] = call->lock_key.data;
-	lens[1] = call->lock_key.len;
-	args[2] = call->base.data;
-	lens[2] = call->base.len;
-}
-
 /*
  * Look the entry up; mode "take" also takes the stampede lock on a miss,
  * "peek" only reports it.  When another session holds the lock,
@@ -402,29 +521,30 @@ set_key_arguments(QueryCall *call, const char **args, size_t *lens)
 static LookupOutcome
 lookup(QueryCall *call, const char *mode, RedisReply **hit, char **lock_value)
 {
-	char		lock_ms[16];
-	const char *args[7];
-	size_t		lens[7];
-	RedisReply *reply;
+	RedisCommand cmd;
+	RedisReply *reply = NULL;
 	char	   *database_ddl = redis_query_database_ddl_item();
 	bool		take = strcmp(mode, "take") == 0;
+	int			i;
 
-	snprintf(lock_ms, sizeof(lock_ms), "%d", Max(query_lock_timeout_ms, 1));
-	set_key_arguments(call, args, lens);
-	args[3] = mode;
-	lens[3] = strlen(mode);
-	args[4] = call->token;
-	lens[4] = strlen(call->token);
-	args[5] = lock_ms;
-	lens[5] = strlen(lock_ms);
-	args[6] = database_ddl;
-	lens[6] = strlen(database_ddl);
+	/* KEYS entry, lock, generations; ARGV base, mode, token, ms, DDL item */
+	redis_script_cmd(&cmd, RC_SCRIPT_QUERY_LOOKUP, 2 + call->nitems, 5);
+	redis_cmd_key(&cmd, call->entry_key.data, call->entry_key.len);
+	redis_cmd_key(&cmd, call->lock_key.data, call->lock_key.len);
+	for (i = 0; i < call->nitems; i++)
+		redis_cmd_key_str(&cmd, call->gen_keys[i]);
+	redis_cmd_arg(&cmd, call->base.data, call->base.len);
+	redis_cmd_str(&cmd, mode);
+	redis_cmd_str(&cmd, call->token);
+	redis_cmd_int(&cmd, Max(query_lock_timeout_ms, 1));
+	redis_cmd_str(&cmd, database_ddl);
 
 	if (lock_value)
 		*lock_value = NULL;
 	if (take)
 		call->holds_lock = true;
-	reply = redis_run_script(RC_SCRIPT_QUERY_LOOKUP, 2, 7, args, lens, 0);
+	if (!redis_execute_scripts(&cmd, 1, &reply, 0))
+		reply = NULL;
 	/* no answer: the take may still land; keep holds_lock for the release */
 	if (script_failed(reply, "a cached query lookup"))
 		return LOOKUP_FAULT;
@@ -459,6 +579,24 @@ lookup(QueryCall *call, const char *mode, RedisReply **hit, char **lock_value)
 }
 
 /*
+ * The compare-and-delete of the call's lock if it holds token (scripts.c:
+ * KEYS lock, ARGV token).  NULL on a fault (reported per flags).
+ */
+static RedisReply *
+unlock_if(QueryCall *call, const char *token, int flags)
+{
+	RedisCommand cmd;
+	RedisReply *reply = NULL;
+
+	redis_script_cmd(&cmd, RC_SCRIPT_UNLOCK, 1, 1);
+	redis_cmd_key(&cmd, call->lock_key.data, call->lock_key.len);
+	redis_cmd_str(&cmd, token);
+	if (!redis_execute_scripts(&cmd, 1, &reply, flags))
+		return NULL;
+	return reply;
+}
+
+/*
  * Release the stampede lock if it may be ours (the script deletes it only
  * if it still holds our token).  Never throws: also called in PG_CATCH,
  * with interrupts held, bounded by command_timeout_ms (a new connection
@@ -467,14 +605,10 @@ lookup(QueryCall *call, const char *mode, RedisReply **hit, char **lock_value)
 static void
 release_lock(QueryCall *call)
 {
-	const char *args[2] = {call->lock_key.data, call->token};
-	size_t		lens[2] = {call->lock_key.len, strlen(call->token)};
-
 	if (!call->holds_lock)
 		return;
 	call->holds_lock = false;
-	(void) redis_run_script(RC_SCRIPT_UNLOCK, 1, 2, args, lens,
-					  RC_EXEC_NO_ERROR | RC_EXEC_FAST_CONNECT);
+	(void) unlock_if(call, call->token, RC_EXEC_NO_ERROR | RC_EXEC_FAST_CONNECT);
 }
 
 /*
@@ -623,13 +757,10 @@ wait_for_result(QueryCall *call, RedisReply **hit)
 		took_over = false;
 		if (lock_holder_gone(holder))
 		{
-			const char *args[2] = {call->lock_key.data, holder};
-			size_t		lens[2] = {call->lock_key.len, strlen(holder)};
-
 			ereport(DEBUG1,
 					(errmsg_internal("redis_cache: taking over the lock of \"%s\" from a holder that gave up",
 									 call->entry_key.data)));
-			if (redis_run_script(RC_SCRIPT_UNLOCK, 1, 2, args, lens, 0) == NULL)
+			if (unlock_if(call, holder, 0) == NULL)
 				return LOOKUP_FAULT;
 			took_over = true;
 			continue;
@@ -639,69 +770,71 @@ wait_for_result(QueryCall *call, RedisReply **hit)
 }
 
 /*
- * Generations of deps now, as "item=gen,...", including the DDL one.
- * NULL on a fault.
+ * Generations of the call's items now, as "item=gen,...", in items order
+ * (the tables, then the DDL ones).  NULL on a fault.
  */
 static char *
-read_generations(QueryCall *call, const QueryDependencies *deps)
+read_generations(QueryCall *call)
 {
-	int			nitems = deps->nrelids + 2;
-	const char **args = palloc(sizeof(char *) * (nitems + 1));
-	size_t	   *lens = palloc(sizeof(size_t) * (nitems + 1));
-	RedisReply *reply;
+	RedisCommand cmd;
+	RedisReply *reply = NULL;
 	StringInfoData out;
 	int			i;
 
-	args[0] = call->base.data;
-	lens[0] = call->base.len;
-	for (i = 0; i < deps->nrelids; i++)
-		args[i + 1] = redis_query_generation_item(deps->relids[i]);
-	args[nitems - 1] = redis_query_database_ddl_item();
-	args[nitems] = RC_DDL_GENERATION;
-	for (i = 1; i <= nitems; i++)
-		lens[i] = strlen(args[i]);
-
-	reply = redis_run_script(RC_SCRIPT_QUERY_GENERATIONS, 0, nitems + 1, args, lens, 0);
+	/* KEYS the generations; no ARGV */
+	redis_script_cmd(&cmd, RC_SCRIPT_QUERY_GENERATIONS, call->nitems, 0);
+	for (i = 0; i < call->nitems; i++)
+		redis_cmd_key_str(&cmd, call->gen_keys[i]);
+	if (!redis_execute_scripts(&cmd, 1, &reply, 0))
+		reply = NULL;
 	if (script_failed(reply, "reading query result generations"))
 		return NULL;
-	if (reply->type != RC_REPLY_ARRAY || reply->elements != (size_t) nitems)
+	if (reply->type != RC_REPLY_ARRAY || reply->elements != (size_t) call->nitems)
 		return NULL;
 	initStringInfo(&out);
-	for (i = 0; i < nitems; i++)
+	for (i = 0; i < call->nitems; i++)
 	{
 		RedisReply *gen = reply->element[i];
 
 		if (gen->type != RC_REPLY_STRING || gen->len == 0 ||
 			strcspn(gen->str, "=,") != gen->len)
 			return NULL;
-		appendStringInfo(&out, "%s%s=%s", i > 0 ? "," : "", args[i + 1], gen->str);
+		appendStringInfo(&out, "%s%s=%s", i > 0 ? "," : "", call->items[i], gen->str);
 	}
 	return out.data;
 }
 
+/*
+ * Store the result under the generations read before its snapshot (deps,
+ * from read_generations()), releasing the lock.
+ */
 static void
 store(QueryCall *call, const char *deps, StringInfo data)
 {
 	char		meta[RCQ_META_MAX + 1];
-	char		ttl[16];
-	const char *args[8];
-	size_t		lens[8];
-	RedisReply *reply;
+	size_t		metalen;
+	RedisCommand cmd;
+	RedisReply *reply = NULL;
+	int			i;
 
-	snprintf(ttl, sizeof(ttl), "%d", call->ttl);
-	set_key_arguments(call, args, lens);
-	args[3] = call->token;
-	lens[3] = strlen(call->token);
-	args[4] = ttl;
-	lens[4] = strlen(ttl);
-	lens[5] = rcq_format_meta(meta, sizeof(meta), call->kind, data->data, data->len);
-	args[5] = meta;
-	args[6] = data->data;
-	lens[6] = data->len;
-	args[7] = deps;
-	lens[7] = strlen(deps);
+	/* KEYS entry, lock, generations, sets; ARGV token, ttl, meta, data, deps */
+	metalen = rcq_format_meta(meta, sizeof(meta), call->kind, data->data, data->len);
+	redis_script_cmd(&cmd, RC_SCRIPT_QUERY_STORE, 2 + 2 * call->nitems, 5);
+	redis_cmd_key(&cmd, call->entry_key.data, call->entry_key.len);
+	redis_cmd_key(&cmd, call->lock_key.data, call->lock_key.len);
+	for (i = 0; i < call->nitems; i++)
+		redis_cmd_key_str(&cmd, call->gen_keys[i]);
+	for (i = 0; i < call->nitems; i++)
+		redis_cmd_key_str(&cmd, redis_query_deps_key(call->base.data, call->items[i],
+													 strlen(call->items[i])));
+	redis_cmd_str(&cmd, call->token);
+	redis_cmd_int(&cmd, call->ttl);
+	redis_cmd_arg(&cmd, meta, metalen);
+	redis_cmd_arg(&cmd, data->data, data->len);
+	redis_cmd_str(&cmd, deps);
 
-	reply = redis_run_script(RC_SCRIPT_QUERY_STORE, 2, 8, args, lens, 0);
+	if (!redis_execute_scripts(&cmd, 1, &reply, 0))
+		reply = NULL;
 	call->holds_lock = false;
 	if (script_failed(reply, "storing a query result"))
 		return;
@@ -758,6 +891,11 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 			const char *mode = "none";
 
 			make_keys(call);
+			/* the lookup declares the generation keys of the tables */
+			if (pq == NULL && !set_known_items(call))
+				pq = prepare_query(call, cache_function);
+			if (pq != NULL)
+				set_items_from_deps(call, &pq->deps);
 			if (may_store && query_lock_timeout_ms > 0)
 			{
 				make_lock_token(call);
@@ -786,7 +924,11 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 		if (connected)
 		{
 			if (pq == NULL)
+			{
 				pq = prepare_query(call, cache_function);
+				if (use_cache)
+					set_items_from_deps(call, &pq->deps);
+			}
 			count_lookup(false);
 			if (outcome == LOOKUP_FAULT || pq->deps.not_cacheable != NULL || !may_store)
 			{
@@ -804,7 +946,7 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 					redis_register_namespace(redis_cache_key_prefix ? redis_cache_key_prefix : "") < 0)
 					generations = NULL;
 				else
-					generations = read_generations(call, &pq->deps);
+					generations = read_generations(call);
 				if (generations == NULL)
 					release_lock(call);
 			}

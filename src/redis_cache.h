@@ -14,7 +14,8 @@
  *
  * Layers, lowest first (a file calls only files listed before it; the
  * upper layers register callbacks instead of being called): stats,
- * state_file, keys, guc, transport, connection, scripts, families, flush,
+ * state_file, keys, guc, fault, tls, transport, sentinel, cluster,
+ * connection, scripts, families, flush,
  * version, query_tables, replay, worker, invalidation, query_deps,
  * triggers, query_rows, query_cache, commands, monitor, module (_PG_init).
  *
@@ -166,10 +167,9 @@ extern void redis_append_glob_escaped(StringInfo buf, const char *str,
 									  size_t len);
 extern void redis_check_ttl(int ttl_seconds);
 extern char *redis_control_key(const char *prefix, int which);
+extern char *redis_legacy_control_key(const char *prefix, int which);
 extern bool redis_is_control_key(const char *key, size_t len,
 								 const char *prefix, size_t prefixlen);
-/* the version check script's keys: the first five control keys */
-#define RC_NUM_VERSION_KEYS		5
 extern bool redis_glob_match(const char *pattern, size_t plen,
 							 const char *str, size_t slen);
 extern const char *redis_family_unacceptable(const char *glob, size_t len);
@@ -178,10 +178,19 @@ extern const char *redis_family_unacceptable(const char *glob, size_t len);
 
 extern void redis_query_namespace(char *buf);
 extern char *redis_query_base(const char *prefix);
+extern char *redis_legacy_query_base(const char *prefix);
+extern char *redis_query_gen_key(const char *base, const char *item,
+								 size_t len);
+extern char *redis_query_deps_key(const char *base, const char *item,
+								  size_t len);
+extern char *redis_query_dead_list_key(const char *base);
+extern char *redis_query_lock_key(const char *entry_key);
 extern bool redis_is_foreign_query_key(const char *key, size_t len,
 									   const char *prefix, size_t prefixlen,
 									   const char *own_base,
 									   size_t own_baselen);
+extern bool redis_is_own_query_key(const char *key, size_t len,
+								   const char *prefix, size_t prefixlen);
 
 /* After key_prefix: query results, generations, dependency sets, locks. */
 #define RC_QUERY_NAMESPACE	"query:"
@@ -196,10 +205,12 @@ extern bool redis_is_reserved_key(const char *key, size_t len,
 extern bool redis_may_be_reserved_key(const char *key, size_t len);
 extern void redis_hash_hex(pg_cryptohash_type type, const void *data,
 						   size_t len, char *out);
+/* a hex SHA-256 and a NUL */
+#define RC_QUERY_SHAPE_LEN		65
 extern char *redis_query_entry_key(const char *base, const char *format,
 								   const char *query, int nparams,
 								   const Datum *param_values,
-								   const bool *param_nulls);
+								   const bool *param_nulls, char *shape);
 
 /* in guc.c: the settings several files read */
 typedef enum RedisOnError
@@ -291,6 +302,20 @@ extern bool redis_socket_round_trip(RedisSocket *s,
 									TimestampTz deadline, int timeout_ms,
 									bool *nothing_received);
 extern void redis_socket_close(RedisSocket *s);
+
+/* One socket's share of redis_sockets_round_trip(). */
+typedef struct RedisSocketPart
+{
+	RedisSocket *socket;
+	const RedisCommand *commands;
+	int			ncommands;
+	RedisReply **replies;		/* ncommands of them, set on success */
+	bool		ok;				/* out */
+	bool		nothing_received;	/* out */
+} RedisSocketPart;
+
+extern bool redis_sockets_round_trip(RedisSocketPart *parts, int nparts,
+									 TimestampTz deadline, int timeout_ms);
 extern void redis_auth_command(RedisCommand *cmd, const char **argv,
 							   size_t *len, const char *user,
 							   const char *password);
@@ -312,6 +337,36 @@ extern bool redis_sentinel_discover(int tls_mode, int timeout_ms,
 									TimestampTz deadline, char *host,
 									size_t hostlen, int *port,
 									uint64 *epoch);
+
+/* in cluster.c */
+typedef struct RedisCluster RedisCluster;
+
+/* Connect to a node and run the handshake; its run_id into run_id. */
+typedef RedisSocket *(*RedisNodeOpen) (const char *host, int port,
+									   char *run_id, size_t run_id_len,
+									   TimestampTz deadline, int timeout_ms);
+
+extern int	redis_key_slot(const char *key, size_t len);
+extern RedisCluster *redis_cluster_create(RedisSocket *seed,
+										  const char *seed_host, int seed_port,
+										  const char *seed_run_id,
+										  RedisNodeOpen open,
+										  TimestampTz deadline, int timeout_ms,
+										  RedisCluster **out);
+extern void redis_cluster_free(RedisCluster *c);
+extern int	redis_cluster_master_count(RedisCluster *c);
+extern const char *redis_cluster_identity(RedisCluster *c);
+extern bool redis_cluster_changed(RedisCluster *c);
+extern RedisSocket *redis_cluster_any_socket(RedisCluster *c);
+extern void redis_cluster_counts(RedisCluster *c, uint64 *moved,
+								 uint64 *asked, uint64 *retried);
+extern int	redis_cluster_nodes(RedisCluster *c, char ***addresses,
+								int **slots);
+extern bool redis_cluster_round_trip(RedisCluster *c,
+									 const RedisCommand *commands,
+									 int ncommands, RedisReply **replies,
+									 TimestampTz deadline, int timeout_ms,
+									 bool *nothing_received);
 
 /* in connection.c */
 
@@ -343,10 +398,10 @@ extern void redis_connection_define_gucs(void);
 extern void redis_set_session_check(RedisSessionCheck check);
 extern bool redis_execute(const RedisCommand *commands, int ncommands,
 						  RedisReply **replies, int flags);
-extern RedisReply *redis_command(int flags, int argc, const char **argv,
-								 size_t *argvlen);
 extern RedisReply *redis_run(const RedisCommand *cmd, int flags);
 extern int	redis_master_count(void);
+extern bool redis_server_is_cluster(void);
+extern RedisCluster *redis_connection_cluster(void);
 /* What an error reply means: its first word, classified in one place. */
 typedef enum RedisErrorKind
 {
@@ -391,10 +446,19 @@ typedef enum RedisScriptId
 	RC_NUM_SCRIPTS
 } RedisScriptId;
 
-extern const char *redis_script_body(RedisScriptId id);
+extern void redis_script_cmd(RedisCommand *cmd, RedisScriptId id, int nkeys,
+							 int nargs);
+extern bool redis_execute_scripts(RedisCommand *cmds, int n,
+								  RedisReply **replies, int flags);
+extern bool redis_execute_scripts_on(RedisRoundTrip round_trip,
+									 RedisCommand *cmds, int n,
+									 RedisReply **replies);
 extern RedisReply *redis_run_script(RedisScriptId id, int nkeys, int nargs,
 									const char **args, size_t *lens,
 									int flags);
+extern void redis_invalidate_script_cmd(RedisCommand *cmd, const char *base,
+										const char *const *items,
+										const size_t *lens, int nitems);
 
 /* in families.c */
 extern void redis_families_define_gucs(void);

@@ -321,13 +321,9 @@ ask_sentinel(const SentinelAddress *sentinel, const char *password,
 			 char *host, size_t hostlen, int *port, int64 *config_epoch)
 {
 	RedisSocket *volatile s;
-	RedisCommand cmds[3];
+	RedisCommand cmds[3] = {0};
 	const char *auth_argv[3];
 	size_t		auth_len[3];
-	const char *ask_argv[3] = {"SENTINEL", "get-master-addr-by-name", master_name};
-	size_t		ask_len[3] = {8, 23, strlen(master_name)};
-	const char *master_argv[3] = {"SENTINEL", "MASTER", master_name};
-	size_t		master_len[3] = {8, 6, strlen(master_name)};
 	RedisReply *replies[3];
 	int			ask;
 	volatile int n = 0;
@@ -358,14 +354,12 @@ ask_sentinel(const SentinelAddress *sentinel, const char *password,
 		redis_auth_command(&cmds[n++], auth_argv, auth_len, sentinel_user,
 						   password);
 	ask = n;
-	cmds[n].argc = 3;
-	cmds[n].argv = ask_argv;
-	cmds[n].argvlen = ask_len;
-	n++;
-	cmds[n].argc = 3;
-	cmds[n].argv = master_argv;
-	cmds[n].argvlen = master_len;
-	n++;
+	redis_cmd_init(&cmds[n], "SENTINEL", 2);
+	redis_cmd_str(&cmds[n], "get-master-addr-by-name");
+	redis_cmd_str(&cmds[n++], master_name);
+	redis_cmd_init(&cmds[n], "SENTINEL", 2);
+	redis_cmd_str(&cmds[n], "MASTER");
+	redis_cmd_str(&cmds[n++], master_name);
 
 	PG_TRY();
 	{

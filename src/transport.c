@@ -1073,86 +1073,112 @@ format_commands(StringInfo out, const RedisCommand *commands, int ncommands)
 	}
 }
 
-static bool
-send_all(RedisSocket *s, TimestampTz deadline, bool *nothing_received)
+/*
+ * One socket's part of a round trip, advanced by round_trip_advance()
+ * without ever waiting, so that one loop can drive the parts of several
+ * sockets (a Redis Cluster's masters) through one wait.
+ */
+typedef enum RoundTripState
 {
-	StringInfo	out = &s->send_buffer;
-	size_t		sent = 0;
+	RT_SEND,					/* bytes of the send buffer left to send */
+	RT_RECEIVE,					/* replies left to read */
+	RT_DONE,
+	RT_FAILED					/* the fault is set */
+} RoundTripState;
 
-	while (sent < (size_t) out->len)
-	{
-		ssize_t		n = s->ops->send(s, out->data + sent, out->len - sent);
+typedef struct RoundTrip
+{
+	RedisSocket *s;
+	int			ncommands;
+	RedisReply **replies;
+	int			nreplies;
+	size_t		sent;
+	size_t		received;
+	bool		just_sent;		/* nothing read since the send finished */
+	bool		nothing_received;
+	RoundTripState state;
+	uint32		wait_events;	/* unfinished: the socket events it waits for */
+	const char *doing;			/* "sending to", "waiting for": messages */
+	ReplyScanner scanner;
+} RoundTrip;
 
-		if (n > 0)
-		{
-			sent += n;
-			continue;
-		}
-		if (errno == EAGAIN)
-		{
-			if (!wait_for_socket(s, s->io_wait, deadline))
-			{
-				set_wait_fault(s, "sending to");
-				*nothing_received = false;	/* slow, not dead: no retry */
-				return false;
-			}
-			continue;
-		}
-		return false;			/* the op set the fault */
-	}
-	redis_stats_add(RC_STAT_BYTES_OUT, out->len);
-	/* a large pipeline must not pin its buffer for the session */
-	if (out->maxlen > 64 * 1024)
-	{
-		pfree(out->data);
-		init_long_lived_buffer(out);
-	}
+/* Format the commands and set up rt to send them over s. */
+static void
+round_trip_begin(RoundTrip *rt, RedisSocket *s, const RedisCommand *commands,
+				 int ncommands, RedisReply **replies)
+{
+	memset(rt, 0, sizeof(RoundTrip));
+	rt->s = s;
+	rt->ncommands = ncommands;
+	rt->replies = replies;
+	rt->nothing_received = true;
+	rt->state = RT_SEND;
+	/* the socket's buffer: no allocation per command once warmed up */
+	format_commands(&s->send_buffer, commands, ncommands);
+	scanner_init(&rt->scanner, commands, ncommands, s->label);
+}
+
+/* rt failed; the fault is set.  Returns true (finished). */
+static bool
+round_trip_failed(RoundTrip *rt)
+{
+	rt->state = RT_FAILED;
 	return true;
 }
 
-/*
- * Wait for reply bytes (events: what the transport waits for); false (a
- * timeout fault) when the deadline passes.
- */
+/* rt must wait for events before going on.  Returns false (unfinished). */
 static bool
-wait_for_reply(RedisSocket *s, uint32 events, TimestampTz deadline,
-			   bool *nothing_received)
+round_trip_wait(RoundTrip *rt, uint32 events, const char *doing)
 {
-	if (wait_for_socket(s, events, deadline))
-		return true;
-	set_wait_fault(s, "waiting for");
-	*nothing_received = false;	/* slow, not dead: no retry */
+	rt->wait_events = events;
+	rt->doing = doing;
 	return false;
 }
 
 /*
- * Send all commands, then read one reply per command.  Returns false with
- * the fault set on timeout, I/O error or protocol error (a reply over its
- * bounds included); *nothing_received then says whether the server never
- * answered anything (the caller may retry once over a fresh connection).
- * May throw on interrupts or out of memory; the caller closes the socket
- * then.
+ * Send what is left, then read one reply per command, as far as the socket
+ * allows without waiting.  Returns true when rt is finished (RT_DONE, or
+ * RT_FAILED with the fault set: I/O error, protocol error or a reply over
+ * its bounds), false when it must wait for rt->wait_events.  The deadline
+ * is checked between chunks, also while bytes keep coming.  May throw on
+ * interrupts or out of memory; the caller closes the socket then.
  */
 static bool
-round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
-			  RedisReply **replies, TimestampTz deadline, bool *nothing_received)
+round_trip_advance(RoundTrip *rt, TimestampTz deadline)
 {
-	bool		just_sent = true;
-	size_t		received = 0;
-	int			nreplies = 0;
-	ReplyScanner scanner;
+	RedisSocket *s = rt->s;
 	char		buf[RC_RECV_CHUNK];
 
-	*nothing_received = true;
+	if (rt->state == RT_SEND)
+	{
+		StringInfo	out = &s->send_buffer;
 
-	/* the socket's buffer: no allocation per command once warmed up */
-	format_commands(&s->send_buffer, commands, ncommands);
-	scanner_init(&scanner, commands, ncommands, s->label);
+		while (rt->sent < (size_t) out->len)
+		{
+			ssize_t		n = s->ops->send(s, out->data + rt->sent,
+										 out->len - rt->sent);
 
-	if (!send_all(s, deadline, nothing_received))
-		return false;
+			if (n > 0)
+			{
+				rt->sent += n;
+				continue;
+			}
+			if (errno == EAGAIN)
+				return round_trip_wait(rt, s->io_wait, "sending to");
+			return round_trip_failed(rt);	/* the op set the fault */
+		}
+		redis_stats_add(RC_STAT_BYTES_OUT, out->len);
+		/* a large pipeline must not pin its buffer for the session */
+		if (out->maxlen > 64 * 1024)
+		{
+			pfree(out->data);
+			init_long_lived_buffer(out);
+		}
+		rt->state = RT_RECEIVE;
+		rt->just_sent = true;
+	}
 
-	while (nreplies < ncommands)
+	while (rt->nreplies < rt->ncommands)
 	{
 		void	   *raw = NULL;
 		ssize_t		n;
@@ -1161,11 +1187,11 @@ round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
 		{
 			redis_fault_set(RC_FAULT_PROTOCOL, "invalid reply from Redis at %s: %s", s->label,
 							s->reader->errstr[0] ? s->reader->errstr : "protocol error");
-			return false;
+			return round_trip_failed(rt);
 		}
 		if (raw != NULL)
 		{
-			replies[nreplies++] = take_reply(raw);
+			rt->replies[rt->nreplies++] = take_reply(raw);
 			continue;
 		}
 
@@ -1173,25 +1199,24 @@ round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
 		 * Right after sending, the reply is never there yet: wait first
 		 * instead of paying for a recv() that returns EAGAIN.
 		 */
-		if (just_sent)
+		if (rt->just_sent)
 		{
-			just_sent = false;
-			if (!s->ops->pending(s) &&
-				!wait_for_reply(s, WL_SOCKET_READABLE, deadline, nothing_received))
-				return false;
+			rt->just_sent = false;
+			if (!s->ops->pending(s))
+				return round_trip_wait(rt, WL_SOCKET_READABLE, "waiting for");
 		}
 		n = s->ops->recv(s, buf, sizeof(buf));
 		if (n > 0)
 		{
-			*nothing_received = false;
-			received += n;
+			rt->nothing_received = false;
+			rt->received += n;
 			/* every header is checked before hiredis allocates for it */
-			if (!scanner_check(&scanner, buf, (size_t) n))
-				return false;
+			if (!scanner_check(&rt->scanner, buf, (size_t) n))
+				return round_trip_failed(rt);
 			if (redisReaderFeed(s->reader, buf, n) != REDIS_OK)
 			{
 				redis_fault_set(RC_FAULT_IO, "out of memory reading from Redis");
-				return false;
+				return round_trip_failed(rt);
 			}
 
 			/*
@@ -1203,20 +1228,45 @@ round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
 			{
 				redis_fault_set(RC_FAULT_TIMEOUT, "timed out reading from Redis at %s after %d ms",
 								s->label, s->timeout_ms);
-				return false;
+				return round_trip_failed(rt);
 			}
 			continue;
 		}
 		if (errno == EAGAIN)
-		{
-			if (!wait_for_reply(s, s->io_wait, deadline, nothing_received))
-				return false;
-			continue;
-		}
-		return false;			/* the op set the fault */
+			return round_trip_wait(rt, s->io_wait, "waiting for");
+		return round_trip_failed(rt);	/* the op set the fault */
 	}
-	redis_stats_add(RC_STAT_BYTES_IN, received);
+	redis_stats_add(RC_STAT_BYTES_IN, rt->received);
+	rt->state = RT_DONE;
 	return true;
+}
+
+/*
+ * Send all commands, then read one reply per command.  Returns false with
+ * the fault set on timeout, I/O error or protocol error (a reply over its
+ * bounds included); *nothing_received then says whether the server never
+ * answered anything (the caller may retry once over a fresh connection;
+ * not after a timeout: slow is not dead).  May throw on interrupts or out
+ * of memory; the caller closes the socket then.
+ */
+static bool
+round_trip_io(RedisSocket *s, const RedisCommand *commands, int ncommands,
+			  RedisReply **replies, TimestampTz deadline, bool *nothing_received)
+{
+	RoundTrip	rt;
+
+	round_trip_begin(&rt, s, commands, ncommands, replies);
+	while (!round_trip_advance(&rt, deadline))
+	{
+		if (!wait_for_socket(s, rt.wait_events, deadline))
+		{
+			set_wait_fault(s, rt.doing);
+			*nothing_received = false;
+			return false;
+		}
+	}
+	*nothing_received = rt.nothing_received;
+	return rt.state == RT_DONE;
 }
 
 /*
@@ -1242,6 +1292,11 @@ redis_auth_command(RedisCommand *cmd, const char **argv, size_t *len,
 	cmd->argc = argc;
 	cmd->argv = argv;
 	cmd->argvlen = len;
+	/* keyless, and never grown (see command_builder.c) */
+	cmd->first_key = 0;
+	cmd->nkeys = 0;
+	cmd->node = 0;
+	cmd->capacity = argc;
 }
 
 /*
@@ -1263,5 +1318,184 @@ redis_socket_round_trip(RedisSocket *s, const RedisCommand *commands,
 					   nothing_received);
 	redis_stats_add(RC_STAT_ROUND_TRIPS, 1);
 	redis_stats_latency(GetCurrentTimestamp() - start);
+	return ok;
+}
+
+/*
+ * A WaitEventSet over the sockets of the unfinished parts, the latch and
+ * postmaster death, in CurrentMemoryContext; positions[k] is part k's.
+ */
+static WaitEventSet *
+parts_wait_set(RedisSocketPart *parts, RoundTrip *rts, int nparts,
+			   int *positions)
+{
+	WaitEventSet *set = CreateWaitEventSet(CurrentMemoryContext, nparts + 2);
+	int			k;
+
+	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	for (k = 0; k < nparts; k++)
+	{
+		positions[k] = -1;
+		if (rts[k].state == RT_DONE || rts[k].state == RT_FAILED)
+			continue;
+		positions[k] = AddWaitEventToSet(set, rts[k].wait_events,
+										 parts[k].socket->sock, NULL,
+										 (void *) (intptr_t) k);
+	}
+	return set;
+}
+
+/*
+ * The loop of redis_sockets_round_trip(); *set is the caller's, so that
+ * it is freed whatever happens.
+ */
+static void
+parts_round_trip(RedisSocketPart *parts, RoundTrip *rts, int nparts,
+				 TimestampTz deadline, WaitEventSet **set)
+{
+	int		   *positions = palloc(sizeof(int) * nparts);
+	WaitEvent  *events = palloc(sizeof(WaitEvent) * (nparts + 2));
+	bool		rebuild = true;
+	int			k;
+
+	for (;;)
+	{
+		int			unfinished = 0;
+		TimestampTz now;
+		long		timeout_ms;
+		int			nevents;
+		int			e;
+
+		for (k = 0; k < nparts; k++)
+		{
+			RoundTrip  *rt = &rts[k];
+			uint32		before = rt->wait_events;
+
+			if (rt->state == RT_DONE || rt->state == RT_FAILED)
+				continue;
+			if (round_trip_advance(rt, deadline))
+			{
+				rebuild = true; /* its socket leaves the wait */
+				continue;
+			}
+			unfinished++;
+			if (!rebuild && positions[k] >= 0 && before != rt->wait_events)
+				ModifyWaitEvent(*set, positions[k], rt->wait_events, NULL);
+		}
+		if (unfinished == 0)
+			return;
+
+		if (rebuild)
+		{
+			if (*set != NULL)
+				FreeWaitEventSet(*set);
+			*set = NULL;
+			*set = parts_wait_set(parts, rts, nparts, positions);
+			rebuild = false;
+		}
+
+		/* wait for any socket, the deadline or an interrupt */
+		for (;;)
+		{
+			CHECK_FOR_INTERRUPTS();
+			now = GetCurrentTimestamp();
+			if (wait_must_end() || now >= deadline)
+			{
+				for (k = 0; k < nparts; k++)
+				{
+					if (rts[k].state == RT_DONE || rts[k].state == RT_FAILED)
+						continue;
+					set_wait_fault(parts[k].socket, rts[k].doing);
+					rts[k].state = RT_FAILED;
+					rts[k].nothing_received = false;
+				}
+				return;
+			}
+			timeout_ms = TimestampDifferenceMilliseconds(now, deadline);
+			if (timeout_ms <= 0)
+				timeout_ms = 1;
+			nevents = WaitEventSetWait(*set, timeout_ms, events, nparts + 2,
+									   PG_WAIT_EXTENSION);
+			for (e = 0; e < nevents; e++)
+				if (events[e].events & WL_LATCH_SET)
+					ResetLatch(MyLatch);
+			for (e = 0; e < nevents; e++)
+				if (events[e].events & WL_SOCKET_MASK)
+					break;
+			if (e < nevents)
+				break;
+		}
+	}
+}
+
+/* parts_round_trip(), freeing its wait set whatever happens. */
+static void
+parts_round_trip_freeing(RedisSocketPart *parts, RoundTrip *rts, int nparts,
+						 TimestampTz deadline, WaitEventSet **set)
+{
+	PG_TRY();
+	{
+		parts_round_trip(parts, rts, nparts, deadline, set);
+	}
+	PG_CATCH();
+	{
+		if (*set != NULL)
+			FreeWaitEventSet(*set);
+		*set = NULL;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (*set != NULL)
+		FreeWaitEventSet(*set);
+	*set = NULL;
+}
+
+/*
+ * One round trip over several sockets at once (a Redis Cluster's masters,
+ * cluster.c): parts[k] sends its commands over its own socket, one part
+ * per socket.  Every part is sent before any reply is awaited and every
+ * wait is one WaitEventSet over the sockets still busy, the latch and
+ * postmaster death, so the wall time is that of the slowest server rather
+ * than the sum, and the same deadline, interrupts and commit limit apply
+ * as to one socket.  A part that fails does not stop the others:
+ * parts[k].ok says which succeeded (a failed part's socket is out of sync:
+ * the caller closes it), parts[k].nothing_received whether its server
+ * answered nothing.  Returns true when all succeeded; the fault is that of
+ * the last failure.  May throw on interrupts; the caller closes every
+ * socket of the call then.
+ */
+bool
+redis_sockets_round_trip(RedisSocketPart *parts, int nparts,
+						 TimestampTz deadline, int timeout_ms)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	RoundTrip  *rts = palloc(sizeof(RoundTrip) * nparts);
+	/* in memory, not a local: what the loop created is freed on an ERROR */
+	WaitEventSet **set = palloc0(sizeof(WaitEventSet *));
+	bool		ok = true;
+	TimestampTz until = operation_deadline(NULL, deadline);
+	int			k;
+
+	if (wait_limit != 0 && until > wait_limit)
+		until = wait_limit;
+	for (k = 0; k < nparts; k++)
+	{
+		parts[k].socket->timeout_ms = wait_limit != 0 && !strict_deadlines ?
+			wait_limit_ms : timeout_ms;
+		round_trip_begin(&rts[k], parts[k].socket, parts[k].commands,
+						 parts[k].ncommands, parts[k].replies);
+	}
+	parts_round_trip_freeing(parts, rts, nparts, until, set);
+	for (k = 0; k < nparts; k++)
+	{
+		parts[k].ok = rts[k].state == RT_DONE;
+		parts[k].nothing_received = rts[k].nothing_received;
+		ok &= parts[k].ok;
+	}
+	redis_stats_add(RC_STAT_ROUND_TRIPS, 1);
+	redis_stats_latency(GetCurrentTimestamp() - start);
+	pfree(rts);
+	pfree(set);
 	return ok;
 }

@@ -7,28 +7,36 @@
  * Every connection checks its namespace (key_prefix) before the first
  * command of a caller, and again after every reconnect, after a change of
  * redis_cache.version or key_prefix, and while a flush is in progress.  The
- * check is one atomic Lua script over these keys (all under key_prefix):
+ * check is one atomic Lua script (scripts.c) over these keys, all under
+ * key_prefix and in one Redis Cluster slot (hashtag {cache}, keys.c):
  *
- *   cache:version    the version in force (the key the applications' own
- *                    cache-version code uses too)
- *   cache:versions   hash version -> first time it was seen (Redis TIME, ms)
- *   cache:run_id     run_id of the Redis process that last checked
- *   cache:flush      marker with a TTL while one backend flushes
- *   cache:flushed    "version|run_id" whose flush completed
+ *   {cache}:version   the version in force (the key the applications' own
+ *                     cache-version code can read too)
+ *   {cache}:versions  hash version -> first time it was seen (Redis TIME, ms)
+ *   {cache}:run_id    run_id of the Redis process that last checked
+ *   {cache}:flush     marker with a TTL while one backend flushes
+ *   {cache}:flushed   "version|run_id" whose flush completed
+ *   {cache}:families  the owned families (families.c), renamed with the rest
+ *
+ * Versions 1.1 to 1.6 named them cache:version, ...: on a standalone server
+ * the script is also given the legacy names, and the first check that
+ * finds no current version but a legacy one renames them all, atomically,
+ * before deciding (an upgrade is not a first run, which would skip a flush
+ * a new version or a Redis restart needs).
  *
  * The script decides, atomically, exactly one backend that flushes: on a
  * version mismatch with a version never seen before, on a new run_id (a
  * restart, possibly from a snapshot that predates later invalidations), or
- * when an earlier flush was abandoned (marker expired, cache:flushed stale).
+ * when an earlier flush was abandoned (marker expired, {cache}:flushed stale).
  * That backend removes the keys the extension owns under the prefix (the
  * query results of every cluster and the owned families, families.c; never
  * the keys above, never anything else: sessions and job queues share the
  * database) with SCAN + UNLINK (never FLUSHDB or KEYS), then records
- * cache:flushed.  Others bypass the cache while
+ * {cache}:flushed.  Others bypass the cache while
  * the marker exists and check again on their next command.
  *
  * Two servers with different versions do not flush each other in a loop:
- * a version already recorded in cache:versions as older than the one in
+ * a version already recorded in {cache}:versions as older than the one in
  * force is superseded, and its servers bypass the cache (every read a miss,
  * every write skipped) until they are deployed with a new version.
  *
@@ -116,13 +124,12 @@ run_check(RedisRoundTrip round_trip, int flags)
 	char	   *control[RC_NUM_CONTROL_KEYS];
 	char		token[33];
 	uint8		random_bytes[16];
-	const char *argv[3 + RC_NUM_CONTROL_KEYS + 4];
-	size_t		argvlen[3 + RC_NUM_CONTROL_KEYS + 4];
+	/* a cluster has no legacy keys to rename, and they hash elsewhere */
+	bool		migrate = !redis_server_is_cluster();
 	RedisCommand cmd;
 	RedisReply *reply;
 	const char *action;
 	int			i;
-	int			argc = 0;
 
 	for (i = 0; i < (int) RC_NUM_CONTROL_KEYS; i++)
 		control[i] = redis_control_key(prefix, i);
@@ -131,22 +138,18 @@ run_check(RedisRoundTrip round_trip, int flags)
 	for (i = 0; i < 16; i++)
 		snprintf(token + i * 2, 3, "%02x", random_bytes[i]);
 
-	argv[argc++] = "EVAL";
-	argv[argc++] = redis_script_body(RC_SCRIPT_VERSION_CHECK);
-	argv[argc++] = "5";
-	for (i = 0; i < RC_NUM_VERSION_KEYS; i++)
-		argv[argc++] = control[i];
-	argv[argc++] = expected;
-	argv[argc++] = run_id;
-	argv[argc++] = token;
-	argv[argc++] = RC_FLUSH_MARKER_TTL;
-	for (i = 0; i < argc; i++)
-		argvlen[i] = strlen(argv[i]);
-	cmd.argc = argc;
-	cmd.argv = argv;
-	cmd.argvlen = argvlen;
+	redis_script_cmd(&cmd, RC_SCRIPT_VERSION_CHECK,
+					 RC_NUM_CONTROL_KEYS * (migrate ? 2 : 1), 4);
+	for (i = 0; i < RC_NUM_CONTROL_KEYS; i++)
+		redis_cmd_key_str(&cmd, control[i]);
+	for (i = 0; migrate && i < RC_NUM_CONTROL_KEYS; i++)
+		redis_cmd_key_str(&cmd, redis_legacy_control_key(prefix, i));
+	redis_cmd_str(&cmd, expected);
+	redis_cmd_str(&cmd, run_id);
+	redis_cmd_str(&cmd, token);
+	redis_cmd_str(&cmd, RC_FLUSH_MARKER_TTL);
 
-	if (!round_trip(&cmd, 1, &reply))
+	if (!redis_execute_scripts_on(round_trip, &cmd, 1, &reply))
 		return RC_SESSION_FAULT;
 	if (reply->type == RC_REPLY_ERROR)
 	{
@@ -171,6 +174,11 @@ run_check(RedisRoundTrip round_trip, int flags)
 
 	action = reply->element[0]->str;
 	stored_version_seen[0] = '\0';
+	if (reply->elements > 3 && reply->element[3]->type == RC_REPLY_STRING &&
+		strcmp(reply->element[3]->str, "1") == 0)
+		ereport(LOG,
+				(errmsg("redis_cache: renamed the cache version bookkeeping keys of prefix \"%s\" to the names of version 1.7 (%s{cache}:version, ...)",
+						prefix, prefix)));
 	if (strcmp(action, "INIT") == 0)
 	{
 		ereport(LOG,
@@ -198,8 +206,6 @@ run_check(RedisRoundTrip round_trip, int flags)
 		int64		removed;
 		bool		failed;
 		char	   *done;
-		const char *fargv[7];
-		size_t		flen[7];
 		RedisCommand finish;
 		RedisReply *freply;
 
@@ -225,19 +231,12 @@ run_check(RedisRoundTrip round_trip, int flags)
 							removed, prefix, reason)));
 
 		done = psprintf("%s|%s", expected, run_id);
-		fargv[0] = "EVAL";
-		fargv[1] = redis_script_body(RC_SCRIPT_VERSION_FINISH);
-		fargv[2] = "2";
-		fargv[3] = control[3];
-		fargv[4] = control[4];
-		fargv[5] = token;
-		fargv[6] = done;
-		for (i = 0; i < 7; i++)
-			flen[i] = strlen(fargv[i]);
-		finish.argc = 7;
-		finish.argv = fargv;
-		finish.argvlen = flen;
-		if (!round_trip(&finish, 1, &freply))
+		redis_script_cmd(&finish, RC_SCRIPT_VERSION_FINISH, 2, 2);
+		redis_cmd_key_str(&finish, control[RC_CONTROL_FLUSH]);
+		redis_cmd_key_str(&finish, control[RC_CONTROL_FLUSHED]);
+		redis_cmd_str(&finish, token);
+		redis_cmd_str(&finish, done);
+		if (!redis_execute_scripts_on(round_trip, &finish, 1, &freply))
 			return RC_SESSION_FAULT;
 		check_state = CHECK_OK;
 	}
@@ -306,9 +305,6 @@ redis_version_startup_check(void)
 {
 	MemoryContext context;
 	MemoryContext old_context;
-	const char *argv[1] = {"PING"};
-	size_t		argvlen[1] = {4};
-
 	if (!redis_cache_enabled)
 		return;
 
@@ -317,7 +313,8 @@ redis_version_startup_check(void)
 	old_context = MemoryContextSwitchTo(context);
 	PG_TRY();
 	{
-		(void) redis_command(RC_EXEC_NO_ERROR | RC_EXEC_STARTUP, 1, argv, argvlen);
+		(void) redis_run(redis_cmd_new("PING", 0),
+						 RC_EXEC_NO_ERROR | RC_EXEC_STARTUP);
 	}
 	PG_CATCH();
 	{
@@ -412,8 +409,8 @@ redis_version_init(void)
  * cache_version() RETURNS TABLE(expected text, stored text, run_id text,
  * checked_at timestamptz)
  *
- * Reading cache:version goes through redis_execute(), so it runs the check
- * first when one is due.
+ * Reading {cache}:version goes through redis_execute(), so it runs the
+ * check (and the renaming of the legacy names) first when one is due.
  */
 Datum
 cache_version(PG_FUNCTION_ARGS)
@@ -421,18 +418,15 @@ cache_version(PG_FUNCTION_ARGS)
 	TupleDesc	tupdesc;
 	Datum		values[4];
 	bool		nulls[4] = {false, false, false, false};
-	size_t		klen;
-	const char *k = "cache:version";
-	char	   *key = redis_make_key_cstring(k, strlen(k), &klen);
-	const char *argv[2] = {"GET", key};
-	size_t		argvlen[2] = {3, klen};
+	RedisCommand *get = redis_cmd_new("GET", 1);
 	RedisReply *reply;
 	const char *run_id;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	reply = redis_command(0, 2, argv, argvlen);
+	redis_cmd_key_str(get, redis_control_key(current_prefix(), RC_CONTROL_VERSION));
+	reply = redis_run(get, 0);
 	values[0] = CStringGetTextDatum(redis_version_expected());
 	if (reply != NULL && reply->type == RC_REPLY_STRING &&
 		pg_verifymbstr(reply->str, (int) reply->len, true))

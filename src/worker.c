@@ -538,6 +538,24 @@ redis_worker_namespaces(char ***prefixes)
 }
 
 /*
+ * UNLINK the bookkeeping keys of namespace prefix under their names of
+ * versions 1.1 to 1.6 (a namespace no 1.7 version check renamed: unused
+ * since the upgrade, or a cluster).  False on a fault.
+ */
+static bool
+unlink_legacy_bookkeeping(const char *prefix)
+{
+	RedisCommand cmd;
+	int			i;
+
+	redis_cmd_init(&cmd, "UNLINK", RC_NUM_CONTROL_KEYS);
+	for (i = 0; i < RC_NUM_CONTROL_KEYS; i++)
+		redis_cmd_key_str(&cmd, redis_legacy_control_key(prefix, i));
+	return redis_run(&cmd, RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
+					 RC_EXEC_IGNORE_ENABLED) != NULL;
+}
+
+/*
  * cache_forget_namespace(prefix text) RETURNS boolean: stop tracking a
  * key_prefix no longer in use (a retired environment, a test), so that it
  * is neither flushed after a crash nor sent generation bumps.  Its cached
@@ -554,7 +572,9 @@ cache_forget_namespace(PG_FUNCTION_ARGS)
 	WorkerShared *sh = worker_shared;
 	char	   *prefix = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *own;
+	char	   *legacy;
 	StringInfoData pattern;
+	StringInfoData legacy_pattern;
 	bool		pending = false;
 	int			found = -1;
 	int			i;
@@ -593,19 +613,30 @@ cache_forget_namespace(PG_FUNCTION_ARGS)
 				 errmsg("redis_cache: namespace \"%s\" has invalidations pending", prefix),
 				 errhint("Retry once Redis is reachable and the worker has applied them.")));
 
-	/* this cluster's results on this timeline, not another cluster's */
+	/*
+	 * This cluster's results on this timeline, not another cluster's: in
+	 * the layout of 1.7 and in that of 1.4 to 1.6 (what an upgrade left).
+	 */
 	own = redis_query_base("");
 	initStringInfo(&pattern);
 	redis_append_glob_escaped(&pattern, own, strlen(own));
 	appendStringInfoChar(&pattern, '*');
+	legacy = redis_legacy_query_base("");
+	initStringInfo(&legacy_pattern);
+	redis_append_glob_escaped(&legacy_pattern, legacy, strlen(legacy));
+	appendStringInfoChar(&legacy_pattern, '*');
 	if (found < 0)
 	{
-		if (redis_unlink_pattern(prefix, pattern.data) >= 0)
-			(void) redis_unlink_bookkeeping(prefix);
+		if (redis_unlink_pattern(prefix, pattern.data) >= 0 &&
+			redis_unlink_pattern(prefix, legacy_pattern.data) >= 0 &&
+			redis_unlink_bookkeeping(prefix))
+			(void) unlink_legacy_bookkeeping(prefix);
 		PG_RETURN_BOOL(false);
 	}
 	if (redis_unlink_pattern(prefix, pattern.data) < 0 ||
-		!redis_unlink_bookkeeping(prefix))
+		redis_unlink_pattern(prefix, legacy_pattern.data) < 0 ||
+		!redis_unlink_bookkeeping(prefix) ||
+		!unlink_legacy_bookkeeping(prefix))
 	{
 		LWLockAcquire(sh->lock, LW_EXCLUSIVE);
 		sh->namespaces[found].forgotten = false;
@@ -812,7 +843,7 @@ namespace_prefix(int ns)
 /*
  * Send the replay queue (replay.c), a batch per round trip, oldest first:
  * consecutive entries of one kind and namespace share a command (UNLINK of
- * full keys, the generation bump script, SADD of families).  A batch is
+ * full keys, the generation bump script by EVALSHA, SADD of families).  A batch is
  * removed only once Redis answered it.  A command Redis refuses (foreign
  * data where a generation should be, an ACL) is reported and its namespace
  * flushed instead, so the queue never stalls on it.  Returns false when
@@ -847,42 +878,42 @@ replay_pending(void)
 			int			kind = items[i].kind;
 			int			ns = items[i].namespace_index;
 			int			run = 1;
-			int			fixed;
 			int			j;
 
 			while (i + run < n && run < RC_KEYS_PER_COMMAND &&
 				   items[i + run].kind == kind &&
 				   items[i + run].namespace_index == ns)
 				run++;
-			fixed = kind == RC_REPLAY_KEY ? 1 : kind == RC_REPLAY_FAMILY ? 2 : 4;
-			cmd->argv = palloc(sizeof(char *) * (run + fixed));
-			cmd->argvlen = palloc(sizeof(size_t) * (run + fixed));
 			if (kind == RC_REPLAY_KEY)
-				cmd->argv[0] = "UNLINK";
+			{
+				redis_cmd_init(cmd, "UNLINK", run);
+				for (j = 0; j < run; j++)
+					redis_cmd_key(cmd, items[i + j].data, items[i + j].len);
+			}
 			else if (kind == RC_REPLAY_FAMILY)
 			{
-				cmd->argv[0] = "SADD";
-				cmd->argv[1] = redis_control_key(namespace_prefix(ns), RC_CONTROL_FAMILIES);
+				redis_cmd_init(cmd, "SADD", run + 1);
+				redis_cmd_key_str(cmd, redis_control_key(namespace_prefix(ns), RC_CONTROL_FAMILIES));
+				for (j = 0; j < run; j++)
+					redis_cmd_arg(cmd, items[i + j].data, items[i + j].len);
 			}
 			else
 			{
-				cmd->argv[0] = "EVAL";
-				cmd->argv[1] = redis_script_body(RC_SCRIPT_QUERY_INVALIDATE);
-				cmd->argv[2] = "0";
-				cmd->argv[3] = redis_query_base(namespace_prefix(ns));
+				const char **gen_items = palloc(sizeof(char *) * run);
+				size_t	   *lens = palloc(sizeof(size_t) * run);
+
+				for (j = 0; j < run; j++)
+				{
+					gen_items[j] = items[i + j].data;
+					lens[j] = items[i + j].len;
+				}
+				redis_invalidate_script_cmd(cmd, redis_query_base(namespace_prefix(ns)),
+											gen_items, lens, run);
 			}
-			for (j = 0; j < fixed; j++)
-				cmd->argvlen[j] = strlen(cmd->argv[j]);
-			for (j = 0; j < run; j++)
-			{
-				cmd->argv[fixed + j] = (char *) items[i + j].data;
-				cmd->argvlen[fixed + j] = items[i + j].len;
-			}
-			cmd->argc = fixed + run;
 			command_ns[ncommands++] = ns;
 			i += run;
 		}
-		if (!redis_execute(commands, ncommands, replies, RC_WORKER_EXEC_FLAGS))
+		if (!redis_execute_scripts(commands, ncommands, replies, RC_WORKER_EXEC_FLAGS))
 			return false;
 		for (i = 0; i < ncommands; i++)
 		{
