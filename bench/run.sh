@@ -10,6 +10,10 @@
 #   bash bench/run.sh query        # cache_query only
 #   bash bench/run.sh invalidation
 #   bash bench/run.sh tls        # cache_get hit over TLS against plain TCP
+#   bash bench/run.sh cluster    # a 3-master Redis Cluster against the standalone server
+#
+# cluster: RC_BENCH_CLUSTER_REPLICAS (default 0) replicas per master;
+# RC_BENCH_BULK_RUNS (default 5) commits of the 1,000-row UPDATE per side.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RC_ROOT=$(pwd)
@@ -23,7 +27,12 @@ rc_install_packages postgresql-15-pgmemcache memcached
 rc_build_install || exit 1
 stack_start
 MEMCACHED_PID=
-cleanup() { [ -n "$MEMCACHED_PID" ] && kill "$MEMCACHED_PID" 2>/dev/null; stack_stop; }
+CL_PIDS=()
+cleanup() {
+	[ -n "$MEMCACHED_PID" ] && kill "$MEMCACHED_PID" 2>/dev/null
+	for p in "${CL_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	stack_stop
+}
 trap cleanup EXIT
 
 # the peer: pgmemcache against a memcached on loopback, same key and value
@@ -193,6 +202,115 @@ if [ "$WHAT" = all ] || [ "$WHAT" = tls ]; then
 	kill "$TLS_REDIS_PID" 2>/dev/null
 fi
 
+if [ "$WHAT" = all ] || [ "$WHAT" = cluster ]; then
+	# 3 masters (and RC_BENCH_CLUSTER_REPLICAS replicas each) on loopback;
+	# the same PostgreSQL switches between them and the standalone
+	# redis-server with redis_cache.host (ALTER SYSTEM, reload: the worker
+	# follows too), and the two sides alternate twice so that drift in
+	# the machine's load hits both
+	CL_DIR="$RC_TMP/cluster"
+	CL_REPLICAS=${RC_BENCH_CLUSTER_REPLICAS:-0}
+	CL_N=$((3 * (1 + CL_REPLICAS)))
+	CL_PORTS=()
+	declare -A CL_TAKEN=()
+	cl_port() {  # a free port no other node of ours took
+		local p
+		while :; do
+			p=$(free_port "$1")
+			[ -z "${CL_TAKEN[$p]:-}" ] && [ "$p" != "$REDIS_PORT" ] && break
+		done
+		CL_TAKEN[$p]=1
+		echo "$p"
+	}
+	for i in $(seq 1 "$CL_N"); do
+		port=$(cl_port 49000)
+		bus=$(cl_port 52000)
+		mkdir -p "$CL_DIR/$i"
+		redis-server --port "$port" --cluster-port "$bus" --bind 127.0.0.1 --daemonize no \
+			--cluster-enabled yes --cluster-config-file "$CL_DIR/$i/nodes.conf" \
+			--cluster-node-timeout 2000 --repl-diskless-sync-delay 0 \
+			--dir "$CL_DIR/$i" --save "" --appendonly no --logfile "$CL_DIR/$i/redis.log" &
+		CL_PIDS+=($!)
+		CL_PORTS+=("$port")
+	done
+	for port in "${CL_PORTS[@]}"; do
+		for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+	done
+	redis-cli --cluster create $(for port in "${CL_PORTS[@]}"; do printf '127.0.0.1:%s ' "$port"; done) \
+		--cluster-replicas "$CL_REPLICAS" --cluster-yes >"$CL_DIR/create.out" 2>&1 ||
+		{ echo "redis-cli --cluster create failed:"; cat "$CL_DIR/create.out"; exit 1; }
+	for _ in $(seq 1 200); do
+		ok=0
+		for port in "${CL_PORTS[@]}"; do
+			redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && ok=$((ok + 1))
+		done
+		[ "$ok" = "$CL_N" ] && break
+		sleep 0.1
+	done
+	SEEDS=$(for port in "${CL_PORTS[@]:0:3}"; do printf '127.0.0.1:%s, ' "$port"; done)
+	SEEDS=${SEEDS%, }
+	use_redis() {  # use_redis cluster|standalone
+		if [ "$1" = cluster ]; then
+			q -c "ALTER SYSTEM SET redis_cache.host = '$SEEDS'" -c "SELECT pg_reload_conf()" >/dev/null
+		else
+			q -c "ALTER SYSTEM RESET redis_cache.host" -c "SELECT pg_reload_conf()" >/dev/null
+		fi
+		sleep 0.5
+	}
+	ROW1_JSON=$'\\set id random(1, 1000)\nSELECT cache_query_json(\'SELECT * FROM tenants WHERE id = $1\', ARRAY[(:id)::text], 3600);'
+	GET=$'\\set id random(1, 1000)\nSELECT cache_get(\'bench:\' || (:id)::text);'
+	MGET=$'\\set id random(1, 990)\nSELECT cache_mget(ARRAY(SELECT \'bench:\' || g FROM generate_series(:id, :id + 9) g));'
+	fill() {
+		q -c "SELECT count(cache_set('bench:' || g, repeat('v', 100), 86400)) FROM generate_series(1, 1000) g" \
+		  -c "SELECT count(cache_query_json('SELECT * FROM tenants WHERE id = \$1', ARRAY[g::text], 3600)) FROM generate_series(1, 1000) g" >/dev/null
+	}
+	use_redis cluster
+	q -c "SELECT cache_health()" >"$CL_DIR/health.json"
+	fill
+	use_redis standalone
+	fill
+	for i in 1 2; do
+		use_redis standalone
+		run "cache_get_hit_standalone_$i" "$GET"
+		run "cache_mget_10_standalone_$i" "$MGET"
+		run "query_json_hit_standalone_$i" "$ROW1_JSON"
+		use_redis cluster
+		run "cache_get_hit_cluster_$i" "$GET"
+		run "cache_mget_10_cluster_$i" "$MGET"
+		run "query_json_hit_cluster_$i" "$ROW1_JSON"
+	done
+	CL_SPREAD=$(for port in "${CL_PORTS[@]}"; do redis-cli -p "$port" dbsize; done | tr '\n' ' ')
+
+	# a 1,000-row UPDATE of the watched table: 3 templates, 3,000 keys
+	# (filled just before, so every UNLINK removes a key) spread over
+	# every master; the COMMIT's time is the commit-time invalidation
+	# (the local commit is tiny with fsync off: the unwatched copy shows it)
+	commit_ms() {  # commit_ms TABLE FIRST-ID
+		local lo=$2 hi=$(($2 + 999))
+		q -c "SELECT count(*) FROM (SELECT cache_set_many(array_agg(k), array_agg('v'), 600) FROM (SELECT unnest(ARRAY['tenant:id:' || id, 'tenant:subdomain:' || subdomain, 'tenant:domain:' || domain]) AS k FROM tenants WHERE id BETWEEN $lo AND $hi) s) f" \
+		  -c "BEGIN" -c "UPDATE $1 SET name = md5(random()::text) WHERE id BETWEEN $lo AND $hi" \
+		  -c "\\timing on" -c "COMMIT" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
+	}
+	BULK_RUNS=${RC_BENCH_BULK_RUNS:-5}
+	cs=(); cc=(); cu=()
+	for i in $(seq 1 "$BULK_RUNS"); do
+		lo=$(( (i - 1) * 1000 + 1 ))
+		use_redis standalone
+		cs+=("$(commit_ms tenants $lo)")
+		cu+=("$(commit_ms tenants_unwatched $lo)")
+		use_redis cluster
+		cc+=("$(commit_ms tenants $((lo + 50000)))")
+		q -c "VACUUM tenants, tenants_unwatched" >/dev/null
+	done
+	medn() { printf '%s\n' "$@" | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+	COMMIT_S=$(medn "${cs[@]}")
+	COMMIT_C=$(medn "${cc[@]}")
+	COMMIT_U=$(medn "${cu[@]}")
+	# the keys are gone from every master
+	CL_LEFT=$(for port in "${CL_PORTS[@]:0:3}"; do redis-cli -p "$port" --scan --pattern 'tenant:*' | wc -l; done | awk '{s += $1} END {print s}')
+	use_redis standalone
+fi
+
 echo
 printf '%-28s %12s %10s\n' "benchmark" "tps" "vs SELECT 1"
 for r in "${results[@]}"; do
@@ -226,6 +344,16 @@ if [ -n "${TPS[cache_get_hit_tls_1]:-}" ]; then
 	p=$(python3 -c "print(${TPS[cache_get_hit_tcp_1]} + ${TPS[cache_get_hit_tcp_2]})")
 	echo "cache_get hit over TLS / plain TCP, same redis-server: $(ratio "$t" "$p")x  (target >= 0.8x; $(cat "$TLS_DIR/cipher"), verify-full)"
 	echo "redis-benchmark GET over TLS / plain TCP, same server and clients: $(ratio "${RB_TLS:-0}" "${RB_TCP:-1}")x  (${RB_TLS} vs ${RB_TCP} requests/s: the ceiling Redis' own client reaches)"
+fi
+if [ -n "${TPS[cache_get_hit_cluster_1]:-}" ]; then
+	sum() { python3 -c "import sys; print(sum(float(x) for x in sys.argv[1:]))" "$@"; }
+	echo "Redis Cluster (3 masters, $CL_REPLICAS replicas each; keys per node: $CL_SPREAD) against the standalone redis-server, same PostgreSQL, alternated twice:"
+	echo "  cache_get hit, cluster / standalone:             $(ratio "$(sum "${TPS[cache_get_hit_cluster_1]}" "${TPS[cache_get_hit_cluster_2]}")" "$(sum "${TPS[cache_get_hit_standalone_1]}" "${TPS[cache_get_hit_standalone_2]}")")x"
+	echo "  cache_mget of 10 keys (3 masters), cluster / standalone: $(ratio "$(sum "${TPS[cache_mget_10_cluster_1]}" "${TPS[cache_mget_10_cluster_2]}")" "$(sum "${TPS[cache_mget_10_standalone_1]}" "${TPS[cache_mget_10_standalone_2]}")")x"
+	echo "  cache_query_json 1-row hit, cluster / standalone: $(ratio "$(sum "${TPS[query_json_hit_cluster_1]}" "${TPS[query_json_hit_cluster_2]}")" "$(sum "${TPS[query_json_hit_standalone_1]}" "${TPS[query_json_hit_standalone_2]}")")x"
+	echo "  COMMIT of a 1,000-row UPDATE (3,000 keys on every master), cluster / standalone: $(ratio "$COMMIT_C" "$COMMIT_S")x  (${COMMIT_C} ms vs ${COMMIT_S} ms, median of $BULK_RUNS; the unwatched table's COMMIT ${COMMIT_U} ms; target <= 1.5x)"
+	echo "  runs: standalone ${cs[*]} ms; cluster ${cc[*]} ms; tenant keys left on the masters after the commits: $CL_LEFT"
+	echo "  cache_health() on the cluster: $(cat "$CL_DIR/health.json")"
 fi
 if [ -n "${RC_BENCH_CSV:-}" ]; then
 	{ echo "benchmark,tps,ratio_select_1"
