@@ -25,14 +25,16 @@
  * prefix.
  *
  * Every walk covers every master of a Redis Cluster: SCAN is keyless and
- * sees one server's keys, so a walk takes redis_master_count() once and
- * SCANs master 0, then 1, and so on (redis_cmd_on_node), each with its own
- * cursor and its own bound, going on to the next master when one's cursor
- * comes back to 0.  A master index that is no longer below the current
- * count (the cluster shrank during the walk) counts as finished.  What a
- * SCAN finds is UNLINKed as a keyed command, which the cluster layer
- * splits per slot.  A single server is master 0 of 1.  A fault on any
- * master ends the whole walk (*failed), with what was removed until then.
+ * sees one server's keys, so a walk connects first (PING), takes
+ * redis_master_count() once, and each round sends one SCAN per master not
+ * done, each to its master (redis_cmd_on_node) with its own cursor and
+ * bound, in one pipeline the cluster layer sends to all masters at once:
+ * a walk costs the rounds of the largest master, not the sum.  A master
+ * index no longer below the current count (the cluster shrank during the
+ * walk) counts as finished.  What a round's SCANs find is UNLINKed as one
+ * keyed command, which the cluster layer splits per slot.  A single
+ * server is master 0 of 1.  A fault on any master ends the whole walk
+ * (*failed), with what was removed until then.
  *
  * Every SCAN iteration is bounded: DBSIZE of the same master, pipelined
  * with its first SCAN, gives a number of rounds no real server needs
@@ -95,27 +97,27 @@ static bool
 scan_round_trip(RedisRoundTrip round_trip, RedisCommand *cmds, int ncmds,
 				RedisReply **replies, int flags, const char *what)
 {
-	RedisReply *last;
+	int			i;
 
 	if (round_trip != NULL)
 	{
 		if (!round_trip(cmds, ncmds, replies))
 			return false;
-		last = replies[ncmds - 1];
-		if (last->type == RC_REPLY_ERROR)
-		{
-			redis_fault_set(RC_FAULT_PROTOCOL, "Redis rejected %s: %s", what,
-							redis_printable(last->str, last->len));
-			return false;
-		}
-		return true;
 	}
-	if (!redis_execute(cmds, ncmds, replies, flags))
+	else if (!redis_execute(cmds, ncmds, replies, flags))
 		return false;
-	last = replies[ncmds - 1];
-	if (last->type == RC_REPLY_ERROR)
+	for (i = 0; i < ncmds; i++)
 	{
-		redis_report_reply_error(last, what, flags);
+		RedisReply *r = replies[i];
+
+		/* DBSIZE may be refused (an ACL): the bound then takes its clamp */
+		if (r->type != RC_REPLY_ERROR || strcmp(cmds[i].argv[0], "DBSIZE") == 0)
+			continue;
+		if (round_trip != NULL)
+			redis_fault_set(RC_FAULT_PROTOCOL, "Redis rejected %s: %s", what,
+							redis_printable(r->str, r->len));
+		else
+			redis_report_reply_error(r, what, flags);
 		return false;
 	}
 	return true;
@@ -179,6 +181,16 @@ is_owned(const OwnedKeys *owned, const char *key, size_t len)
 	return false;
 }
 
+/* PING with flags: connects when needed (faults reported per flags). */
+static bool
+ping(int flags)
+{
+	RedisCommand cmd;
+
+	redis_cmd_init(&cmd, "PING", 0);
+	return redis_run(&cmd, flags) != NULL;
+}
+
 /* One walk of scan_unlink(): what it matches, keeps, and has removed. */
 typedef struct ScanWalk
 {
@@ -224,33 +236,47 @@ scan_wants(const ScanWalk *walk, const RedisReply *k)
 	return true;
 }
 
+/* Where a walk is on one master. */
+typedef struct MasterScan
+{
+	char	   *cursor;			/* in the walk's context */
+	int64		rounds;
+	int64		max_rounds;
+	int64		dbsize;
+	bool		done;
+	int			scan_index;		/* of its SCAN in the round's pipeline */
+	int			dbsize_index;	/* of its DBSIZE, or -1 */
+} MasterScan;
+
 /*
- * The SCAN iteration of master number node, UNLINKing each round's keys
- * the walk wants (adding to walk->removed).  False on a fault, when the
- * deadline passes between two rounds, when the rounds run out or the
- * worker is asked to stop; true when the cursor came back to 0, or when
- * node is no longer below redis_master_count() (gone: nothing to scan).
+ * The SCAN iterations of every master at once: each round sends one SCAN
+ * to every master not done, in one pipeline that the cluster layer sends
+ * to all of them together (one round trip of wall time, not one per
+ * master), then one UNLINK of the keys the walk wants (split per slot).
+ * False on a fault, when the deadline passes between two rounds, when a
+ * master's rounds run out or the worker is asked to stop; true when every
+ * cursor came back to 0 (a master no longer below redis_master_count() is
+ * done: gone).
  */
 static bool
-scan_node(ScanWalk *walk, int node)
+scan_masters(ScanWalk *walk)
 {
-	char	   *cursor = pstrdup("0");
-	int64		rounds = 0;
-	int64		max_rounds = 0;
-	int64		dbsize = 0;
+	int			n = walk->nmasters;
+	MasterScan *m = palloc0(sizeof(MasterScan) * n);
+	RedisCommand *cmds = palloc(sizeof(RedisCommand) * n * 2);
+	RedisReply **replies = palloc(sizeof(RedisReply *) * n * 2);
 	bool		ok = true;
+	int			node;
 
-	do
+	for (node = 0; node < n; node++)
+		m[node].cursor = pstrdup("0");
+
+	while (ok)
 	{
-		RedisCommand cmds[2];
 		int			ncmds = 0;
 		RedisCommand unlink_cmd;
-		RedisReply *replies[2];
-		RedisReply *reply;
 		RedisReply *unlink_reply;
-		RedisReply *keys;
 		MemoryContext old_context;
-		size_t		i;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ShutdownRequestPending)
@@ -264,30 +290,47 @@ scan_node(ScanWalk *walk, int node)
 			ok = false;
 			break;
 		}
-		if (rounds > 0 && rounds >= max_rounds)
-		{
-			scan_bound_hit(walk->match.data, node, walk->nmasters, rounds,
-						   dbsize, walk->flags, walk->round_trip);
-			ok = false;
-			break;
-		}
-		/* a failover may have left fewer masters: this one is done */
-		if (node >= redis_master_count())
-			break;
+
 		old_context = MemoryContextSwitchTo(walk->batch_context);
-		/* the bound comes with the first round, in the same round trip */
-		if (rounds == 0)
+		for (node = 0; node < n && ok; node++)
 		{
-			redis_cmd_init(&cmds[ncmds], "DBSIZE", 0);
+			MasterScan *ms = &m[node];
+
+			/* a failover may have left fewer masters: this one is done */
+			if (ms->done || node >= redis_master_count())
+			{
+				ms->done = true;
+				continue;
+			}
+			if (ms->rounds > 0 && ms->rounds >= ms->max_rounds)
+			{
+				scan_bound_hit(walk->match.data, node, n, ms->rounds,
+							   ms->dbsize, walk->flags, walk->round_trip);
+				ok = false;
+				break;
+			}
+			/* the bound comes with the first round, in the same round trip */
+			ms->dbsize_index = -1;
+			if (ms->rounds == 0)
+			{
+				ms->dbsize_index = ncmds;
+				redis_cmd_init(&cmds[ncmds], "DBSIZE", 0);
+				redis_cmd_on_node(&cmds[ncmds++], node);
+			}
+			ms->scan_index = ncmds;
+			redis_cmd_init(&cmds[ncmds], "SCAN", 5);
+			redis_cmd_str(&cmds[ncmds], ms->cursor);
+			redis_cmd_str(&cmds[ncmds], "MATCH");
+			redis_cmd_arg(&cmds[ncmds], walk->match.data, walk->match.len);
+			redis_cmd_str(&cmds[ncmds], "COUNT");
+			redis_cmd_str(&cmds[ncmds], CppAsString2(RC_SCAN_COUNT));
 			redis_cmd_on_node(&cmds[ncmds++], node);
 		}
-		redis_cmd_init(&cmds[ncmds], "SCAN", 5);
-		redis_cmd_str(&cmds[ncmds], cursor);
-		redis_cmd_str(&cmds[ncmds], "MATCH");
-		redis_cmd_arg(&cmds[ncmds], walk->match.data, walk->match.len);
-		redis_cmd_str(&cmds[ncmds], "COUNT");
-		redis_cmd_str(&cmds[ncmds], CppAsString2(RC_SCAN_COUNT));
-		redis_cmd_on_node(&cmds[ncmds++], node);
+		if (!ok || ncmds == 0)
+		{
+			MemoryContextSwitchTo(old_context);
+			break;
+		}
 		if (!scan_round_trip(walk->round_trip, cmds, ncmds, replies,
 							 walk->flags, "SCAN"))
 		{
@@ -295,46 +338,60 @@ scan_node(ScanWalk *walk, int node)
 			ok = false;
 			break;
 		}
-		if (rounds == 0)
-			max_rounds = scan_round_limit(replies[0], &dbsize);
-		rounds++;
-		reply = replies[ncmds - 1];
-		if (reply->type != RC_REPLY_ARRAY || reply->elements != 2 ||
-			reply->element[0]->type != RC_REPLY_STRING ||
-			reply->element[1]->type != RC_REPLY_ARRAY)
-		{
-			redis_fault_set(RC_FAULT_PROTOCOL, "unexpected reply to SCAN");
-			MemoryContextSwitchTo(old_context);
-			ok = false;
-			break;
-		}
 
 		/* keyed: a Redis Cluster splits it per slot and sums the counts */
-		keys = reply->element[1];
-		redis_cmd_init(&unlink_cmd, "UNLINK", keys->elements);
-		for (i = 0; i < keys->elements; i++)
-			if (scan_wants(walk, keys->element[i]))
-				redis_cmd_key(&unlink_cmd, keys->element[i]->str,
-							  keys->element[i]->len);
-		if (unlink_cmd.nkeys > 0)
+		redis_cmd_init(&unlink_cmd, "UNLINK", RC_SCAN_COUNT);
+		for (node = 0; node < n && ok; node++)
 		{
-			if (!scan_round_trip(walk->round_trip, &unlink_cmd, 1,
-								 &unlink_reply, walk->flags, "deleting keys"))
+			MasterScan *ms = &m[node];
+			RedisReply *reply;
+			RedisReply *keys;
+			size_t		i;
+
+			if (ms->done)
+				continue;
+			if (ms->dbsize_index >= 0)
+				ms->max_rounds = scan_round_limit(replies[ms->dbsize_index],
+												  &ms->dbsize);
+			ms->rounds++;
+			reply = replies[ms->scan_index];
+			if (reply->type != RC_REPLY_ARRAY || reply->elements != 2 ||
+				reply->element[0]->type != RC_REPLY_STRING ||
+				reply->element[1]->type != RC_REPLY_ARRAY)
 			{
-				MemoryContextSwitchTo(old_context);
+				redis_fault_set(RC_FAULT_PROTOCOL, "unexpected reply to SCAN");
 				ok = false;
 				break;
 			}
-			if (unlink_reply->type == RC_REPLY_INTEGER)
+			keys = reply->element[1];
+			for (i = 0; i < keys->elements; i++)
+				if (scan_wants(walk, keys->element[i]))
+					redis_cmd_key(&unlink_cmd, keys->element[i]->str,
+								  keys->element[i]->len);
+			/* the cursor outlives the batch */
+			MemoryContextSwitchTo(old_context);
+			pfree(ms->cursor);
+			ms->cursor = pstrdup(reply->element[0]->str);
+			ms->done = strcmp(ms->cursor, "0") == 0;
+			MemoryContextSwitchTo(walk->batch_context);
+		}
+		if (ok && unlink_cmd.nkeys > 0)
+		{
+			if (!scan_round_trip(walk->round_trip, &unlink_cmd, 1,
+								 &unlink_reply, walk->flags, "deleting keys"))
+				ok = false;
+			else if (unlink_reply->type == RC_REPLY_INTEGER)
 				walk->removed += unlink_reply->integer;
 		}
 		MemoryContextSwitchTo(old_context);
-		pfree(cursor);
-		cursor = pstrdup(reply->element[0]->str);
 		MemoryContextReset(walk->batch_context);
-	} while (strcmp(cursor, "0") != 0);
+	}
 
-	pfree(cursor);
+	for (node = 0; node < n; node++)
+		pfree(m[node].cursor);
+	pfree(m);
+	pfree(cmds);
+	pfree(replies);
 	MemoryContextReset(walk->batch_context);
 	return ok;
 }
@@ -358,7 +415,6 @@ scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 			const char *own_base, const OwnedKeys *owned, bool *failed)
 {
 	ScanWalk	walk;
-	int			node;
 
 	walk.prefix = prefix;
 	walk.prefixlen = strlen(prefix);
@@ -381,11 +437,14 @@ scan_unlink(const char *prefix, const char *pattern, size_t patternlen,
 											   "redis_cache scan batch",
 											   ALLOCSET_DEFAULT_SIZES);
 
+	*failed = false;
+	/* connected first: a cluster's masters are known from then on */
+	if (round_trip == NULL && !ping(walk.flags))
+		*failed = true;
 	/* once per walk: a master added meanwhile is the next walk's */
 	walk.nmasters = redis_master_count();
-	*failed = false;
-	for (node = 0; node < walk.nmasters && !*failed; node++)
-		*failed = !scan_node(&walk, node);
+	if (!*failed)
+		*failed = !scan_masters(&walk);
 
 	MemoryContextDelete(walk.batch_context);
 	pfree(walk.match.data);
@@ -428,11 +487,8 @@ unlink_matching(const char *prefix, const char *pattern, TimestampTz deadline)
 static bool
 ensure_connection(void)
 {
-	RedisCommand cmd;
-
-	redis_cmd_init(&cmd, "PING", 0);
-	return redis_run(&cmd, RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
-					 RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED) != NULL;
+	return ping(RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
+				RC_EXEC_FAST_CONNECT | RC_EXEC_IGNORE_ENABLED);
 }
 
 /*

@@ -48,7 +48,8 @@
  * from 1.6, not a first run (which would skip a flush a new version or a
  * restart needs).  Each legacy key that exists is renamed to its current
  * name, all in this one atomic script, before the check proceeds as usual.
- * The families set is merged when a 1.7 commit recorded one meanwhile; a
+ * The families set is merged (SMEMBERS, SADD: no command beyond README's
+ * ACL line) when a 1.7 commit recorded one meanwhile; a
  * legacy key of an unexpected type where a set is needed stays where it is
  * (still reserved).  A cluster gets no legacy keys (they hash elsewhere):
  * 1.6 never ran there.
@@ -65,7 +66,10 @@ static const char version_check_script[] =
 "      if nt == 'none' or i < 6 then\n"
 "        redis.call('RENAME', old, KEYS[i])\n"
 "      elseif ot == 'set' and nt == 'set' then\n"
-"        redis.call('SUNIONSTORE', KEYS[i], KEYS[i], old)\n"
+"        local m = redis.call('SMEMBERS', old)\n"
+"        for j = 1, #m, 1000 do\n"
+"          redis.call('SADD', KEYS[i], unpack(m, j, math.min(j + 999, #m)))\n"
+"        end\n"
 "        redis.call('UNLINK', old)\n"
 "      end\n"
 "    end\n"

@@ -46,7 +46,7 @@ SELECT count(*) FROM cache_query('SELECT id FROM qt_tenants WHERE false') AS t(i
 SELECT cache_query_json('SELECT id, name, test_nextval(''runs'') AS run FROM qt_tenants WHERE id = $1', ARRAY['1']);
 SELECT cache_query_json('SELECT id, name, test_nextval(''runs'') AS run FROM qt_tenants WHERE id = $1', ARRAY['1']);
 SELECT cache_query_json('SELECT id FROM qt_tenants WHERE false');
-SELECT cache_query_key('SELECT 1') ~ '^regress:query:query:[0-9]+\.[0-9]+:[0-9]+:[0-9]+:[0-9a-f]{64}$' AS key_layout;
+SELECT cache_query_key('SELECT 1') ~ '^regress:query:query:\{[0-9]+\.[0-9]+\}:[0-9]+:[0-9]+:[0-9a-f]{64}$' AS key_layout;
 SELECT cache_query_key('SELECT 1') <> cache_query_key('SELECT 1', '{}', 'rows') AS kinds_differ;
 
 -- a committed write ends the results that read the table

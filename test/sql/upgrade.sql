@@ -111,6 +111,11 @@ ALTER EXTENSION redis_cache UPDATE TO '1.6';
 SELECT extversion FROM pg_extension WHERE extname = 'redis_cache';
 SELECT pg_get_function_arguments('cache_query_key(text, text[], text, boolean)'::regprocedure);
 
+-- 1.6 to 1.7: the key layout for Redis Cluster is the library's; the
+-- upgrade script exists and changes no object
+ALTER EXTENSION redis_cache UPDATE TO '1.7';
+SELECT extversion FROM pg_extension WHERE extname = 'redis_cache';
+
 -- a fresh install of the current version (its own install script) holds
 -- exactly the objects of 1.0 followed by every upgrade: members, function
 -- definitions, privileges, comments, tables and views

@@ -6,7 +6,10 @@
 # once and keeping a session under the same prefix (also with 20 racing
 # backends), an open session noticing a reload, a Redis restart from an RDB
 # snapshot holding a stale key, Redis down at backend start, two versions
-# not flushing each other, and the REDIS_CACHE_VERSION environment variable.
+# not flushing each other, the REDIS_CACHE_VERSION environment variable,
+# and the upgrade from 1.6: the bookkeeping keys' legacy names
+# (prefix||cache:version, ...) renamed to prefix||{cache}:version, ... by
+# the first check, which then decides as usual (no first-run shortcut).
 
 use strict;
 use warnings;
@@ -44,12 +47,12 @@ sub count_log
 	return scalar(() = $log =~ /\Q$text\E/g);
 }
 
-# Keys under the prefix, the version control keys (ver:cache:*) and the
+# Keys under the prefix, the version control keys (ver:{cache}:*) and the
 # application's sessions (ver:session:*, not cache: never flushed) excepted.
 sub prefix_keys
 {
 	my @keys = split /\n/, $redis->cli('--scan', '--pattern', 'ver:*') // '';
-	return scalar(grep { !/^ver:cache:/ && !/^ver:session:/ } @keys);
+	return scalar(grep { !/^ver:\{cache\}:/ && !/^ver:session:/ } @keys);
 }
 
 # Poll a session until it sees $name = $value (no Redis involved).
@@ -78,8 +81,8 @@ sub set_conf
 # --- first run: store the version, flush nothing ---------------------------
 is($node->safe_psql('postgres', "SELECT cache_get('tenant:id:1')"),
 	'from-app', 'first run: existing entries are kept');
-is($redis->cli('get', 'ver:cache:version'), '1',
-	"first run: version '1' stored at key_prefix || 'cache:version'");
+is($redis->cli('get', 'ver:{cache}:version'), '1',
+	"first run: version '1' stored at key_prefix || '{cache}:version'");
 is(count_log('cache version initialized to "1" for prefix "ver:"'), 1,
 	'first run: logged once');
 is( $node->safe_psql('postgres',
@@ -102,7 +105,7 @@ is($redis->cli('get', 'ver:session:abc'), 'user-1',
 	'version change: a key that is not cache survives');
 my @other = split /\n/, $redis->cli('--scan', '--pattern', 'other:*');
 is(scalar(@other), 5, 'version change: keys outside the prefix untouched');
-is($redis->cli('get', 'ver:cache:version'), 'a1b2c3d4',
+is($redis->cli('get', 'ver:{cache}:version'), 'a1b2c3d4',
 	'version change: new version stored');
 is(count_log('cache version mismatch (stored 1, expected a1b2c3d4): flushed 101 owned keys'),
 	1, 'version change: one flush, logged with the count');
@@ -189,7 +192,7 @@ like($err, qr/older than "srv-b"/,
 is($out, 'miss|f', 'older version: reads are misses, writes skipped');
 is($redis->cli('get', 'ver:shared'), 'by-b',
 	"older version: does not flush the newer one's entries");
-is($redis->cli('get', 'ver:cache:version'), 'srv-b',
+is($redis->cli('get', 'ver:{cache}:version'), 'srv-b',
 	'older version: the newest version stays in force');
 is(count_log('cache version mismatch'), $flushes, 'older version: no flush ping-pong');
 
@@ -206,6 +209,54 @@ is($node->safe_psql('postgres', 'SELECT expected, stored FROM cache_version()'),
 $node->restart;
 is($node->safe_psql('postgres', 'SELECT expected FROM cache_version()'),
 	'1', "default expected version is '1'");
+
+# --- upgrade from 1.6: the legacy bookkeeping names are renamed ------------
+# (a) same version, same Redis, flush done: renamed, nothing flushed
+my $run_id = $node->safe_psql('postgres', 'SELECT run_id FROM cache_version()');
+$redis->cli("SET mig:cache:version 1\nHSET mig:cache:versions 1 1000\n"
+	  . "SET mig:cache:run_id $run_id\nSET mig:cache:flushed 1|$run_id\n"
+	  . "SADD mig:cache:families order:*\nSET mig:tenant:id:1 kept\n"
+	  . "SET mig:order:1 kept\n");
+$log_offset = -s $node->logfile;
+is( $node->safe_psql('postgres',
+		q{SET redis_cache.key_prefix = 'mig:'; SELECT cache_get('tenant:id:1')}),
+	'kept', 'upgrade, same version: nothing flushed');
+is( $redis->cli('exists', 'mig:cache:version', 'mig:cache:versions',
+		'mig:cache:run_id', 'mig:cache:flushed', 'mig:cache:families'),
+	'0', 'upgrade: no legacy bookkeeping key is left');
+is( join('|',
+		map { $redis->cli('get', "mig:{cache}:$_") } qw(version run_id flushed)),
+	"1|$run_id|1|$run_id",
+	'upgrade: version, run_id and flushed renamed');
+is($redis->cli('hget', 'mig:{cache}:versions', '1'), '1000',
+	'upgrade: the history of versions renamed');
+is($redis->cli('smembers', 'mig:{cache}:families'), 'order:*',
+	'upgrade: the owned families renamed');
+my $log = slurp_file($node->logfile, $log_offset);
+like($log, qr/renamed the cache version bookkeeping keys of prefix "mig:"/,
+	'upgrade: the renaming is logged');
+unlike($log, qr/cache version initialized to "1" for prefix "mig:"/,
+	'upgrade: not taken for a first run');
+
+# (b) a new version deployed with the upgrade: one flush, as with 1.6, of
+# the owned keys, the renamed families included
+$redis->cli("SET mig2:cache:version old-deploy\nHSET mig2:cache:versions old-deploy 1000\n"
+	  . "SET mig2:cache:run_id $run_id\nSET mig2:cache:flushed old-deploy|$run_id\n"
+	  . "SADD mig2:cache:families order:*\nSET mig2:order:1 stale\n"
+	  . "SET mig2:tenant:id:1 stale\nSET mig2:session:abc user-2\n");
+$log_offset = -s $node->logfile;
+is( $node->safe_psql('postgres',
+		q{SET redis_cache.key_prefix = 'mig2:';
+		  SELECT coalesce(cache_get('tenant:id:1'), 'miss'), stored FROM cache_version()}),
+	'miss|1', 'upgrade with a new version: flushed, the new version in force');
+is($redis->cli('exists', 'mig2:order:1', 'mig2:tenant:id:1'), '0',
+	'upgrade with a new version: owned keys (renamed families too) removed');
+is($redis->cli('get', 'mig2:session:abc'), 'user-2',
+	'upgrade with a new version: a key that is not cache survives');
+$log = slurp_file($node->logfile, $log_offset);
+like($log, qr/cache version mismatch \(stored old-deploy, expected 1\)/,
+	'upgrade with a new version: the mismatch is seen, not a first run');
+unlike($log, qr/cache version initialized/, 'upgrade with a new version: no first-run shortcut');
 
 $node->stop;
 unlike(slurp_file($node->logfile), qr/terminated by signal/, 'no backend crashed');

@@ -92,16 +92,18 @@ like($stderr, qr/permission denied for function cache_forget_namespace/,
 	'cache_forget_namespace is not executable by ordinary roles');
 # this cluster's namespace of query results (keys.c), and another one's
 my ($ns) = $node->safe_psql('postgres', q{SELECT cache_query_key('SELECT 1')})
-  =~ /^query:(\d+\.\d+):/;
-$redis->cli('set', "legacy:query:$ns:1:10:abc", 'a result');
+  =~ /^query:\{(\d+\.\d+)\}:/;
+$redis->cli('set', "legacy:query:{$ns}:1:10:abc", 'a result');
+$redis->cli('set', "legacy:query:$ns:1:10:abc", 'a result of 1.6');
 $redis->cli('set', 'legacy:query:1.1:1:10:abc', 'another cluster');
+$redis->cli('set', 'legacy:query:{1.1}:1:10:abc', 'another cluster');
 is($node->safe_psql('postgres', q{SELECT cache_forget_namespace('legacy:')}), 't',
 	'a tracked prefix is forgotten');
-is($redis->cli('exists', "legacy:query:$ns:1:10:abc"), '0',
-	'forgetting removes the cached query results of the prefix');
-is($redis->cli('get', 'legacy:query:1.1:1:10:abc'), 'another cluster',
+is($redis->cli('exists', "legacy:query:{$ns}:1:10:abc", "legacy:query:$ns:1:10:abc"), '0',
+	'forgetting removes the cached query results of the prefix (both layouts)');
+is($redis->cli('exists', 'legacy:query:1.1:1:10:abc', 'legacy:query:{1.1}:1:10:abc'), '2',
 	'forgetting leaves the query results of another cluster');
-$redis->cli('del', 'legacy:query:1.1:1:10:abc');
+$redis->cli('del', 'legacy:query:1.1:1:10:abc', 'legacy:query:{1.1}:1:10:abc');
 is($node->safe_psql('postgres', q{SELECT cache_forget_namespace('legacy:')}), 'f',
 	'forgetting it again says it was not tracked');
 is($node->safe_psql('postgres', q{SELECT cache_forget_namespace('never:')}), 'f',

@@ -56,7 +56,7 @@ SELECT cache_query_json('SELECT v FROM t');});
 my $db4 = $node->safe_psql('postgres', q{SELECT oid FROM pg_database WHERE datname = 'db4'});
 # the namespace of this cluster's query results (keys.c)
 my ($base) = $node->safe_psql('db1', q{SELECT cache_query_key('SELECT 1')})
-  =~ /^(query:\d+\.\d+:)/;
+  =~ /^(query:\{\d+\.\d+\}:)/;
 my $gen = $redis->cli('get', "${base}gen:ddl:$db4");
 ok(defined $gen && $gen ne '', 'a result of db4 depends on its DDL generation');
 $node->safe_psql('postgres', 'DROP DATABASE db4');

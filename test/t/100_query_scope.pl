@@ -85,10 +85,10 @@ sub counter
 	return sql("SELECT $_[0] FROM cache_stats WHERE family IS NULL");
 }
 
-# result keys in Redis: query:<db>:<role>:<sha256>, locks aside
+# keys of the query namespace in Redis (query:{<sysid>.<tli>}:...), locks aside
 sub result_keys
 {
-	my $out = $redis->cli('--scan', '--pattern', 'query:[0-9]*');
+	my $out = $redis->cli('--scan', '--pattern', 'query:{[0-9]*');
 	return scalar grep { $_ ne '' && !/:lock$/ } split /\n/, ($out // '');
 }
 

@@ -2,8 +2,9 @@
 # Copyright (c) redis_cache contributors; the PostgreSQL License.
 
 # Cached query results belong to one WAL history (keys.c): the namespace
-# prefix||"query:<system identifier>.<timeline>:" holds the results, the
-# generations and the dependency sets.
+# prefix||"query:{<system identifier>.<timeline>}:" holds the results, the
+# generations and the dependency sets (the braces: one Redis Cluster slot
+# per namespace).
 #
 # (a) Two independently initdb'd clusters share one Redis and one
 #     key_prefix, with the same schema (same OIDs) and different rows: each
@@ -47,7 +48,7 @@ sub exists_key
 sub namespace_of
 {
 	my ($key) = @_;
-	$key =~ /^app:query:(\d+\.\d+):\d+:\d+:[0-9a-f]{64}$/
+	$key =~ /^app:query:\{(\d+\.\d+)\}:\d+:\d+:[0-9a-f]{64}$/
 	  or die "unexpected key layout: $key";
 	return $1;
 }
@@ -91,9 +92,9 @@ like($a->safe_psql('postgres', $q), qr/a-row/, 'cluster A: still its own rows');
 like($b->safe_psql('postgres', $q), qr/b-row/, 'cluster B: still its own rows');
 
 my $oid = $a->safe_psql('postgres', $oid_sql);
-ok(exists_key("app:query:$nsa:gen:5:$oid") && exists_key("app:query:$nsb:gen:5:$oid"),
+ok(exists_key("app:query:{$nsa}:gen:5:$oid") && exists_key("app:query:{$nsb}:gen:5:$oid"),
 	'each cluster has its own generation of the table');
-ok(exists_key("app:query:$nsa:deps:5:$oid") && exists_key("app:query:$nsb:deps:5:$oid"),
+ok(exists_key("app:query:{$nsa}:deps:5:$oid") && exists_key("app:query:{$nsb}:deps:5:$oid"),
 	'each cluster has its own dependency set of the table');
 
 # a write on B ends B's result, not A's
@@ -125,9 +126,9 @@ $a->wait_for_log(qr/replayed \d+ invalidations that could not be delivered/, $of
 ok(exists_key('app:tenant:id:1'), "cluster A's replay left key-value keys the write did not name");
 ok(!exists_key($ka), "cluster A's replay removed its own result");
 ok(exists_key($kb), "cluster A's replay left cluster B's result");
-ok(exists_key("app:query:$nsb:gen:5:$oid"),
+ok(exists_key("app:query:{$nsb}:gen:5:$oid"),
 	"cluster A's replay left cluster B's generations");
-ok(exists_key('app:cache:version'), "cluster A's replay left the version bookkeeping");
+ok(exists_key('app:{cache}:version'), "cluster A's replay left the version bookkeeping");
 like($a->safe_psql('postgres', $q), qr/a-missed/, 'cluster A: the missed write is seen');
 like($b->safe_psql('postgres', $q), qr/b-new/, 'cluster B: still its rows');
 

@@ -58,15 +58,15 @@ SELECT cache_watch('tenants', 'tenant:id:{id}', 'tenant:subdomain:{subdomain}');
 
 # first contact: the version is initialised ('1')
 $node->safe_psql('postgres', q{SELECT cache_set('tenant:id:1', 'acme')});
-is($redis->cli('get', 'cache:version'), '1', 'cache version initialised');
+is($redis->cli('get', '{cache}:version'), '1', 'cache version initialised');
 $redis->cli("SET tenant:id:2 globex\nSET session:abc s\nRPUSH queues:default job\n");
 
-# ---- repro 1: cache_set('cache:version', 'x') -------------------------------
-my ($rc, $out, $err) = psql_as('app', q{SELECT cache_set('cache:version', 'x')});
-isnt($rc, 0, "cache_set('cache:version') by an ordinary role fails");
-like($err, qr/cannot write key "cache:version": it belongs to the extension/,
+# ---- repro 1: cache_set('{cache}:version', 'x') -----------------------------
+my ($rc, $out, $err) = psql_as('app', q{SELECT cache_set('{cache}:version', 'x')});
+isnt($rc, 0, "cache_set('{cache}:version') by an ordinary role fails");
+like($err, qr/cannot write key "\{cache\}:version": it belongs to the extension/,
 	'... with an ERROR naming the key');
-is($redis->cli('get', 'cache:version'), '1', '... and cache:version is unchanged');
+is($redis->cli('get', '{cache}:version'), '1', '... and {cache}:version is unchanged');
 ($rc, $out, $err) = psql_as('app', q{
 SELECT cache_set('tenant:id:9', 'v');
 SELECT cache_get('tenant:id:9');
@@ -75,11 +75,15 @@ is($out, "t\nv\nt", 'a new session is not superseded: it stores and reads');
 
 # a superuser is refused too (redis-cli is the tool for the bookkeeping)
 ($rc, $out, $err) = $node->psql('postgres',
-	q{SELECT cache_set('cache:version', 'x')});
+	q{SELECT cache_set('{cache}:version', 'x')});
 like($err, qr/belongs to the extension/, 'a superuser is refused as well');
 
-# the other writers and deleters
+# the other writers and deleters; the names of 1.1 to 1.6 stay reserved
 for my $call (
+	q{SELECT cache_set('cache:version', 'x')},
+	q{SELECT cache_delete('{cache}:version')},
+	q{SELECT cache_set('{cache}:families', 'x')},
+	q{SELECT cache_set('app:{cache}:run_id', 'x')},
 	q{SELECT cache_delete('cache:version')},
 	q{SELECT cache_delete('tenant:id:2', 'cache:run_id')},
 	q{SELECT cache_incr('cache:flushed')},
@@ -93,10 +97,10 @@ for my $call (
 	($rc, $out, $err) = psql_as('app', $call);
 	like($err, qr/ERROR:.*belongs to the extension/, "refused: $call");
 }
-is($redis->cli('exists', 'cache:version', 'cache:versions', 'cache:run_id', 'tenant:id:2'),
+is($redis->cli('exists', '{cache}:version', '{cache}:versions', '{cache}:run_id', 'tenant:id:2'),
 	'4', 'the bookkeeping (and the key listed beside it) survive');
-is($redis->cli('exists', 'cache:flush'), '0', 'no flush marker was taken');
-($rc, $out, $err) = psql_as('app', q{SELECT cache_get('cache:version')});
+is($redis->cli('exists', '{cache}:flush', 'cache:flush'), '0', 'no flush marker was taken');
+($rc, $out, $err) = psql_as('app', q{SELECT cache_get('{cache}:version')});
 is($out, '1', 'reading a bookkeeping key is allowed');
 
 # ---- cache_delete_pattern -----------------------------------------------
@@ -112,7 +116,7 @@ ok(scalar(@query_keys) >= 2, 'a cached result and its generations exist (' . sca
 is($out, 't', 'a granted role deletes application keys with a pattern');
 is($redis->cli('exists', 'tenant:id:2', 'session:abc', 'queues:default'), '0',
 	'... the application keys are gone');
-is($redis->cli('exists', 'cache:version', 'cache:versions', 'cache:run_id'), '3',
+is($redis->cli('exists', '{cache}:version', '{cache}:versions', '{cache}:run_id'), '3',
 	'... the cache version bookkeeping is left');
 my @left = split /\n/, $redis->cli('--scan', '--pattern', 'query:*');
 is(scalar(@left), scalar(@query_keys), '... and every key of the query namespace');
@@ -129,7 +133,7 @@ ok($redis->cli('--scan', '--pattern', 'b:query:*') ne '', 'namespace b: has a ca
 ($rc, $out, $err) = psql_as('app', q{SELECT cache_set('b:query:5:10:forged', 'x')});
 like($err, qr/cannot write key "b:query:5:10:forged": it belongs to the extension/,
 	"the query namespace of a nested namespace the server knows is refused");
-($rc, $out, $err) = psql_as('app', q{SELECT cache_set('b:cache:run_id', 'x')});
+($rc, $out, $err) = psql_as('app', q{SELECT cache_set('b:{cache}:run_id', 'x')});
 like($err, qr/belongs to the extension/, '... and its bookkeeping');
 ($rc, $out, $err) = psql_as('app', q{SELECT cache_set('bquery:1', 'x'), cache_set('user:query:1', 'x')});
 is($out, 't|t', 'keys that merely contain "query" are ordinary keys');

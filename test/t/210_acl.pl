@@ -240,7 +240,7 @@ is($err, '', 'status functions: no warning');
 sql(q{SELECT cache_watch('tenants', 'tenant:id:{id}')});
 is( sql(q{SELECT string_agg(family || '/' || source, ' ') FROM cache_families()}),
 	'tenant:id:*/watch', 'cache_families(): the watched family');
-ok(exists_key('app:cache:families'), 'the family is recorded in Redis');
+ok(exists_key('app:{cache}:families'), 'the family is recorded in Redis');
 
 sql(q{SELECT cache_set('tenant:id:' || g, 'v') FROM generate_series(1, 3) g});
 my $queued = stat_total('invalidations_queued');
