@@ -255,7 +255,7 @@ sub common_checks
 		my $vals = join(',', map { "v:$_" } @k);
 		is(sql("SELECT string_agg(cache_set(k, 'v:' || k, 600)::text, ',' ORDER BY o) FROM unnest("
 				  . arr(@k) . ') WITH ORDINALITY u(k, o)'),
-			join(',', ('t') x @k), "$what: cache_set of keys on every master (" . spread(@pk) . ')');
+			join(',', ('true') x @k), "$what: cache_set of keys on every master (" . spread(@pk) . ')');
 		my $v = $C->get_all(@pk);
 		is(join(',', map { $v->{$_} // 'NULL' } @pk), $vals,
 			"$what: each value is on the master owning its slot (plain GET there)");
@@ -573,7 +573,7 @@ common_checks();
 	set_conf('redis_cache.host', $plain->addr($r));
 	my @k = pick_keys('seed:r%d', 1);
 	($out, $err) = run_script('SELECT string_agg(cache_set(k, k, 60)::text, \',\') FROM unnest(' . arr(@k) . ') k');
-	is($out, 't,t,t', "$what: a replica as the only seed: the map comes from it, writes go to the masters");
+	is($out, 'true,true,true', "$what: a replica as the only seed: the map comes from it, writes go to the masters");
 	is(present(map { "shop:$_" } @k), 3, "$what: ... the keys are on their masters");
 	is((health('cluster_masters'))[0], '3', "$what: ... cache_health counts 3 masters");
 
@@ -645,7 +645,7 @@ common_checks();
 	is(scalar(@k), 4, "$what: 4 keys in the 100 slots that move (@k)");
 	my $s = $pnode->background_psql('postgres', on_error_stop => 0);
 	my ($out, $err) = bg_query($s, 'SELECT string_agg(cache_set(k, k, 600)::text, \',\') FROM unnest(' . arr(@k) . ') k');
-	is($out, 't,t,t,t', "$what: an open session stores them on " . $from->port);
+	is($out, 'true,true,true,true', "$what: an open session stores them on " . $from->port);
 	my $h = $plain->reshard($from, $to, 100);
 	ok($plain->finish_reshard($h), "$what: 100 slots resharded to " . $to->port) or diag($h->{out} . $h->{err});
 	is(join(',', map { $_->port } $plain->owners(map { "shop:$_" } @k)), join(',', ($to->port) x 4),
