@@ -242,9 +242,10 @@ sub serve_client
 				: $mode eq 'ping_nul' ? "\$5\r\nPO\0NG\r\n"
 				: "+PONG\r\n");
 		}
-		elsif ($name eq 'EVAL' && ($cmd->[2] // '') eq '5')
+		elsif ($name eq 'EVAL' && ($cmd->[1] // '') =~ /cache version|local stored = redis.call\('GET', KEYS\[1\]\)/)
 		{
-			# the cache version check: the namespace is current
+			# the cache version check (EVAL of its body after NOSCRIPT):
+			# the namespace is current
 			$ok = put($sock, "*2\r\n\$2\r\nOK\r\n\$0\r\n\r\n");
 		}
 		elsif ($name eq 'EVALSHA')
