@@ -100,19 +100,33 @@ struct RedisCluster
 /* ---- slots ---------------------------------------------------------------- */
 
 /* CRC16 XMODEM (polynomial 0x1021), as Redis Cluster's keyHashSlot(). */
+static uint16 crc16_table[256];
+static bool crc16_ready = false;
+
 static uint16
 crc16(const char *buf, size_t len)
 {
 	uint16		crc = 0;
 	size_t		i;
-	int			b;
 
-	for (i = 0; i < len; i++)
+	if (!crc16_ready)
 	{
-		crc ^= (uint16) ((unsigned char) buf[i]) << 8;
-		for (b = 0; b < 8; b++)
-			crc = (crc & 0x8000) ? (uint16) ((crc << 1) ^ 0x1021) : (uint16) (crc << 1);
+		int			byte;
+		int			b;
+
+		for (byte = 0; byte < 256; byte++)
+		{
+			uint16		c = (uint16) (byte << 8);
+
+			for (b = 0; b < 8; b++)
+				c = (c & 0x8000) ? (uint16) ((c << 1) ^ 0x1021) : (uint16) (c << 1);
+			crc16_table[byte] = c;
+		}
+		crc16_ready = true;
 	}
+	for (i = 0; i < len; i++)
+		crc = (uint16) ((crc << 8) ^
+						crc16_table[((crc >> 8) ^ (unsigned char) buf[i]) & 0xFF]);
 	return crc;
 }
 
@@ -573,6 +587,25 @@ typedef struct SubCommand
 	RedisReply *reply;
 } SubCommand;
 
+/* A key of a command to split, and its slot. */
+typedef struct SlotKey
+{
+	int			slot;
+	int			index;			/* among the command's keys */
+} SlotKey;
+
+/* By slot, then by position: each slot's keys keep their order. */
+static int
+compare_slot_keys(const void *a, const void *b)
+{
+	const SlotKey *x = a;
+	const SlotKey *y = b;
+
+	if (x->slot != y->slot)
+		return x->slot < y->slot ? -1 : 1;
+	return x->index < y->index ? -1 : (x->index > y->index);
+}
+
 static bool
 is_splittable(const RedisCommand *cmd)
 {
@@ -668,22 +701,26 @@ expand(RedisCluster *c, const RedisCommand *commands, int ncommands, int *nsubs)
 			continue;
 		}
 
-		/* one part per slot, keys in their order */
+		/* one part per slot, keys in their order within it */
 		{
-			int		   *key_slots = palloc(sizeof(int) * cmd->nkeys);
-			bool	   *taken = palloc0(sizeof(bool) * cmd->nkeys);
+			SlotKey    *order = palloc(sizeof(SlotKey) * cmd->nkeys);
+			int			start;
 
-			for (k = 0; k < cmd->nkeys; k++)
-				key_slots[k] = redis_key_slot(cmd->argv[cmd->first_key + k],
-											  cmd->argvlen[cmd->first_key + k]);
 			for (k = 0; k < cmd->nkeys; k++)
 			{
+				order[k].slot = redis_key_slot(cmd->argv[cmd->first_key + k],
+											   cmd->argvlen[cmd->first_key + k]);
+				order[k].index = k;
+			}
+			qsort(order, cmd->nkeys, sizeof(SlotKey), compare_slot_keys);
+			for (start = 0; start < cmd->nkeys;)
+			{
 				SubCommand *sub;
+				int			end = start;
 				int			m;
-				int			npos = 0;
 
-				if (taken[k])
-					continue;
+				while (end < cmd->nkeys && order[end].slot == order[start].slot)
+					end++;
 				if (n == room)
 				{
 					room *= 2;
@@ -692,22 +729,21 @@ expand(RedisCluster *c, const RedisCommand *commands, int ncommands, int *nsubs)
 				sub = &subs[n++];
 				memset(sub, 0, sizeof(SubCommand));
 				sub->origin = i;
-				sub->slot = key_slots[k];
-				sub->positions = palloc(sizeof(int) * cmd->nkeys);
-				redis_cmd_init(&sub->cmd, cmd->argv[0], cmd->nkeys);
+				sub->slot = order[start].slot;
+				sub->positions = palloc(sizeof(int) * (end - start));
+				redis_cmd_init(&sub->cmd, cmd->argv[0], end - start);
 				sub->cmd.argvlen[0] = cmd->argvlen[0];
-				for (m = k; m < cmd->nkeys; m++)
+				for (m = start; m < end; m++)
 				{
-					if (taken[m] || key_slots[m] != key_slots[k])
-						continue;
-					taken[m] = true;
-					redis_cmd_key(&sub->cmd, cmd->argv[cmd->first_key + m],
-								  cmd->argvlen[cmd->first_key + m]);
-					sub->positions[npos++] = m;
+					int			key = order[m].index;
+
+					redis_cmd_key(&sub->cmd, cmd->argv[cmd->first_key + key],
+								  cmd->argvlen[cmd->first_key + key]);
+					sub->positions[m - start] = key;
 				}
+				start = end;
 			}
-			pfree(key_slots);
-			pfree(taken);
+			pfree(order);
 		}
 	}
 	*nsubs = n;
