@@ -95,7 +95,22 @@ struct RedisCluster
 	uint64		moved;
 	uint64		asked;
 	uint64		retried;
+	bool		no_bulk;		/* the bulk delete script failed: per slot */
 };
+
+/*
+ * The bulk delete script (scripts.c registers it): UNLINK or DEL of the
+ * keys of several slots of one master in one command.
+ */
+static const char *bulk_delete_body = NULL;
+static char bulk_delete_sha1[SHA1_DIGEST_LENGTH * 2 + 1];
+
+void
+redis_cluster_set_bulk_delete(const char *body)
+{
+	bulk_delete_body = body;
+	bulk_delete_sha1[0] = '\0';
+}
 
 /* ---- slots ---------------------------------------------------------------- */
 
@@ -579,7 +594,11 @@ typedef struct SubCommand
 {
 	int			origin;			/* index of the caller's command */
 	RedisCommand cmd;
-	int		   *positions;		/* split MGET: where its values go */
+	bool		split;			/* a part of a command split per slot or node */
+	bool		bulk;			/* a part: the bulk delete script of one node */
+	bool		dropped;		/* a bulk part replaced by per-slot parts */
+	int		   *positions;		/* a part's keys among the command's */
+	int			npositions;
 	int			slot;			/* -1: keyless */
 	int			node;
 	bool		asking;			/* send ASKING first */
@@ -590,17 +609,20 @@ typedef struct SubCommand
 /* A key of a command to split, and its slot. */
 typedef struct SlotKey
 {
+	int			node;			/* bulk: its master; else -1 */
 	int			slot;
 	int			index;			/* among the command's keys */
 } SlotKey;
 
-/* By slot, then by position: each slot's keys keep their order. */
+/* By master, slot, then position: each slot's keys keep their order. */
 static int
 compare_slot_keys(const void *a, const void *b)
 {
 	const SlotKey *x = a;
 	const SlotKey *y = b;
 
+	if (x->node != y->node)
+		return x->node < y->node ? -1 : 1;
 	if (x->slot != y->slot)
 		return x->slot < y->slot ? -1 : 1;
 	return x->index < y->index ? -1 : (x->index > y->index);
@@ -643,20 +665,165 @@ slot_owner(RedisCluster *c, int slot, const RedisCommand *cmd)
 	return c->slot_node[slot] == RC_CLUSTER_NO_NODE ? -1 : c->slot_node[slot];
 }
 
+/* The sub-commands of one call, growing. */
+typedef struct SubList
+{
+	SubCommand *subs;
+	int			n;
+	int			room;
+} SubList;
+
+static SubCommand *
+new_sub(SubList *l, int origin)
+{
+	SubCommand *sub;
+
+	if (l->n == l->room)
+	{
+		l->room *= 2;
+		l->subs = repalloc(l->subs, sizeof(SubCommand) * l->room);
+	}
+	sub = &l->subs[l->n++];
+	memset(sub, 0, sizeof(SubCommand));
+	sub->origin = origin;
+	return sub;
+}
+
+/* A part of cmd holding its keys keyidx[0 .. nk-1], as cmd itself. */
+static void
+add_part(SubList *l, int origin, const RedisCommand *cmd, const int *keyidx,
+		 int nk, int slot)
+{
+	SubCommand *sub = new_sub(l, origin);
+	int			k;
+
+	sub->split = true;
+	sub->slot = slot;
+	sub->positions = palloc(sizeof(int) * nk);
+	sub->npositions = nk;
+	redis_cmd_init(&sub->cmd, cmd->argv[0], nk);
+	sub->cmd.argvlen[0] = cmd->argvlen[0];
+	for (k = 0; k < nk; k++)
+	{
+		redis_cmd_key(&sub->cmd, cmd->argv[cmd->first_key + keyidx[k]],
+					  cmd->argvlen[cmd->first_key + keyidx[k]]);
+		sub->positions[k] = keyidx[k];
+	}
+}
+
+/*
+ * The bulk delete part of cmd for the keys keyidx[0 .. nk-1], all served
+ * by one master: EVALSHA <bulk> 1 <first key> <other keys>, routed by its
+ * declared first key; the others are keys of other slots of the same
+ * master (the script's allow-cross-slot-keys flag).
+ */
+static void
+add_bulk_part(SubList *l, int origin, const RedisCommand *cmd,
+			  const int *keyidx, int nk, int slot)
+{
+	SubCommand *sub = new_sub(l, origin);
+	int			k;
+
+	if (bulk_delete_sha1[0] == '\0')
+		redis_hash_hex(PG_SHA1, bulk_delete_body, strlen(bulk_delete_body),
+					   bulk_delete_sha1);
+	sub->split = true;
+	sub->bulk = true;
+	sub->slot = slot;
+	sub->positions = palloc(sizeof(int) * nk);
+	sub->npositions = nk;
+	redis_cmd_init(&sub->cmd, "EVALSHA", nk + 3);
+	redis_cmd_str(&sub->cmd, bulk_delete_sha1);
+	redis_cmd_str(&sub->cmd, "1");
+	for (k = 0; k < nk; k++)
+	{
+		const char *key = cmd->argv[cmd->first_key + keyidx[k]];
+		size_t		len = cmd->argvlen[cmd->first_key + keyidx[k]];
+
+		if (k == 0)
+			redis_cmd_key(&sub->cmd, key, len);
+		else
+			redis_cmd_arg(&sub->cmd, key, len);
+		sub->positions[k] = keyidx[k];
+	}
+}
+
+/*
+ * The parts of a multi-key command for its keys keyidx[0 .. nk-1]: one
+ * per slot (the keys of each in their order); for UNLINK and DEL, when the
+ * bulk delete script may be used, one per master instead wherever a
+ * master serves several of the slots, which turns a 1,000-key invalidation
+ * into one command per master rather than one per key.
+ */
+static void
+split_command(RedisCluster *c, SubList *l, int origin,
+			  const RedisCommand *cmd, const int *keyidx, int nk,
+			  bool allow_bulk)
+{
+	SlotKey    *order = palloc(sizeof(SlotKey) * nk);
+	int		   *keys = palloc(sizeof(int) * nk);
+	bool		bulk = allow_bulk && !c->no_bulk && bulk_delete_body != NULL &&
+		(is_named(cmd, "UNLINK") || is_named(cmd, "DEL"));
+	int			start;
+	int			k;
+
+	for (k = 0; k < nk; k++)
+	{
+		order[k].slot = redis_key_slot(cmd->argv[cmd->first_key + keyidx[k]],
+									   cmd->argvlen[cmd->first_key + keyidx[k]]);
+		/* by master first when bulk, so each master's keys are adjacent */
+		order[k].node = bulk && c->slot_node[order[k].slot] != RC_CLUSTER_NO_NODE ?
+			c->slot_node[order[k].slot] : -1;
+		order[k].index = keyidx[k];
+	}
+	qsort(order, nk, sizeof(SlotKey), compare_slot_keys);
+	for (start = 0; start < nk;)
+	{
+		int			end = start;
+		int			nslots = 1;
+		int			m;
+
+		if (bulk && order[start].node >= 0)
+		{
+			while (end < nk && order[end].node == order[start].node)
+			{
+				if (end > start && order[end].slot != order[end - 1].slot)
+					nslots++;
+				end++;
+			}
+		}
+		else
+			while (end < nk && order[end].slot == order[start].slot &&
+				   order[end].node == order[start].node)
+				end++;
+		for (m = start; m < end; m++)
+			keys[m - start] = order[m].index;
+		/* one slot: the plain command */
+		if (nslots > 1)
+			add_bulk_part(l, origin, cmd, keys, end - start, order[start].slot);
+		else
+			add_part(l, origin, cmd, keys, end - start, order[start].slot);
+		start = end;
+	}
+	pfree(order);
+	pfree(keys);
+}
+
 /*
  * The sub-commands of the caller's pipeline: one per command, except for
- * multi-key commands whose keys span slots (one per slot).
+ * multi-key commands whose keys span slots (split_command).
  */
-static SubCommand *
-expand(RedisCluster *c, const RedisCommand *commands, int ncommands, int *nsubs)
+static void
+expand(RedisCluster *c, const RedisCommand *commands, int ncommands,
+	   SubList *l)
 {
-	int			room = ncommands + 8;
-	SubCommand *subs = palloc0(sizeof(SubCommand) * room);
-	int			n = 0;
 	int			i;
 	int			block_slot = -2;	/* inside MULTI: the block's slot */
 	int			block_start = -1;
 
+	l->room = ncommands + 8;
+	l->subs = palloc0(sizeof(SubCommand) * l->room);
+	l->n = 0;
 	for (i = 0; i < ncommands; i++)
 	{
 		const RedisCommand *cmd = &commands[i];
@@ -668,86 +835,41 @@ expand(RedisCluster *c, const RedisCommand *commands, int ncommands, int *nsubs)
 			for (k = 1; k < cmd->nkeys && !split; k++)
 				split = redis_key_slot(cmd->argv[cmd->first_key + k],
 									   cmd->argvlen[cmd->first_key + k]) != slot;
-		if (!split)
+		if (split)
 		{
-			if (n == room)
-			{
-				room *= 2;
-				subs = repalloc(subs, sizeof(SubCommand) * room);
-			}
-			memset(&subs[n], 0, sizeof(SubCommand));
-			subs[n].origin = i;
-			subs[n].cmd = *cmd;
-			subs[n].slot = slot;
-			if (is_named(cmd, "MULTI"))
-			{
-				block_start = n;
-				block_slot = -1;
-			}
-			else if (block_start >= 0 && block_slot == -1 && slot >= 0)
-				block_slot = slot;
-			n++;
-			if (block_start >= 0 && is_named(cmd, "EXEC"))
-			{
-				/* the whole block on its first key's node */
-				for (k = block_start; k < n; k++)
-				{
-					subs[k].slot = block_slot;
-					if (block_slot < 0)
-						subs[k].cmd.node = cmd->node;
-				}
-				block_start = -1;
-			}
-			continue;
-		}
-
-		/* one part per slot, keys in their order within it */
-		{
-			SlotKey    *order = palloc(sizeof(SlotKey) * cmd->nkeys);
-			int			start;
+			int		   *all = palloc(sizeof(int) * cmd->nkeys);
 
 			for (k = 0; k < cmd->nkeys; k++)
-			{
-				order[k].slot = redis_key_slot(cmd->argv[cmd->first_key + k],
-											   cmd->argvlen[cmd->first_key + k]);
-				order[k].index = k;
-			}
-			qsort(order, cmd->nkeys, sizeof(SlotKey), compare_slot_keys);
-			for (start = 0; start < cmd->nkeys;)
-			{
-				SubCommand *sub;
-				int			end = start;
-				int			m;
+				all[k] = k;
+			split_command(c, l, i, cmd, all, cmd->nkeys, true);
+			pfree(all);
+			continue;
+		}
+		{
+			SubCommand *sub = new_sub(l, i);
 
-				while (end < cmd->nkeys && order[end].slot == order[start].slot)
-					end++;
-				if (n == room)
-				{
-					room *= 2;
-					subs = repalloc(subs, sizeof(SubCommand) * room);
-				}
-				sub = &subs[n++];
-				memset(sub, 0, sizeof(SubCommand));
-				sub->origin = i;
-				sub->slot = order[start].slot;
-				sub->positions = palloc(sizeof(int) * (end - start));
-				redis_cmd_init(&sub->cmd, cmd->argv[0], end - start);
-				sub->cmd.argvlen[0] = cmd->argvlen[0];
-				for (m = start; m < end; m++)
-				{
-					int			key = order[m].index;
-
-					redis_cmd_key(&sub->cmd, cmd->argv[cmd->first_key + key],
-								  cmd->argvlen[cmd->first_key + key]);
-					sub->positions[m - start] = key;
-				}
-				start = end;
+			sub->cmd = *cmd;
+			sub->slot = slot;
+		}
+		if (is_named(cmd, "MULTI"))
+		{
+			block_start = l->n - 1;
+			block_slot = -1;
+		}
+		else if (block_start >= 0 && block_slot == -1 && slot >= 0)
+			block_slot = slot;
+		if (block_start >= 0 && is_named(cmd, "EXEC"))
+		{
+			/* the whole block on its first key's node */
+			for (k = block_start; k < l->n; k++)
+			{
+				l->subs[k].slot = block_slot;
+				if (block_slot < 0)
+					l->subs[k].cmd.node = cmd->node;
 			}
-			pfree(order);
+			block_start = -1;
 		}
 	}
-	*nsubs = n;
-	return subs;
 }
 
 /* "MOVED 3999 127.0.0.1:6381" or "ASK ...": the slot and node. */
@@ -810,9 +932,11 @@ backoff(int ms, TimestampTz deadline)
  * (*nothing_received otherwise).
  */
 static void
-send_round(RedisCluster *c, SubCommand *subs, int nsubs, TimestampTz deadline,
+send_round(RedisCluster *c, SubList *l, TimestampTz deadline,
 		   int timeout_ms, bool *failed, bool *anything_received)
 {
+	SubCommand *subs = l->subs;
+	int			nsubs = l->n;
 	int		   *per_node = palloc0(sizeof(int) * c->nnodes);
 	RedisSocketPart *parts = palloc0(sizeof(RedisSocketPart) * c->nnodes);
 	int		  **sub_of = palloc0(sizeof(int *) * c->nnodes);
@@ -823,7 +947,7 @@ send_round(RedisCluster *c, SubCommand *subs, int nsubs, TimestampTz deadline,
 
 	for (i = 0; i < nsubs; i++)
 	{
-		if (subs[i].done)
+		if (subs[i].done || subs[i].dropped)
 			continue;
 		if (subs[i].node < 0 || subs[i].node >= c->nnodes)
 		{
@@ -849,7 +973,7 @@ send_round(RedisCluster *c, SubCommand *subs, int nsubs, TimestampTz deadline,
 		sub_of[node] = palloc(sizeof(int) * per_node[node]);
 		for (i = 0; i < nsubs; i++)
 		{
-			if (subs[i].done || subs[i].node != node)
+			if (subs[i].done || subs[i].dropped || subs[i].node != node)
 				continue;
 			if (subs[i].asking)
 			{
@@ -907,25 +1031,82 @@ send_round(RedisCluster *c, SubCommand *subs, int nsubs, TimestampTz deadline,
 }
 
 /*
+ * A bulk delete part answered an error: NOSCRIPT loads the script (EVAL,
+ * next round); anything else has its keys sent per slot (next round),
+ * which redirections and TRYAGAIN then handle like any command.  An error
+ * that is not about the slot's state (a server before Redis 7.0, which
+ * knows no script flags) stops bulk deletes for this client.
+ */
+static void
+bulk_part_failed(RedisCluster *c, SubList *l, int i,
+				 const RedisCommand *commands)
+{
+	SubCommand *sub = &l->subs[i];
+	RedisReply *r = sub->reply;
+
+	if (redis_reply_error_kind(r) == RC_ERR_NOSCRIPT &&
+		strcmp(sub->cmd.argv[0], "EVALSHA") == 0)
+	{
+		RedisCommand eval;
+
+		redis_cmd_copy(&eval, &sub->cmd);
+		eval.argv[0] = "EVAL";
+		eval.argvlen[0] = 4;
+		eval.argv[1] = bulk_delete_body;
+		eval.argvlen[1] = strlen(bulk_delete_body);
+		sub->cmd = eval;
+		sub->done = false;
+		sub->reply = NULL;
+		return;
+	}
+	if (!error_starts(r, "MOVED") && !error_starts(r, "ASK") &&
+		!error_starts(r, "TRYAGAIN") && !error_starts(r, "CLUSTERDOWN") &&
+		strstr(r->str, "non local key") == NULL)
+		c->no_bulk = true;
+	sub->dropped = true;
+	sub->reply = NULL;
+	{
+		int			origin = sub->origin;
+		int		   *keys = sub->positions;
+		int			nk = sub->npositions;
+		int			first = l->n;
+		int			k;
+
+		/* sub may move: l->subs grows */
+		split_command(c, l, origin, &commands[origin], keys, nk, false);
+		for (k = first; k < l->n; k++)
+			l->subs[k].node = slot_owner(c, l->subs[k].slot, &l->subs[k].cmd);
+	}
+}
+
+/*
  * Look at the replies of a round: redirections and TRYAGAIN make their
  * subs unfinished again.  Returns false (fault set) on CLUSTERDOWN.
  */
 static bool
-follow_redirections(RedisCluster *c, SubCommand *subs, int nsubs,
+follow_redirections(RedisCluster *c, SubList *l, const RedisCommand *commands,
 					bool *again, bool *tryagain)
 {
+	int			n = l->n;
 	int			i;
 
-	for (i = 0; i < nsubs; i++)
+	for (i = 0; i < n; i++)
 	{
-		RedisReply *r = subs[i].reply;
+		SubCommand *sub = &l->subs[i];
+		RedisReply *r = sub->reply;
 		char		host[256];
 		int			slot;
 		int			port;
 		int			node;
 
-		if (!subs[i].done || r == NULL || r->type != RC_REPLY_ERROR)
+		if (!sub->done || sub->dropped || r == NULL || r->type != RC_REPLY_ERROR)
 			continue;
+		if (sub->bulk)
+		{
+			bulk_part_failed(c, l, i, commands);
+			*again = true;
+			continue;
+		}
 		if (error_starts(r, "MOVED") || error_starts(r, "ASK"))
 		{
 			bool		ask = error_starts(r, "ASK");
@@ -939,7 +1120,7 @@ follow_redirections(RedisCluster *c, SubCommand *subs, int nsubs,
 			}
 			if (ask)
 			{
-				subs[i].asking = true;
+				sub->asking = true;
 				c->asked++;
 			}
 			else
@@ -948,15 +1129,15 @@ follow_redirections(RedisCluster *c, SubCommand *subs, int nsubs,
 				c->map_stale = true;
 				c->moved++;
 			}
-			subs[i].node = node;
-			subs[i].done = false;
-			subs[i].reply = NULL;
+			sub->node = node;
+			sub->done = false;
+			sub->reply = NULL;
 			*again = true;
 		}
 		else if (error_starts(r, "TRYAGAIN"))
 		{
-			subs[i].done = false;
-			subs[i].reply = NULL;
+			sub->done = false;
+			sub->reply = NULL;
 			c->retried++;
 			*again = true;
 			*tryagain = true;
@@ -987,7 +1168,9 @@ merge_replies(const RedisCommand *commands, int ncommands, SubCommand *subs,
 		RedisReply *r = sub->reply;
 		RedisReply *merged = replies[sub->origin];
 
-		if (sub->positions == NULL)
+		if (sub->dropped)
+			continue;
+		if (!sub->split)
 		{
 			replies[sub->origin] = r;
 			continue;
@@ -1011,7 +1194,7 @@ merge_replies(const RedisCommand *commands, int ncommands, SubCommand *subs,
 				merged->element = palloc0(sizeof(RedisReply *) * cmd->nkeys);
 				replies[sub->origin] = merged;
 			}
-			if (r->type != RC_REPLY_ARRAY || r->elements != (size_t) sub->cmd.nkeys)
+			if (r->type != RC_REPLY_ARRAY || r->elements != (size_t) sub->npositions)
 			{
 				replies[sub->origin] = r;	/* the caller sees the odd reply */
 				continue;
@@ -1045,8 +1228,7 @@ redis_cluster_round_trip(RedisCluster *c, const RedisCommand *commands,
 						 TimestampTz deadline, int timeout_ms,
 						 bool *nothing_received)
 {
-	int			nsubs;
-	SubCommand *subs;
+	SubList		l;
 	bool		anything = false;
 	bool		failed = false;
 	int			round;
@@ -1065,30 +1247,30 @@ redis_cluster_round_trip(RedisCluster *c, const RedisCommand *commands,
 			elog(ERROR, "redis_cache: a command was not built by command_builder.c");
 	if (c->map_stale)
 		refresh_map(c, deadline, timeout_ms);
-	subs = expand(c, commands, ncommands, &nsubs);
-	for (i = 0; i < nsubs; i++)
-		subs[i].node = slot_owner(c, subs[i].slot, &subs[i].cmd);
+	expand(c, commands, ncommands, &l);
+	for (i = 0; i < l.n; i++)
+		l.subs[i].node = slot_owner(c, l.subs[i].slot, &l.subs[i].cmd);
 
 	for (round = 0;; round++)
 	{
 		bool		again = false;
 		bool		tryagain = false;
 
-		for (i = 0; i < nsubs; i++)
-			if (!subs[i].done && subs[i].node < 0)
+		for (i = 0; i < l.n; i++)
+			if (!l.subs[i].done && !l.subs[i].dropped && l.subs[i].node < 0)
 			{
 				redis_fault_set(RC_FAULT_IO, "no master of the Redis Cluster serves slot %d",
-								subs[i].slot);
+								l.subs[i].slot);
 				*nothing_received = false;
 				return false;
 			}
-		send_round(c, subs, nsubs, deadline, timeout_ms, &failed, &anything);
+		send_round(c, &l, deadline, timeout_ms, &failed, &anything);
 		if (failed)
 		{
 			*nothing_received = !anything;
 			return false;
 		}
-		if (!follow_redirections(c, subs, nsubs, &again, &tryagain))
+		if (!follow_redirections(c, &l, commands, &again, &tryagain))
 		{
 			*nothing_received = false;
 			return false;
@@ -1105,7 +1287,7 @@ redis_cluster_round_trip(RedisCluster *c, const RedisCommand *commands,
 		if (tryagain)
 			backoff(RC_CLUSTER_TRYAGAIN_MS << round, deadline);
 	}
-	merge_replies(commands, ncommands, subs, nsubs, replies);
+	merge_replies(commands, ncommands, l.subs, l.n, replies);
 	if (c->map_stale)
 		refresh_map(c, deadline, timeout_ms);
 	*nothing_received = false;

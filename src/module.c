@@ -44,6 +44,7 @@ _PG_init(void)
 	redis_connection_define_gucs();
 	redis_query_cache_define_gucs();
 	redis_families_define_gucs();
+	redis_scripts_init();
 	redis_replay_init();
 	redis_sentinel_init();
 	redis_version_init();

@@ -347,6 +347,7 @@ typedef RedisSocket *(*RedisNodeOpen) (const char *host, int port,
 									   TimestampTz deadline, int timeout_ms);
 
 extern int	redis_key_slot(const char *key, size_t len);
+extern void redis_cluster_set_bulk_delete(const char *body);
 extern RedisCluster *redis_cluster_create(RedisSocket *seed,
 										  const char *seed_host, int seed_port,
 										  const char *seed_run_id,
@@ -445,6 +446,8 @@ typedef enum RedisScriptId
 	RC_SCRIPT_QUERY_INVALIDATE,
 	RC_NUM_SCRIPTS
 } RedisScriptId;
+
+extern void redis_scripts_init(void);
 
 extern void redis_script_cmd(RedisCommand *cmd, RedisScriptId id, int nkeys,
 							 int nargs);

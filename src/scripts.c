@@ -362,6 +362,30 @@ static const char invalidate_script[] =
 "end "
 "return n";
 
+/*
+ * Bulk delete, for Redis Cluster (cluster.c sends it, registered by
+ * redis_scripts_init()): KEYS one key, which routes the call to its
+ * master; ARGV more keys of other slots of the same master.  UNLINKs them
+ * all, one master's share of a multi-key delete in one command instead of
+ * one per slot.  allow-cross-slot-keys (Redis 7.0) lets a script reach the
+ * keys of every slot its node serves; the keys in ARGV are therefore not
+ * declared.  A key the node no longer serves (a slot migrating) is an
+ * error: cluster.c then sends the keys per slot, like any command; so
+ * does a server before 7.0, which refuses the flags line.
+ */
+static const char bulk_delete_script[] =
+"#!lua flags=allow-cross-slot-keys\n"
+"local n = redis.call('UNLINK', KEYS[1])\n"
+"for i = 1, #ARGV do n = n + redis.call('UNLINK', ARGV[i]) end\n"
+"return n\n";
+
+/* At library load: hand the bulk delete to the cluster client. */
+void
+redis_scripts_init(void)
+{
+	redis_cluster_set_bulk_delete(bulk_delete_script);
+}
+
 typedef struct RedisScript
 {
 	const char *body;
