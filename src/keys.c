@@ -673,28 +673,47 @@ redis_may_be_reserved_key(const char *key, size_t len)
 /*
  * The digest of data in lower-case hex into out (2 * digest length + 1
  * bytes).  type is PG_SHA256 (result keys) or PG_SHA1 (script ids).
+ *
+ * A backend's cryptohash contexts are tracked by CurrentResourceOwner,
+ * which the worker (and a backend between transactions) does not have: it
+ * then borrows an owner of ours for the call.
  */
 static void
 hash_hex(pg_cryptohash_type type, const void *data, size_t len, char *out)
 {
-	pg_cryptohash_ctx *ctx = pg_cryptohash_create(type);
+	static ResourceOwner hash_owner = NULL;
+	ResourceOwner saved_owner = CurrentResourceOwner;
+	pg_cryptohash_ctx *volatile ctx = NULL;
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	size_t		digestlen = type == PG_SHA1 ? SHA1_DIGEST_LENGTH : PG_SHA256_DIGEST_LENGTH;
+	const char *volatile why = NULL;
 
 	Assert(type == PG_SHA1 || type == PG_SHA256);
-	if (ctx == NULL ||
-		pg_cryptohash_init(ctx) < 0 ||
-		pg_cryptohash_update(ctx, data, len) < 0 ||
-		pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+	if (saved_owner == NULL)
 	{
-		const char *why = ctx ? pg_cryptohash_error(ctx) : "out of memory";
-
+		if (hash_owner == NULL)
+			hash_owner = ResourceOwnerCreate(NULL, "redis_cache hashing");
+		CurrentResourceOwner = hash_owner;
+	}
+	PG_TRY();
+	{
+		ctx = pg_cryptohash_create(type);
+		if (ctx == NULL ||
+			pg_cryptohash_init(ctx) < 0 ||
+			pg_cryptohash_update(ctx, data, len) < 0 ||
+			pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+			why = ctx ? pstrdup(pg_cryptohash_error(ctx)) : "out of memory";
 		pg_cryptohash_free(ctx);
+	}
+	PG_FINALLY();
+	{
+		CurrentResourceOwner = saved_owner;
+	}
+	PG_END_TRY();
+	if (why != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("redis_cache: could not compute a hash: %s", why)));
-	}
-	pg_cryptohash_free(ctx);
 	out[hex_encode((const char *) digest, (unsigned) digestlen, out)] = '\0';
 }
 

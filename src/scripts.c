@@ -279,7 +279,8 @@ static const char unlock_script[] =
  * named from base, so they are in the slot of the declared keys by
  * construction.  They are touched with redis.pcall: while a slot migrates,
  * one that moved already is an error, which only leaves clean-up to later
- * calls (a set that cannot be moved aside stays in place, stale).
+ * calls (members are then deleted one by one, those still here; a set
+ * that cannot be moved aside stays in place, stale).
  *
  * A generation that does not exist is left alone: no stored result can
  * match it (the generations script creates it before any fill reads it).
@@ -298,7 +299,13 @@ static const char invalidate_script[] =
 "local function unlink(keys) "
 "  for j = 1, #keys, 1000 do "
 "    local r = redis.pcall('UNLINK', unpack(keys, j, math.min(j + 999, #keys))) "
-"    if type(r) == 'number' then n = n + r end "
+"    if type(r) == 'number' then n = n + r "
+"    else "
+"      for k = j, math.min(j + 999, #keys) do "
+"        r = redis.pcall('UNLINK', keys[k]) "
+"        if type(r) == 'number' then n = n + r end "
+"      end "
+"    end "
 "  end "
 "end "
 "for i = 1, nitems do "
