@@ -720,33 +720,7 @@ hash_hex(pg_cryptohash_type type, const void *data, size_t len, char *out)
 void
 redis_hash_hex(pg_cryptohash_type type, const void *data, size_t len, char *out)
 {
-	ResourceOwner owner;
-
-	/*
-	 * OpenSSL's hash contexts are tracked by the current resource owner;
-	 * the background worker and a commit's callback may have none.  Then a
-	 * short-lived one of our own, restored whatever happens.
-	 */
-	if (CurrentResourceOwner != NULL)
-	{
-		hash_hex(type, data, len, out);
-		return;
-	}
-	owner = ResourceOwnerCreate(NULL, "redis_cache hash");
-	CurrentResourceOwner = owner;
-	PG_TRY();
-	{
-		hash_hex(type, data, len, out);
-	}
-	PG_FINALLY();
-	{
-		CurrentResourceOwner = NULL;
-		ResourceOwnerRelease(owner, RESOURCE_RELEASE_BEFORE_LOCKS, false, false);
-		ResourceOwnerRelease(owner, RESOURCE_RELEASE_LOCKS, false, false);
-		ResourceOwnerRelease(owner, RESOURCE_RELEASE_AFTER_LOCKS, false, false);
-		ResourceOwnerDelete(owner);
-	}
-	PG_END_TRY();
+	hash_hex(type, data, len, out);
 }
 
 /* ---- cached query results ------------------------------------------------- */
