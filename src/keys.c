@@ -678,8 +678,8 @@ redis_may_be_reserved_key(const char *key, size_t len)
  * which the worker (and a backend between transactions) does not have: it
  * then borrows an owner of ours for the call.
  */
-static void
-hash_hex(pg_cryptohash_type type, const void *data, size_t len, char *out)
+void
+redis_hash_hex(pg_cryptohash_type type, const void *data, size_t len, char *out)
 {
 	static ResourceOwner hash_owner = NULL;
 	ResourceOwner saved_owner = CurrentResourceOwner;
@@ -717,11 +717,6 @@ hash_hex(pg_cryptohash_type type, const void *data, size_t len, char *out)
 	out[hex_encode((const char *) digest, (unsigned) digestlen, out)] = '\0';
 }
 
-void
-redis_hash_hex(pg_cryptohash_type type, const void *data, size_t len, char *out)
-{
-	hash_hex(type, data, len, out);
-}
 
 /* ---- cached query results ------------------------------------------------- */
 
