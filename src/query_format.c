@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * query_format.c
- *		  Encoding checks and decoding of cached query results.
+ *		  The stored format of cached query results lives here: encoder
+ *		  and decoder.
  *
  * An entry is a Redis hash (see query_cache.c) whose "meta" field names the
  * format version, the kind, the exact byte length and the CRC-32C of its
@@ -20,13 +21,22 @@
  * output (encoding 0).  "json" data is the
  * JSON array text itself, so applications can read it with HGET.
  *
+ * The encoder writes exactly this and nothing else; query_rows.c turns
+ * tuples into cells (send or output functions) and hands them over in
+ * order.  It refuses what the decoder would refuse (no columns, more than
+ * RCQ_MAX_COLUMNS, another encoding, a cell as long as the NULL marker,
+ * more cells than the header announced), so whatever it accepts decodes
+ * to the same cells.  test/fuzz checks that round trip.
+ *
  * Everything read from Redis is untrusted.  The checks run in order of
  * cost and every one fails softly (a status, never an abort): the meta line
  * must parse exactly, the length must match, the checksum must match, and
  * rows data must account for every byte.  Only then are cells handed out.
  *
  * This file uses no PostgreSQL API except CRC-32C, so that test/fuzz can
- * build it alone (RCQ_STANDALONE) under libFuzzer and AddressSanitizer.
+ * build it alone (RCQ_STANDALONE) under libFuzzer and AddressSanitizer;
+ * the encoder writes through a reserve callback for the same reason (a
+ * StringInfo in the server).
  *
  *-------------------------------------------------------------------------
  */
@@ -43,21 +53,34 @@
 #include "query_format.h"
 
 #ifdef RCQ_STANDALONE
-/* Bitwise CRC-32C (Castagnoli), the same function as pg_crc32c. */
+/*
+ * CRC-32C (Castagnoli), the same function as pg_crc32c: reflected,
+ * polynomial 0x82F63B78, one table lookup per byte.
+ */
 uint32_t
 rcq_crc32c(const void *data, size_t len)
 {
+	static uint32_t table[256];
 	const unsigned char *p = data;
 	uint32_t	crc = 0xFFFFFFFFu;
 	size_t		i;
-	int			bit;
 
-	for (i = 0; i < len; i++)
+	if (table[1] == 0)
 	{
-		crc ^= p[i];
-		for (bit = 0; bit < 8; bit++)
-			crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+		uint32_t	b;
+		int			bit;
+
+		for (b = 0; b < 256; b++)
+		{
+			uint32_t	c = b;
+
+			for (bit = 0; bit < 8; bit++)
+				c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+			table[b] = c;
+		}
 	}
+	for (i = 0; i < len; i++)
+		crc = (crc >> 8) ^ table[(crc ^ p[i]) & 0xFF];
 	return crc ^ 0xFFFFFFFFu;
 }
 #else
@@ -73,6 +96,129 @@ rcq_crc32c(const void *data, size_t len)
 }
 #endif
 
+/* ---- encoder --------------------------------------------------------------- */
+
+/*
+ * Start encoding into buffer, which reserve() grows (see query_format.h).
+ */
+void
+rcq_encoder_init(RcqEncoder *enc, RcqReserve reserve, void *buffer)
+{
+	memset(enc, 0, sizeof(*enc));
+	enc->reserve = reserve;
+	enc->buffer = buffer;
+}
+
+/* room for n more bytes */
+static unsigned char *
+encoder_space(RcqEncoder *enc, size_t n)
+{
+	enc->len += n;
+	return enc->reserve(enc->buffer, n);
+}
+
+/*
+ * Write the header of rows data: the column count, each column's type OID
+ * and encoding, and the row count.  nrows x ncolumns cells must follow.
+ * False, with nothing written, when the format cannot hold it.
+ */
+bool
+rcq_encode_header(RcqEncoder *enc, uint32_t ncolumns, const uint32_t *types,
+				  const uint32_t *encodings, uint64_t nrows)
+{
+	unsigned char *p;
+	uint32_t	c;
+
+	if (enc->ncolumns != 0 || ncolumns == 0 || ncolumns > RCQ_MAX_COLUMNS ||
+		nrows > UINT32_MAX)
+		return false;
+	for (c = 0; c < ncolumns; c++)
+		if (encodings[c] != RCQ_ENCODING_TEXT &&
+			encodings[c] != RCQ_ENCODING_BINARY)
+			return false;
+
+	p = encoder_space(enc, 4 + (size_t) ncolumns * 8 + 4);
+	rcq_put_u32(p, ncolumns);
+	p += 4;
+	for (c = 0; c < ncolumns; c++)
+	{
+		rcq_put_u32(p, types[c]);
+		rcq_put_u32(p + 4, encodings[c]);
+		p += 8;
+	}
+	rcq_put_u32(p, (uint32_t) nrows);
+	enc->ncolumns = ncolumns;
+	enc->cells_left = nrows * ncolumns;
+	return true;
+}
+
+/*
+ * Write the next cell, row by row: len bytes of value (the column's text
+ * or binary form, as its header entry says), or SQL NULL when value is
+ * NULL (an empty value is a non-NULL pointer with len 0).  False, with
+ * nothing written, when the header announced no more cells or the value
+ * is too long for the format.
+ */
+bool
+rcq_encode_cell(RcqEncoder *enc, const void *value, size_t len)
+{
+	unsigned char *p;
+
+	if (enc->cells_left == 0 ||
+		(value != NULL && (len >= (size_t) RCQ_NULL_LENGTH || len > SIZE_MAX - 4)))
+		return false;
+	enc->cells_left--;
+	if (value == NULL)
+	{
+		rcq_put_u32(encoder_space(enc, 4), RCQ_NULL_LENGTH);
+		return true;
+	}
+	p = encoder_space(enc, 4 + len);
+	rcq_put_u32(p, (uint32_t) len);
+	if (len > 0)
+		memcpy(p + 4, value, len);
+	return true;
+}
+
+/*
+ * True when the header and every cell it announced were written.
+ */
+bool
+rcq_encode_finish(const RcqEncoder *enc)
+{
+	return enc->ncolumns != 0 && enc->cells_left == 0;
+}
+
+/*
+ * JSON data: "[", the elements (each one row's JSON object, as
+ * row_to_json() writes it) separated by ",", then "]".
+ */
+void
+rcq_json_begin(RcqEncoder *enc)
+{
+	*encoder_space(enc, 1) = '[';
+}
+
+void
+rcq_json_element(RcqEncoder *enc, const char *json, size_t len)
+{
+	unsigned char *p;
+
+	if (enc->elements++ > 0)
+		*encoder_space(enc, 1) = ',';
+	if (len > 0)
+	{
+		p = encoder_space(enc, len);
+		memcpy(p, json, len);
+	}
+}
+
+void
+rcq_json_end(RcqEncoder *enc)
+{
+	*encoder_space(enc, 1) = ']';
+}
+
 static const char *
 kind_name(RcqKind kind)
 {
@@ -80,7 +226,8 @@ kind_name(RcqKind kind)
 }
 
 /*
- * Write the meta line for data into buf; returns its length.
+ * Write the meta line for data (all of it, once encoded) into buf; returns
+ * its length.
  */
 size_t
 rcq_format_meta(char *buf, size_t bufsize, RcqKind kind, const void *data,
@@ -92,6 +239,8 @@ rcq_format_meta(char *buf, size_t bufsize, RcqKind kind, const void *data,
 
 	return n < 0 ? 0 : (size_t) n;
 }
+
+/* ---- decoder --------------------------------------------------------------- */
 
 /*
  * Check data against its meta line, exactly as rcq_format_meta() wrote it.

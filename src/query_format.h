@@ -3,14 +3,16 @@
  * query_format.h
  *		  The stored format of cached query results (query_format.c).
  *
- * Kept free of PostgreSQL headers so that the decoder can be built alone
- * into the fuzzing harness under test/fuzz (define RCQ_STANDALONE).
+ * Kept free of PostgreSQL headers so that the encoder and the decoder can
+ * be built alone into the fuzzing harnesses under test/fuzz (define
+ * RCQ_STANDALONE).
  *
  *-------------------------------------------------------------------------
  */
 #ifndef QUERY_FORMAT_H
 #define QUERY_FORMAT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -56,9 +58,39 @@ typedef struct RcqRows
 	const unsigned char *end;
 } RcqRows;
 
-extern uint32_t rcq_crc32c(const void *data, size_t len);
+/*
+ * The encoder appends to a buffer it does not own: reserve(buffer, n) makes
+ * room for n more bytes at the buffer's end, counts them as written and
+ * returns where they go.  It never returns NULL (the server's raises an
+ * error, test/fuzz's aborts).
+ */
+typedef unsigned char *(*RcqReserve) (void *buffer, size_t n);
+
+typedef struct RcqEncoder
+{
+	RcqReserve	reserve;
+	void	   *buffer;
+	size_t		len;			/* bytes written so far */
+	uint32_t	ncolumns;		/* rows: 0 until the header is written */
+	uint64_t	cells_left;		/* rows: announced and not yet written */
+	uint64_t	elements;		/* json: array elements written */
+} RcqEncoder;
+
+/* encoder */
+extern void rcq_encoder_init(RcqEncoder *enc, RcqReserve reserve,
+							 void *buffer);
+extern bool rcq_encode_header(RcqEncoder *enc, uint32_t ncolumns,
+							  const uint32_t *types,
+							  const uint32_t *encodings, uint64_t nrows);
+extern bool rcq_encode_cell(RcqEncoder *enc, const void *value, size_t len);
+extern bool rcq_encode_finish(const RcqEncoder *enc);
+extern void rcq_json_begin(RcqEncoder *enc);
+extern void rcq_json_element(RcqEncoder *enc, const char *json, size_t len);
+extern void rcq_json_end(RcqEncoder *enc);
 extern size_t rcq_format_meta(char *buf, size_t bufsize, RcqKind kind,
 							  const void *data, size_t len);
+
+/* decoder */
 extern RcqStatus rcq_check_meta(const char *meta, size_t metalen,
 								const void *data, size_t datalen,
 								RcqKind *kind);
@@ -69,7 +101,10 @@ extern int	rcq_next_cell(const unsigned char **pos, const char **value,
 						  uint32_t *len);
 extern const char *rcq_status_message(RcqStatus status);
 
-/* Big-endian helpers shared with the encoder. */
+/* both */
+extern uint32_t rcq_crc32c(const void *data, size_t len);
+
+/* Big-endian integers of the rows format. */
 static inline void
 rcq_put_u32(unsigned char *p, uint32_t v)
 {

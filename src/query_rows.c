@@ -1,9 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * query_rows.c
- *		  The values of cached query results: rows in each column type's
- *		  text or binary form, or one jsonb document, to and from the
- *		  container of query_format.c.
+ *		  The PostgreSQL side of cached query results: tuples to values
+ *		  (each column type's binary send or text output form, or one
+ *		  row_to_json() object per row) for the encoder of query_format.c,
+ *		  and the decoder's cells back to tuples in a tuplestore (or one
+ *		  jsonb document).  The bytes themselves are query_format.c's.
  *
  * Design rules:
  *
@@ -66,7 +68,28 @@ use_binary_encoding(Oid type)
 }
 
 /*
- * Encode SPI's result as rows data; false when it exceeds max_value_bytes.
+ * The encoder's reserve callback: n more bytes at the end of a StringInfo.
+ * enlargeStringInfo() raises an error when the buffer cannot grow.
+ */
+static unsigned char *
+reserve_in_string(void *buffer, size_t n)
+{
+	StringInfo	out = buffer;
+	unsigned char *p;
+
+	if (n >= MaxAllocSize)
+		elog(ERROR, "redis_cache: cannot append %zu bytes to a query result", n);
+	enlargeStringInfo(out, (int) n);
+	p = (unsigned char *) out->data + out->len;
+	out->len += (int) n;
+	out->data[out->len] = '\0';
+	return p;
+}
+
+/*
+ * Encode SPI's result as rows data (query_format.c writes the bytes: each
+ * column's type and encoding, then each value's send or output function
+ * result); false when it exceeds max_value_bytes or the format.
  */
 bool
 redis_rows_encode(SPITupleTable *table, uint64 nrows, StringInfo out)
@@ -74,16 +97,14 @@ redis_rows_encode(SPITupleTable *table, uint64 nrows, StringInfo out)
 	TupleDesc	desc = table->tupdesc;
 	FmgrInfo   *output = palloc(sizeof(FmgrInfo) * desc->natts);
 	bool	   *binary = palloc(sizeof(bool) * desc->natts);
-	unsigned char word[4];
+	uint32	   *types = palloc(sizeof(uint32) * desc->natts);
+	uint32	   *encodings = palloc(sizeof(uint32) * desc->natts);
+	RcqEncoder	enc;
 	MemoryContext row_context;
 	MemoryContext old;
 	uint64		r;
 	int			c;
 
-	if (nrows > PG_UINT32_MAX)
-		return false;
-	rcq_put_u32(word, (uint32) desc->natts);
-	appendBinaryStringInfo(out, (char *) word, 4);
 	for (c = 0; c < desc->natts; c++)
 	{
 		Oid			type = TupleDescAttr(desc, c)->atttypid;
@@ -96,59 +117,53 @@ redis_rows_encode(SPITupleTable *table, uint64 nrows, StringInfo out)
 		else
 			getTypeOutputInfo(type, &typoutput, &varlena);
 		fmgr_info(typoutput, &output[c]);
-		rcq_put_u32(word, type);
-		appendBinaryStringInfo(out, (char *) word, 4);
-		rcq_put_u32(word, binary[c] ? RCQ_ENCODING_BINARY : RCQ_ENCODING_TEXT);
-		appendBinaryStringInfo(out, (char *) word, 4);
+		types[c] = type;
+		encodings[c] = binary[c] ? RCQ_ENCODING_BINARY : RCQ_ENCODING_TEXT;
 	}
-	rcq_put_u32(word, (uint32) nrows);
-	appendBinaryStringInfo(out, (char *) word, 4);
+	rcq_encoder_init(&enc, reserve_in_string, out);
+	if (!rcq_encode_header(&enc, (uint32) desc->natts, types, encodings, nrows))
+		return false;
 
 	row_context = AllocSetContextCreate(CurrentMemoryContext, "redis_cache encode",
 										ALLOCSET_SMALL_SIZES);
 	for (r = 0; r < nrows; r++)
 	{
 		HeapTuple	tuple = table->vals[r];
+		bool		fits = true;
 
 		old = MemoryContextSwitchTo(row_context);
-		for (c = 0; c < desc->natts; c++)
+		for (c = 0; c < desc->natts && fits; c++)
 		{
 			bool		isnull;
 			Datum		value = heap_getattr(tuple, c + 1, desc, &isnull);
-			char	   *str;
-			size_t		len;
 
 			if (isnull)
-			{
-				rcq_put_u32(word, RCQ_NULL_LENGTH);
-				appendBinaryStringInfo(out, (char *) word, 4);
-				continue;
-			}
-			if (binary[c])
+				fits = rcq_encode_cell(&enc, NULL, 0);
+			else if (binary[c])
 			{
 				bytea	   *bytes = SendFunctionCall(&output[c], value);
 
-				str = VARDATA(bytes);
-				len = VARSIZE(bytes) - VARHDRSZ;
+				fits = rcq_encode_cell(&enc, VARDATA(bytes),
+									   VARSIZE(bytes) - VARHDRSZ);
 			}
 			else
 			{
-				str = OutputFunctionCall(&output[c], value);
-				len = strlen(str);
+				char	   *str = OutputFunctionCall(&output[c], value);
+
+				fits = rcq_encode_cell(&enc, str, strlen(str));
 			}
-			rcq_put_u32(word, (uint32) len);
-			appendBinaryStringInfo(out, (char *) word, 4);
-			appendBinaryStringInfo(out, str, len);
 		}
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(row_context);
-		if (out->len > redis_cache_max_value_bytes)
+		if (!fits || out->len > redis_cache_max_value_bytes)
 		{
 			MemoryContextDelete(row_context);
 			return false;
 		}
 	}
 	MemoryContextDelete(row_context);
+	if (!rcq_encode_finish(&enc))
+		elog(ERROR, "redis_cache: encoded rows do not match their header");
 	return true;
 }
 
@@ -268,16 +283,22 @@ redis_rows_decode(TupleDesc desc, const char *entry_key, const char *data,
 
 /* ---- JSON: encode and decode ----------------------------------------------- */
 
+/*
+ * Encode SPI's result as JSON data: one row_to_json() object per row, in
+ * the array query_format.c writes.
+ */
 void
 redis_json_encode(SPITupleTable *table, uint64 nrows, StringInfo out)
 {
 	TupleDesc	desc = table->tupdesc;
+	RcqEncoder	enc;
 	MemoryContext row_context;
 	MemoryContext old;
 	uint64		r;
 
 	BlessTupleDesc(desc);
-	appendStringInfoChar(out, '[');
+	rcq_encoder_init(&enc, reserve_in_string, out);
+	rcq_json_begin(&enc);
 	row_context = AllocSetContextCreate(CurrentMemoryContext, "redis_cache json",
 										ALLOCSET_SMALL_SIZES);
 	for (r = 0; r < nrows; r++)
@@ -288,13 +309,11 @@ redis_json_encode(SPITupleTable *table, uint64 nrows, StringInfo out)
 		row = DatumGetTextPP(DirectFunctionCall1(row_to_json,
 												 heap_copy_tuple_as_datum(table->vals[r], desc)));
 		MemoryContextSwitchTo(old);
-		if (r > 0)
-			appendStringInfoChar(out, ',');
-		appendBinaryStringInfo(out, VARDATA_ANY(row), VARSIZE_ANY_EXHDR(row));
+		rcq_json_element(&enc, VARDATA_ANY(row), VARSIZE_ANY_EXHDR(row));
 		MemoryContextReset(row_context);
 	}
 	MemoryContextDelete(row_context);
-	appendStringInfoChar(out, ']');
+	rcq_json_end(&enc);
 }
 
 /*

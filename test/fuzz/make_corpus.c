@@ -1,40 +1,29 @@
 /*
- * Writes seed inputs for fuzz_query_format: valid entries of both paths,
- * so the fuzzer starts from the real format rather than from nothing.
+ * Writes seed inputs for fuzz_query_format: valid entries of the checked
+ * and the raw path, written by the encoder of src/query_format.c, and a
+ * row-set description for the round-trip path, so the fuzzer starts from
+ * the real format rather than from nothing.
  */
 #include <stdio.h>
 #include <string.h>
 
+#include "fuzz_rows.h"
 #include "query_format.h"
 
-static size_t
-rows_entry(unsigned char *buf)
+/* int4 (binary) and text columns; rows (42, NULL) and ('acme', '') */
+static bool
+rows_entry(FuzzBuf *out)
 {
-	unsigned char *p = buf;
-	const char *cells[] = {"\x00\x00\x00\x2a", NULL, "acme", ""};
-	size_t		cell_lens[] = {4, 0, 4, 0};
-	int			i;
+	static const unsigned char v42[] = {0, 0, 0, 42};
+	uint32_t	types[2] = {23, 25};
+	uint32_t	encodings[2] = {RCQ_ENCODING_BINARY, RCQ_ENCODING_TEXT};
+	FuzzCell	cells[4] = {
+		{v42, 4}, {NULL, 0},
+		{(const unsigned char *) "acme", 4}, {(const unsigned char *) "", 0}
+	};
+	FuzzRows	rows = {2, 2, types, encodings, cells};
 
-	rcq_put_u32(p, 2);
-	rcq_put_u32(p + 4, 23);		/* int4, binary */
-	rcq_put_u32(p + 8, RCQ_ENCODING_BINARY);
-	rcq_put_u32(p + 12, 25);	/* text, text */
-	rcq_put_u32(p + 16, RCQ_ENCODING_TEXT);
-	rcq_put_u32(p + 20, 2);
-	p += 24;
-	for (i = 0; i < 4; i++)
-	{
-		if (cells[i] == NULL)
-		{
-			rcq_put_u32(p, RCQ_NULL_LENGTH);
-			p += 4;
-			continue;
-		}
-		rcq_put_u32(p, (uint32_t) cell_lens[i]);
-		memcpy(p + 4, cells[i], cell_lens[i]);
-		p += 4 + cell_lens[i];
-	}
-	return (size_t) (p - buf);
+	return fuzz_rows_encode(&rows, out) && fuzz_rows_compare(&rows, out->data, out->len) == NULL;
 }
 
 static void
@@ -55,26 +44,41 @@ int
 main(int argc, char **argv)
 {
 	const char *dir = argc > 1 ? argv[1] : ".";
-	unsigned char rows[256];
+	FuzzBuf		rows = {0};
 	unsigned char input[512];
 	char		meta[RCQ_META_MAX + 1];
 	char		path[1024];
-	size_t		len = rows_entry(rows);
+	size_t		len;
 	size_t		mlen;
 	const char *json = "[{\"id\":42,\"name\":\"acme\"}]";
+	/*
+	 * round trip (see rows_from_input): 3 columns, 2 rows; int4 binary,
+	 * text, bytea binary; cells 42, NULL, '', 8 bytes, 'abc', 70,000 bytes
+	 */
+	static const unsigned char description[] = {
+		2, 2, 0, 47, 0, 50, 0, 35,
+		4, 0, 0, 0, 42, 255, 0, 8, 0xFF, 0xFF, 0xFF, 0xFF, 0, 1, 2, 3,
+		3, 'a', 'b', 'c', 254
+	};
 	RcqRows		decoded;
 	RcqKind		kind;
 
+	if (!rows_entry(&rows) || rows.len > 256)
+	{
+		fprintf(stderr, "the encoder's seed rows entry does not decode\n");
+		return 1;
+	}
+	len = rows.len;
 	input[0] = 1;
-	memcpy(input + 1, rows, len);
+	memcpy(input + 1, rows.data, len);
 	snprintf(path, sizeof(path), "%s/rows_raw", dir);
 	write_file(path, input, len + 1);
 
-	mlen = rcq_format_meta(meta, sizeof(meta), RCQ_KIND_ROWS, rows, len);
+	mlen = rcq_format_meta(meta, sizeof(meta), RCQ_KIND_ROWS, rows.data, len);
 	/* the seeds must pass every check, or the fuzzer starts from nothing */
-	if (rcq_check_meta(meta, mlen, rows, len, &kind) != RCQ_OK ||
+	if (rcq_check_meta(meta, mlen, rows.data, len, &kind) != RCQ_OK ||
 		kind != RCQ_KIND_ROWS ||
-		rcq_rows_open(rows, len, &decoded) != RCQ_OK ||
+		rcq_rows_open(rows.data, len, &decoded) != RCQ_OK ||
 		decoded.ncolumns != 2 || decoded.nrows != 2)
 	{
 		fprintf(stderr, "seed rows entry does not decode\n");
@@ -83,7 +87,7 @@ main(int argc, char **argv)
 	input[0] = 0;
 	input[1] = (unsigned char) mlen;
 	memcpy(input + 2, meta, mlen);
-	memcpy(input + 2 + mlen, rows, len);
+	memcpy(input + 2 + mlen, rows.data, len);
 	snprintf(path, sizeof(path), "%s/rows_checked", dir);
 	write_file(path, input, 2 + mlen + len);
 
@@ -93,5 +97,11 @@ main(int argc, char **argv)
 	memcpy(input + 2 + mlen, json, strlen(json));
 	snprintf(path, sizeof(path), "%s/json_checked", dir);
 	write_file(path, input, 2 + mlen + strlen(json));
+
+	input[0] = 2;
+	memcpy(input + 1, description, sizeof(description));
+	snprintf(path, sizeof(path), "%s/round_trip", dir);
+	write_file(path, input, 1 + sizeof(description));
+	fuzz_buf_free(&rows);
 	return 0;
 }
