@@ -287,7 +287,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = cluster ]; then
 	# (the local commit is tiny with fsync off: the unwatched copy shows it)
 	commit_ms() {  # commit_ms TABLE FIRST-ID
 		local lo=$2 hi=$(($2 + 999))
-		q -c "SELECT count(*) FROM (SELECT cache_set_many(array_agg(k), array_agg('v'), 600) FROM (SELECT unnest(ARRAY['tenant:id:' || id, 'tenant:subdomain:' || subdomain, 'tenant:domain:' || domain]) AS k FROM tenants WHERE id BETWEEN $lo AND $hi) s) f" \
+		q -c "SELECT count(*) FROM (SELECT cache_set_many(array_agg(k), array_agg('v'::text), 600) FROM (SELECT unnest(ARRAY['tenant:id:' || id, 'tenant:subdomain:' || subdomain, 'tenant:domain:' || domain]) AS k FROM tenants WHERE id BETWEEN $lo AND $hi) s) f" \
 		  -c "BEGIN" -c "UPDATE $1 SET name = md5(random()::text) WHERE id BETWEEN $lo AND $hi" \
 		  -c "\\timing on" -c "COMMIT" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
 	}
