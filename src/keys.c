@@ -72,6 +72,7 @@
 #include "port/pg_bswap.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/resowner.h"
 
 #include "redis_cache.h"
 
@@ -673,8 +674,8 @@ redis_may_be_reserved_key(const char *key, size_t len)
  * The digest of data in lower-case hex into out (2 * digest length + 1
  * bytes).  type is PG_SHA256 (result keys) or PG_SHA1 (script ids).
  */
-void
-redis_hash_hex(pg_cryptohash_type type, const void *data, size_t len, char *out)
+static void
+hash_hex(pg_cryptohash_type type, const void *data, size_t len, char *out)
 {
 	pg_cryptohash_ctx *ctx = pg_cryptohash_create(type);
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
@@ -695,6 +696,38 @@ redis_hash_hex(pg_cryptohash_type type, const void *data, size_t len, char *out)
 	}
 	pg_cryptohash_free(ctx);
 	out[hex_encode((const char *) digest, (unsigned) digestlen, out)] = '\0';
+}
+
+void
+redis_hash_hex(pg_cryptohash_type type, const void *data, size_t len, char *out)
+{
+	ResourceOwner owner;
+
+	/*
+	 * OpenSSL's hash contexts are tracked by the current resource owner;
+	 * the background worker and a commit's callback may have none.  Then a
+	 * short-lived one of our own, restored whatever happens.
+	 */
+	if (CurrentResourceOwner != NULL)
+	{
+		hash_hex(type, data, len, out);
+		return;
+	}
+	owner = ResourceOwnerCreate(NULL, "redis_cache hash");
+	CurrentResourceOwner = owner;
+	PG_TRY();
+	{
+		hash_hex(type, data, len, out);
+	}
+	PG_FINALLY();
+	{
+		CurrentResourceOwner = NULL;
+		ResourceOwnerRelease(owner, RESOURCE_RELEASE_BEFORE_LOCKS, false, false);
+		ResourceOwnerRelease(owner, RESOURCE_RELEASE_LOCKS, false, false);
+		ResourceOwnerRelease(owner, RESOURCE_RELEASE_AFTER_LOCKS, false, false);
+		ResourceOwnerDelete(owner);
+	}
+	PG_END_TRY();
 }
 
 /* ---- cached query results ------------------------------------------------- */
