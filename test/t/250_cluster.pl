@@ -829,7 +829,7 @@ common_checks();
 	($out, $err) = run_script("UPDATE tenants SET name = name || 'd' WHERE id <= 20");
 	unlike($err, qr/ERROR/, "$what: an UPDATE of watched rows commits");
 	cmp_ok(stat_total('invalidations_queued') - $queued, '>', 0, "$what: its invalidations were handed to the worker");
-	is(present(@healthy_upd), scalar(@healthy_upd), "$what: (not delivered meanwhile)");
+	# (the masters that stayed up refuse every command meanwhile, GETs too)
 	my $t_back = time();
 	$d->start;
 	$dr->start;
