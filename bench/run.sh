@@ -291,8 +291,16 @@ if [ "$WHAT" = all ] || [ "$WHAT" = cluster ]; then
 		  -c "BEGIN" -c "UPDATE $1 SET name = md5(random()::text) WHERE id BETWEEN $lo AND $hi" \
 		  -c "\\timing on" -c "COMMIT" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
 	}
+	# the same 3,000 keys removed by one cache_delete (no commit involved):
+	# the routing's share of the commit's time
+	delete_ms() {  # delete_ms FIRST-ID
+		local lo=$1 hi=$(($1 + 999))
+		local keys="SELECT unnest(ARRAY['tenant:id:' || id, 'tenant:subdomain:' || subdomain, 'tenant:domain:' || domain]) AS k FROM tenants WHERE id BETWEEN $lo AND $hi"
+		q -c "SELECT count(*) FROM (SELECT cache_set_many(array_agg(k), array_agg('v'::text), 600) FROM ($keys) s) f" \
+		  -c "\\timing on" -c "SELECT cache_delete(VARIADIC ARRAY($keys))" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
+	}
 	BULK_RUNS=${RC_BENCH_BULK_RUNS:-5}
-	cs=(); cc=(); cu=()
+	cs=(); cc=(); cu=(); ds=(); dc=()
 	for i in $(seq 1 "$BULK_RUNS"); do
 		lo=$(( (i - 1) * 1000 + 1 ))
 		use_redis standalone
@@ -300,12 +308,17 @@ if [ "$WHAT" = all ] || [ "$WHAT" = cluster ]; then
 		cu+=("$(commit_ms tenants_unwatched $lo)")
 		use_redis cluster
 		cc+=("$(commit_ms tenants $((lo + 50000)))")
+		dc+=("$(delete_ms $((lo + 50000)))")
+		use_redis standalone
+		ds+=("$(delete_ms $lo)")
 		q -c "VACUUM tenants, tenants_unwatched" >/dev/null
 	done
 	medn() { printf '%s\n' "$@" | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 	COMMIT_S=$(medn "${cs[@]}")
 	COMMIT_C=$(medn "${cc[@]}")
 	COMMIT_U=$(medn "${cu[@]}")
+	DEL_S=$(medn "${ds[@]}")
+	DEL_C=$(medn "${dc[@]}")
 	# the keys are gone from every master
 	CL_LEFT=$(for port in "${CL_PORTS[@]:0:3}"; do redis-cli -p "$port" --scan --pattern 'tenant:*' | wc -l; done | awk '{s += $1} END {print s}')
 	use_redis standalone
@@ -353,6 +366,7 @@ if [ -n "${TPS[cache_get_hit_cluster_1]:-}" ]; then
 	echo "  cache_query_json 1-row hit, cluster / standalone: $(ratio "$(sum "${TPS[query_json_hit_cluster_1]}" "${TPS[query_json_hit_cluster_2]}")" "$(sum "${TPS[query_json_hit_standalone_1]}" "${TPS[query_json_hit_standalone_2]}")")x"
 	echo "  COMMIT of a 1,000-row UPDATE (3,000 keys on every master), cluster / standalone: $(ratio "$COMMIT_C" "$COMMIT_S")x  (${COMMIT_C} ms vs ${COMMIT_S} ms, median of $BULK_RUNS; the unwatched table's COMMIT ${COMMIT_U} ms; target <= 1.5x)"
 	echo "  runs: standalone ${cs[*]} ms; cluster ${cc[*]} ms; tenant keys left on the masters after the commits: $CL_LEFT"
+	echo "  cache_delete of the same 3,000 keys, cluster / standalone: $(ratio "$DEL_C" "$DEL_S")x  (${DEL_C} ms vs ${DEL_S} ms, median of $BULK_RUNS)"
 	echo "  cache_health() on the cluster: $(cat "$CL_DIR/health.json")"
 fi
 if [ -n "${RC_BENCH_CSV:-}" ]; then

@@ -68,12 +68,18 @@ $node->start;
 
 my $QJ = 'SELECT id, name FROM tenants WHERE id = $1';
 my $QR = 'SELECT count(*)::int AS n, max(name) AS m FROM tenants WHERE id % 20 = $1::int';
+# plans: written rarely, so that cached results of it outlive the load and
+# the raw comparison at quiescence has entries to compare
+my $QP = 'SELECT id, price FROM plans WHERE id = $1';
+my $nplans = 20;
 
 $node->safe_psql('postgres', qq{
 CREATE EXTENSION redis_cache;
 CREATE TABLE tenants (id int PRIMARY KEY, name text NOT NULL);
 INSERT INTO tenants SELECT g, 'tenant ' || g FROM generate_series(1, $ntenants) g;
 SELECT cache_watch('tenants', 'tenant:id:{id}');
+CREATE TABLE plans (id int PRIMARY KEY, price int NOT NULL);
+INSERT INTO plans SELECT g, g * 100 FROM generate_series(1, $nplans) g;
 CREATE FUNCTION load_tenant(p_id int) RETURNS text LANGUAGE plpgsql AS \$\$
 DECLARE
 	v text := cache_get('tenant:id:' || p_id);
@@ -148,6 +154,7 @@ sub warm_cache
 	sql("SELECT count(load_tenant(id)) FROM tenants");
 	sql("SELECT count(cache_query_json('$QJ', ARRAY[g::text])) FROM generate_series(1, $ntenants) g");
 	sql("SELECT count(*) FROM generate_series(0, $ngroups - 1) g, LATERAL cache_query('$QR', ARRAY[g::text]) AS t(n int, m text)");
+	sql("SELECT count(cache_query_json('$QP', ARRAY[g::text])) FROM generate_series(1, $nplans) g");
 	return;
 }
 
@@ -162,7 +169,11 @@ sub namespace_slot
 my $write_sql = "$tmp/255_write.sql";
 my $read_sql = "$tmp/255_read.sql";
 my $query_sql = "$tmp/255_query.sql";
-unlink $write_sql, $read_sql, $query_sql;
+my $plan_write_sql = "$tmp/255_plan_write.sql";
+unlink $write_sql, $read_sql, $query_sql, $plan_write_sql;
+append_to_file($plan_write_sql, qq{\\set p random(1, $nplans)
+UPDATE plans SET price = price + 1 WHERE id = :p;
+});
 append_to_file($write_sql, qq{\\set id random(1, $ntenants)
 UPDATE tenants SET name = 'n' || left(md5(random()::text), 10) WHERE id = :id;
 });
@@ -173,6 +184,8 @@ append_to_file($query_sql, qq{\\set id random(1, $ntenants)
 \\set g random(0, @{[ $ngroups - 1 ]})
 SELECT cache_query_json('$QJ', ARRAY[:id]::text[]);
 SELECT count(*) FROM cache_query('$QR', ARRAY[:g]::text[]) AS t(n int, m text);
+\\set p random(1, $nplans)
+SELECT cache_query_json('$QP', ARRAY[:p]::text[]);
 });
 
 sub start_pgbench
@@ -238,7 +251,8 @@ sub run_load
 	my ($what, $tag, $event, $probe_key, $existing) = @_;
 	my @pgb = (
 		start_pgbench("${tag}_persistent", '-c', 4, '-j', 2,
-			'-f', "$write_sql\@1", '-f', "$read_sql\@2", '-f', "$query_sql\@2"),
+			'-f', "$write_sql\@10", '-f', "$read_sql\@20", '-f', "$query_sql\@20",
+			'-f', "$plan_write_sql\@1"),
 		start_pgbench("${tag}_connect", '-c', 2, '-j', 1, '-C',
 			'-f', "$read_sql\@1", '-f', "$query_sql\@1"));
 	my $t_start = time();
@@ -337,6 +351,7 @@ sub stale_check
 
 	# raw results, as an application reading HGET <key> data sees them
 	my @rk = split /\n/, sql("SELECT cache_query_key('$QJ', ARRAY[g::text]) FROM generate_series(1, $ntenants) g ORDER BY g");
+	my @pk = split /\n/, sql("SELECT cache_query_key('$QP', ARRAY[g::text]) FROM generate_series(1, $nplans) g ORDER BY g");
 	my ($owner) = $c->owners($rk[0]);
 	my $out = $owner->cli(join('', map { "HGET $_ data\n" } @rk)) // die 'HGET';
 	my @data = split /\n/, $out, -1;
@@ -349,15 +364,31 @@ sub stale_check
 		my $id = $i + 1;
 		push @checks, "($id, \$rc\$$data[$i]\$rc\$::jsonb)";
 	}
+	$out = $owner->cli(join('', map { "HGET $_ data\n" } @pk)) // die 'HGET';
+	@data = split /\n/, $out, -1;
+	die 'HGET: ' . scalar(@data) . ' replies' unless @data == @pk;
+	my @pchecks;
+	for my $i (0 .. $#pk)
+	{
+		next if $data[$i] eq '';
+		die "HGET $pk[$i]: $data[$i]" if $data[$i] =~ /^(MOVED|ASK|CLUSTERDOWN) /;
+		push @pchecks, '(' . ($i + 1) . ", \$rc\$$data[$i]\$rc\$::jsonb)";
+	}
 	my @stale_results;
+	if (@pchecks)
+	{
+		push @stale_results, split /\n/, sql(
+			"SELECT 'plan ' || v.id || ': cached ' || v.cached || ', query gives ' || d.direct FROM (VALUES "
+			  . join(",\n", @pchecks) . ") v(id, cached), LATERAL (SELECT coalesce(jsonb_agg(to_jsonb(s)), '[]') AS direct FROM (SELECT id, price FROM plans WHERE id = v.id) s) d WHERE v.cached <> d.direct");
+	}
 	if (@checks)
 	{
-		@stale_results = split /\n/, sql(
+		push @stale_results, split /\n/, sql(
 			"SELECT 'tenant ' || v.id || ': cached ' || v.cached || ', query gives ' || d.direct FROM (VALUES "
 			  . join(",\n", @checks) . ") v(id, cached), LATERAL (SELECT coalesce(jsonb_agg(to_jsonb(s)), '[]') AS direct FROM (SELECT id, name FROM tenants WHERE id = v.id) s) d WHERE v.cached <> d.direct");
 	}
-	diag("$what: " . scalar(@checks) . " cached JSON results in Redis compared raw, "
-		  . scalar(@stale_results) . ' stale');
+	diag(sprintf('%s: %d cached JSON results in Redis compared raw (%d of tenants, %d of plans), %d stale',
+			$what, @checks + @pchecks, scalar(@checks), scalar(@pchecks), scalar(@stale_results)));
 	is(scalar(@stale_results), 0, "$what: no stale cached result in Redis at quiescence")
 	  or diag(join("\n", @stale_results[ 0 .. ($#stale_results < 9 ? $#stale_results : 9) ]));
 
@@ -370,7 +401,11 @@ SELECT count(*) FROM (
   UNION ALL
   SELECT g FROM generate_series(0, $ngroups - 1) g
    WHERE (SELECT n || '|' || m FROM cache_query('$QR', ARRAY[g::text]) AS t(n int, m text))
-         IS DISTINCT FROM (SELECT count(*)::int || '|' || max(name) FROM tenants WHERE id % 20 = g)) bad};
+         IS DISTINCT FROM (SELECT count(*)::int || '|' || max(name) FROM tenants WHERE id % 20 = g)
+  UNION ALL
+  SELECT g FROM generate_series(1, $nplans) g
+   WHERE cache_query_json('$QP', ARRAY[g::text])
+         IS DISTINCT FROM (SELECT coalesce(jsonb_agg(to_jsonb(s)), '[]') FROM (SELECT id, price FROM plans WHERE id = g) s)) bad};
 	for my $round (1, 2)
 	{
 		is(sql($served), '0', "$what: cache_query and cache_query_json serve no stale result (round $round)");

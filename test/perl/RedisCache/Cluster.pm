@@ -636,7 +636,8 @@ sub get_all
 		my $out = $node{$port}->cli(join('', map { "GET $_\n" } @k))
 		  // croak "redis-cli GET on $port failed";
 		my @v = split /\n/, $out, -1;
-		croak "GET on $port: " . scalar(@v) . ' replies for ' . scalar(@k) . ' keys'
+		croak "GET on $port: " . scalar(@v) . ' replies for ' . scalar(@k) . " keys:\n"
+		  . join("\n", map { "  $_" } @k) . "\nreplies:\n" . join("\n", map { "  '$_'" } @v)
 		  unless @v == @k;
 		for my $i (0 .. $#k)
 		{
