@@ -33,10 +33,13 @@
  * declared (scripts.c), so the lookup is given the generation keys of the
  * tables the query reads: this backend remembers them per query shape
  * (keys.c: everything in the key but the parameters) from the last time it
- * prepared the query, and prepares it before its first lookup.  An entry
- * recording a table not declared (the tables changed since, by DDL, which
- * ends the entry anyway) is stale for that lookup: deleted, a miss, and
- * the miss prepares the query again.  A writer's commit bumps the
+ * prepared the query or was served a hit.  A shape not known yet looks up
+ * with the DDL generations only and learns the tables from the entry, if
+ * there is one, in a second round trip (lookup()): the query is still not
+ * planned before the lookup, which takes the stampede lock.  An entry
+ * recording a table not declared by a shape that is known (the tables
+ * changed since, by DDL, which ends the entry anyway) is stale: deleted, a
+ * miss, and the miss prepares the query again.  A writer's commit bumps the
  * generations and deletes the results listed in the tables' dependency
  * sets, at most 1000 per script (a set too large is moved aside and
  * drained by later invalidations; scripts.c), so that Redis is never
@@ -65,6 +68,8 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+
+#include <ctype.h>
 
 #include "access/htup_details.h"
 #include "access/xact.h"
@@ -113,8 +118,12 @@ typedef enum LookupOutcome
 	LOOKUP_HIT,
 	LOOKUP_LOCK_TAKEN,
 	LOOKUP_LOCKED_ELSEWHERE,
-	LOOKUP_FAULT				/* Redis failed: run without caching */
+	LOOKUP_FAULT,				/* Redis failed: run without caching */
+	LOOKUP_LEARN				/* lookup_once(): the entry names its tables */
 } LookupOutcome;
+
+/* At most this many items are taken from an entry (foreign data). */
+#define RC_MAX_ENTRY_ITEMS		10000
 
 /*
  * A lock token: system identifier, postmaster start time, PID and local
@@ -140,6 +149,7 @@ typedef struct QueryCall
 	int			nitems;			/* dependency items: tables, "ddl:<db>", "ddl" */
 	char	  **items;
 	char	  **gen_keys;		/* base||gen:item, in items order */
+	bool		learning;		/* items not known: only the DDL ones */
 	char		token[RC_LOCK_TOKEN_LEN];
 	bool		holds_lock;		/* the lock may be ours: release it */
 } QueryCall;
@@ -158,10 +168,10 @@ static TimestampTz last_decode_warning = 0;
 static int	query_lock_timeout_ms = 5000;
 
 /*
- * The dependency items of the query shapes this backend prepared (shape ->
- * items), so that a lookup can declare their generation keys without
- * preparing the query.  Forgotten all at once when full: one more prepare
- * per shape.
+ * The dependency items of the query shapes this backend prepared or was
+ * served (shape -> items), so that a lookup can declare their generation
+ * keys in one round trip.  Forgotten all at once when full: one more
+ * learning lookup per shape.
  */
 #define RC_MAX_KNOWN_SHAPES		1024
 
@@ -239,28 +249,18 @@ set_items(QueryCall *call, int nitems, char *const *items)
 }
 
 /*
- * The call's items are those of the prepared query: its tables, then the
- * database's DDL item and "ddl" (every result depends on both); the shape
- * remembers them.
+ * The shape of the call remembers the call's items (see known_shapes).
  */
 static void
-set_items_from_deps(QueryCall *call, const QueryDependencies *deps)
+remember_items(QueryCall *call)
 {
-	int			nitems = deps->nrelids + 2;
-	char	  **items = palloc(sizeof(char *) * nitems);
 	KnownShape *known;
 	bool		found;
 	MemoryContext old;
 	int			i;
 
-	for (i = 0; i < deps->nrelids; i++)
-		items[i] = redis_query_generation_item(deps->relids[i]);
-	items[nitems - 2] = redis_query_database_ddl_item();
-	items[nitems - 1] = RC_DDL_GENERATION;
-	set_items(call, nitems, items);
 	if (call->shape[0] == '\0')
 		return;
-
 	if (known_shapes != NULL && hash_get_num_entries(known_shapes) >= RC_MAX_KNOWN_SHAPES)
 	{
 		/* the table lives in the context: both go */
@@ -289,11 +289,107 @@ set_items_from_deps(QueryCall *call, const QueryDependencies *deps)
 			pfree(known->items[i]);
 		pfree(known->items);
 	}
-	known->nitems = nitems;
-	known->items = palloc(sizeof(char *) * nitems);
-	for (i = 0; i < nitems; i++)
-		known->items[i] = pstrdup(items[i]);
+	known->nitems = call->nitems;
+	known->items = palloc(sizeof(char *) * call->nitems);
+	for (i = 0; i < call->nitems; i++)
+		known->items[i] = pstrdup(call->items[i]);
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * The call's items are those of the prepared query: its tables, then the
+ * database's DDL item and "ddl" (every result depends on both); the shape
+ * remembers them.
+ */
+static void
+set_items_from_deps(QueryCall *call, const QueryDependencies *deps)
+{
+	int			nitems = deps->nrelids + 2;
+	char	  **items = palloc(sizeof(char *) * nitems);
+	int			i;
+
+	for (i = 0; i < deps->nrelids; i++)
+		items[i] = redis_query_generation_item(deps->relids[i]);
+	items[nitems - 2] = redis_query_database_ddl_item();
+	items[nitems - 1] = RC_DDL_GENERATION;
+	set_items(call, nitems, items);
+	call->learning = false;
+	remember_items(call);
+}
+
+/*
+ * Items of a call whose tables are not known: the DDL ones only, which
+ * every entry records.
+ */
+static void
+set_ddl_items(QueryCall *call)
+{
+	char	   *items[2];
+
+	items[0] = redis_query_database_ddl_item();
+	items[1] = RC_DDL_GENERATION;
+	set_items(call, 2, items);
+}
+
+/* Whether the len bytes at item are "ddl", "ddl:<digits>" or "<digits>:<digits>". */
+static bool
+valid_item(const char *item, size_t len)
+{
+	size_t		i = 0;
+	size_t		digits;
+
+	if (len == 3 && memcmp(item, "ddl", 3) == 0)
+		return true;
+	if (len > 4 && memcmp(item, "ddl:", 4) == 0)
+		i = 4;
+	else
+	{
+		for (digits = 0; i < len && isdigit((unsigned char) item[i]); i++)
+			digits++;
+		if (digits == 0 || i >= len || item[i++] != ':')
+			return false;
+	}
+	for (digits = 0; i < len && isdigit((unsigned char) item[i]); i++)
+		digits++;
+	return digits > 0 && i == len;
+}
+
+/*
+ * The call's items are those an entry records (its "item=gen,..."), with
+ * the DDL ones: false when the text is not what a store writes (foreign
+ * data), the items then unchanged.
+ */
+static bool
+set_items_from_entry(QueryCall *call, const char *deps)
+{
+	char	   *ddl = redis_query_database_ddl_item();
+	char	  **items = palloc(sizeof(char *) * (RC_MAX_ENTRY_ITEMS + 2));
+	int			nitems = 0;
+	bool		has_ddl = false;
+	bool		has_db_ddl = false;
+	const char *p = deps;
+
+	while (*p != '\0')
+	{
+		size_t		len = strcspn(p, "=,");
+
+		if (p[len] != '=' || !valid_item(p, len) || nitems == RC_MAX_ENTRY_ITEMS)
+			return false;
+		items[nitems] = pnstrdup(p, len);
+		has_ddl |= strcmp(items[nitems], RC_DDL_GENERATION) == 0;
+		has_db_ddl |= strcmp(items[nitems], ddl) == 0;
+		nitems++;
+		p += len + 1;
+		p += strcspn(p, ",");
+		if (*p == ',')
+			p++;
+	}
+	if (!has_db_ddl)
+		items[nitems++] = ddl;
+	if (!has_ddl)
+		items[nitems++] = RC_DDL_GENERATION;
+	set_items(call, nitems, items);
+	return true;
 }
 
 /*
@@ -519,7 +615,8 @@ prepare_query(QueryCall *call, Oid cache_function)
  * not ours) keeps the next reader from waiting for it.
  */
 static LookupOutcome
-lookup(QueryCall *call, const char *mode, RedisReply **hit, char **lock_value)
+lookup_once(QueryCall *call, const char *mode, RedisReply **hit,
+			char **lock_value, char **learned)
 {
 	RedisCommand cmd;
 	RedisReply *reply = NULL;
@@ -527,8 +624,8 @@ lookup(QueryCall *call, const char *mode, RedisReply **hit, char **lock_value)
 	bool		take = strcmp(mode, "take") == 0;
 	int			i;
 
-	/* KEYS entry, lock, generations; ARGV base, mode, token, ms, DDL item */
-	redis_script_cmd(&cmd, RC_SCRIPT_QUERY_LOOKUP, 2 + call->nitems, 5);
+	/* KEYS entry, lock, generations; ARGV base, mode, token, ms, DDL item, learn */
+	redis_script_cmd(&cmd, RC_SCRIPT_QUERY_LOOKUP, 2 + call->nitems, 6);
 	redis_cmd_key(&cmd, call->entry_key.data, call->entry_key.len);
 	redis_cmd_key(&cmd, call->lock_key.data, call->lock_key.len);
 	for (i = 0; i < call->nitems; i++)
@@ -538,6 +635,7 @@ lookup(QueryCall *call, const char *mode, RedisReply **hit, char **lock_value)
 	redis_cmd_str(&cmd, call->token);
 	redis_cmd_int(&cmd, Max(query_lock_timeout_ms, 1));
 	redis_cmd_str(&cmd, database_ddl);
+	redis_cmd_str(&cmd, call->learning ? "learn" : "strict");
 
 	if (lock_value)
 		*lock_value = NULL;
@@ -573,9 +671,42 @@ lookup(QueryCall *call, const char *mode, RedisReply **hit, char **lock_value)
 				reply->element[2]->type == RC_REPLY_STRING)
 				*lock_value = pnstrdup(reply->element[2]->str, reply->element[2]->len);
 			return LOOKUP_LOCKED_ELSEWHERE;
+		case 4:
+			if (!call->learning || reply->elements != 3 ||
+				reply->element[2]->type != RC_REPLY_STRING)
+				return LOOKUP_FAULT;
+			*learned = pnstrdup(reply->element[2]->str, reply->element[2]->len);
+			return LOOKUP_LEARN;
 		default:
 			return LOOKUP_MISS;
 	}
+}
+
+/*
+ * Look the entry up (see lookup_once()).  A call that does not know its
+ * tables yet declares only the DDL generation keys ("learn"): when an
+ * entry exists, the script answers with the items it records, and the
+ * lookup is made again with their keys declared (two round trips, once
+ * per query shape and backend: a hit teaches the shape its items).  So
+ * the first lookup still comes before the query is planned, and takes the
+ * stampede lock before the tables are locked.  An entry recording what no
+ * store writes is looked up with the DDL keys only: stale, deleted.
+ */
+static LookupOutcome
+lookup(QueryCall *call, const char *mode, RedisReply **hit, char **lock_value)
+{
+	char	   *learned = NULL;
+	LookupOutcome outcome = lookup_once(call, mode, hit, lock_value, &learned);
+
+	if (outcome != LOOKUP_LEARN)
+		return outcome;
+	if (!set_items_from_entry(call, learned))
+		set_ddl_items(call);
+	call->learning = false;
+	outcome = lookup_once(call, mode, hit, lock_value, &learned);
+	if (outcome == LOOKUP_HIT)
+		remember_items(call);
+	return outcome == LOOKUP_LEARN ? LOOKUP_FAULT : outcome;
 }
 
 /*
@@ -892,10 +1023,13 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 
 			make_keys(call);
 			/* the lookup declares the generation keys of the tables */
-			if (pq == NULL && !set_known_items(call))
-				pq = prepare_query(call, cache_function);
 			if (pq != NULL)
 				set_items_from_deps(call, &pq->deps);
+			else if (!set_known_items(call))
+			{
+				set_ddl_items(call);
+				call->learning = true;
+			}
 			if (may_store && query_lock_timeout_ms > 0)
 			{
 				make_lock_token(call);

@@ -131,17 +131,22 @@ static const char version_finish_script[] =
  * Hit: KEYS entry, lock, then the generation keys of every item the caller
  * expects the entry to depend on (its tables, the database's DDL item and
  * "ddl"); ARGV base, mode (take|peek|none), token, lock ms, the database's
- * DDL generation item.  Returns {1, meta, data} for a current entry, {2, f}
- * lock taken, {3, f, holder's token} locked by another session, {0, f}
- * plain miss.  A stale entry is deleted, and so is a value that is not a
- * hash (f = 1: the caller warns).
+ * DDL generation item, and "learn" when the caller does not know the
+ * tables yet (only the DDL items declared), else "strict".  Returns {1,
+ * meta, data} for a current entry, {2, f} lock taken, {3, f, holder's
+ * token} locked by another session, {0, f} plain miss, {4, f, deps} (learn
+ * only) the entry's recorded "item=gen,..." to look up again with those
+ * generation keys declared, nothing changed.  A stale entry is deleted,
+ * and so is a value that is not a hash (f = 1: the caller warns).
  *
- * Stale: a recorded generation differs, or the entry records an item whose
- * generation key was not declared (the caller's idea of the tables is out
- * of date, or the entry is foreign: it cannot be checked without reading an
- * undeclared key, so it is not served), or it does not depend on the
- * database's DDL generation (stored by version 1.2, which had one DDL
- * generation for all databases).
+ * Stale: a recorded generation differs, or (strict) the entry records an
+ * item whose generation key was not declared (the caller's idea of the
+ * tables is out of date, or the entry is foreign: it cannot be checked
+ * without reading an undeclared key, so it is not served), or it does not
+ * depend on the database's DDL generation (stored by version 1.2, which
+ * had one DDL generation for all databases).  The generations compared
+ * are always those the entry records, as before 1.7: declaring them only
+ * decides which keys the script may read.
  */
 static const char lookup_script[] =
 "local f = 0 "
@@ -157,7 +162,11 @@ static const char lookup_script[] =
 "  for item, gen in string.gmatch(e[2] or '', '([^=,]+)=([^,]+)') do "
 "    local g = ARGV[1] .. 'gen:' .. item "
 "    if item == ARGV[5] then ddl = true end "
-"    if not declared[g] or redis.call('GET', g) ~= gen then current = false break end "
+"    if not declared[g] then "
+"      if ARGV[6] == 'learn' then return {4, f, e[2]} end "
+"      current = false break "
+"    end "
+"    if redis.call('GET', g) ~= gen then current = false break end "
 "  end "
 "  if current and ddl then return {1, e[1], e[3]} end "
 "  redis.call('UNLINK', KEYS[1]) "

@@ -11,7 +11,8 @@
 #
 # The hostile server is a small fake written here, as the issue allows
 # for hostile peers: it answers the handshake (AUTH, SELECT, INFO), the
-# cache version check (EVAL with 5 keys) and PING plausibly,
+# cache version check (EVAL with 6 keys, 12 with the legacy names) and
+# PING plausibly,
 # and answers GET and MGET with the reply named in its "mode" file, read
 # at every command.  Peak memory is the backend's own VmHWM, read from
 # /proc/self/status in the same session right after the call.
@@ -242,10 +243,9 @@ sub serve_client
 				: $mode eq 'ping_nul' ? "\$5\r\nPO\0NG\r\n"
 				: "+PONG\r\n");
 		}
-		elsif ($name eq 'EVAL' && ($cmd->[1] // '') =~ /cache version|local stored = redis.call\('GET', KEYS\[1\]\)/)
+		elsif ($name eq 'EVAL' && ($cmd->[2] // '') =~ /^(?:6|12)$/)
 		{
-			# the cache version check (EVAL of its body after NOSCRIPT):
-			# the namespace is current
+			# the cache version check: the namespace is current
 			$ok = put($sock, "*2\r\n\$2\r\nOK\r\n\$0\r\n\r\n");
 		}
 		elsif ($name eq 'EVALSHA')
