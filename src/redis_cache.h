@@ -13,7 +13,8 @@
  * caller.
  *
  * Layers, lowest first (a file calls only files listed before it; the
- * upper layers register callbacks instead of being called): stats,
+ * upper layers register callbacks instead of being called):
+ * command_builder, stats,
  * state_file, keys, guc, fault, tls, transport, sentinel, cluster,
  * connection, scripts, families, flush,
  * version, query_tables, replay, worker, invalidation, query_deps,
