@@ -1044,7 +1044,7 @@ bulk_part_failed(RedisCluster *c, SubList *l, int i,
 	SubCommand *sub = &l->subs[i];
 	RedisReply *r = sub->reply;
 
-	if (redis_reply_error_kind(r) == RC_ERR_NOSCRIPT &&
+	if (error_starts(r, "NOSCRIPT") &&
 		strcmp(sub->cmd.argv[0], "EVALSHA") == 0)
 	{
 		RedisCommand eval;
