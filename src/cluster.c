@@ -80,6 +80,7 @@ typedef struct ClusterNode
 	int			port;
 	char		id[48];			/* node id from the map; "" if unknown */
 	char		run_id[64];		/* from its handshake */
+	bool		in_identity;	/* its run_id is part of the identity */
 	RedisSocket *socket;		/* NULL until needed, and after a fault */
 } ClusterNode;
 
@@ -96,6 +97,7 @@ struct RedisCluster
 	uint64		asked;
 	uint64		retried;
 	bool		no_bulk;		/* the bulk delete script failed: per slot */
+	int			unreachable;	/* masters not reached at connect */
 };
 
 /*
@@ -373,11 +375,23 @@ ensure_node(RedisCluster *c, int i, TimestampTz deadline, int timeout_ms)
 	if (node->socket != NULL)
 		return true;
 	run_id[0] = '\0';
-	node->socket = c->open(node->host, node->port, run_id, sizeof(run_id),
-						   deadline, timeout_ms);
+	/* the share given counts at commit too (transport.c) */
+	redis_transport_strict_deadlines(true);
+	PG_TRY();
+	{
+		node->socket = c->open(node->host, node->port, run_id, sizeof(run_id),
+							   deadline, timeout_ms);
+	}
+	PG_FINALLY();
+	{
+		redis_transport_strict_deadlines(false);
+	}
+	PG_END_TRY();
 	if (node->socket == NULL)
 		return false;
-	if (node->run_id[0] != '\0' && strcmp(node->run_id, run_id) != 0)
+	/* restarted, or a master the identity lacks (unreachable at connect) */
+	if (!node->in_identity ||
+		(node->run_id[0] != '\0' && strcmp(node->run_id, run_id) != 0))
 		c->changed = true;
 	strlcpy(node->run_id, run_id, sizeof(node->run_id));
 	return true;
@@ -400,6 +414,7 @@ redis_cluster_create(RedisSocket *seed, const char *seed_host, int seed_port,
 	RedisReply *reply;
 	bool		nothing;
 	int			seed_index;
+	int			unreachable = 0;
 	int			i;
 
 	c->open = open;
@@ -441,11 +456,35 @@ redis_cluster_create(RedisSocket *seed, const char *seed_host, int seed_port,
 	else
 		redis_socket_close(seed);	/* a replica, or named otherwise */
 
+	/*
+	 * Every master within its share of the time left, so that one that
+	 * hangs (paused, not yet failed over) costs its share only: the others
+	 * serve their slots, and a commit delivers their part.  A master not
+	 * reached is left out of the identity; reaching it later makes the
+	 * client changed (a reconnect, whose session check sees the complete
+	 * identity as new and flushes, as after a restart: it may have been a
+	 * restart).  None reached is a fault.
+	 */
 	for (i = 0; i < c->nnodes; i++)
-		if (!ensure_node(c, i, deadline, timeout_ms))
-			return NULL;
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		long		left = TimestampDifferenceMilliseconds(now, deadline);
+		int			share = (int) Max(left / (c->nnodes - i), Min(left, 100));
+		TimestampTz until = Min(deadline, TimestampTzPlusMilliseconds(now, share));
+
+		if (c->nodes[i].socket == NULL &&
+			!ensure_node(c, i, until, share))
+		{
+			unreachable++;
+			continue;
+		}
+		c->nodes[i].in_identity = true;
+	}
+	if (unreachable == c->nnodes)
+		return NULL;
 	compute_identity(c->nodes, c->nnodes, c->identity);
 	c->changed = false;
+	c->unreachable = unreachable;
 	return c;
 }
 
@@ -462,6 +501,13 @@ redis_cluster_free(RedisCluster *c)
 	if (c->nodes)
 		pfree(c->nodes);
 	pfree(c);
+}
+
+/* Masters not reached when the client was created. */
+int
+redis_cluster_unreachable(RedisCluster *c)
+{
+	return c->unreachable;
 }
 
 int
@@ -571,6 +617,7 @@ refresh_map(RedisCluster *c, TimestampTz deadline, int timeout_ms)
 		if (i >= 0 && strcmp(c->nodes[i].id, nodes[j].id) == 0)
 		{
 			nodes[j].socket = c->nodes[i].socket;
+			nodes[j].in_identity = c->nodes[i].in_identity;
 			strlcpy(nodes[j].run_id, c->nodes[i].run_id, sizeof(nodes[j].run_id));
 			c->nodes[i].socket = NULL;
 		}
@@ -964,6 +1011,23 @@ send_round(RedisCluster *c, SubList *l, TimestampTz deadline,
 
 		if (per_node[node] == 0)
 			continue;
+
+		/*
+		 * A master to connect to first gets half the time left at most:
+		 * one that hangs must leave the others' parts time to go.
+		 */
+		if (c->nodes[node].socket == NULL)
+		{
+			long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+
+			if (!ensure_node(c, node,
+							 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(left / 2, 1)),
+							 (int) Max(left / 2, 1)))
+			{
+				*failed = true;
+				continue;
+			}
+		}
 		if (!ensure_node(c, node, deadline, timeout_ms))
 		{
 			*failed = true;

@@ -665,9 +665,13 @@ connect_to_server(int timeout_ms)
 
 		if (conn->cluster)
 			ereport(LOG,
-					(errmsg("redis_cache: connected to the Redis Cluster of %s:%d%s, %d masters",
+					(errmsg("redis_cache: connected to the Redis Cluster of %s:%d%s, %d masters%s",
 							conn->host, conn->port, how,
-							redis_cluster_master_count(conn->cluster))));
+							redis_cluster_master_count(conn->cluster),
+							redis_cluster_unreachable(conn->cluster) > 0 ?
+							psprintf(" (%d not reached: %s)",
+									 redis_cluster_unreachable(conn->cluster),
+									 redis_fault_message()) : "")));
 		else if (redis_sentinel_enabled())
 			ereport(LOG,
 					(errmsg("redis_cache: connected to Redis at %s:%d%s, master \"%s\" of the sentinels",
@@ -1080,6 +1084,20 @@ attempt_round_trip(const RedisCommand *commands, int ncommands,
 		if (flags & (RC_EXEC_STARTUP | RC_EXEC_FAST_CONNECT))
 			timeout_ms = Min(timeout_ms, redis_cache_command_timeout_ms);
 		ok = connect_to_server(timeout_ms);
+	}
+
+	/*
+	 * A cluster client that did not reach every master (one hangs) serves
+	 * the commit's and the worker's deliveries, which need no session
+	 * check, but no session check runs on it: its identity lacks a master.
+	 */
+	if (ok && !(flags & RC_EXEC_INTERNAL) && connection->cluster != NULL &&
+		redis_cluster_unreachable(connection->cluster) > 0)
+	{
+		redis_fault_set(RC_FAULT_CONNECT, "%d master(s) of the Redis Cluster of %s:%d could not be reached when connecting",
+						redis_cluster_unreachable(connection->cluster),
+						connection->host, connection->port);
+		return false;
 	}
 
 	/*

@@ -357,6 +357,7 @@ extern RedisCluster *redis_cluster_create(RedisSocket *seed,
 										  RedisCluster **out);
 extern void redis_cluster_free(RedisCluster *c);
 extern int	redis_cluster_master_count(RedisCluster *c);
+extern int	redis_cluster_unreachable(RedisCluster *c);
 extern const char *redis_cluster_identity(RedisCluster *c);
 extern bool redis_cluster_changed(RedisCluster *c);
 extern RedisSocket *redis_cluster_any_socket(RedisCluster *c);
