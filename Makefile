@@ -12,6 +12,7 @@ OBJS = \
 	src/keys.o \
 	src/guc.o \
 	src/fault.o \
+	src/local_cache.o \
 	src/tls.o \
 	src/transport.o \
 	src/sentinel.o \
@@ -24,6 +25,7 @@ OBJS = \
 	src/query_tables.o \
 	src/replay.o \
 	src/worker.o \
+	src/tracking.o \
 	src/invalidation.o \
 	src/query_deps.o \
 	src/triggers.o \

@@ -44,6 +44,7 @@ _PG_init(void)
 	redis_connection_define_gucs();
 	redis_query_cache_define_gucs();
 	redis_families_define_gucs();
+	redis_local_define_gucs();
 	redis_scripts_init();
 	redis_replay_init();
 	redis_sentinel_init();
@@ -58,6 +59,8 @@ _PG_init(void)
 		redis_stats_shmem_init();
 		redis_query_tables_shmem_init();
 		redis_worker_init();
+		redis_local_shmem_init();
+		redis_tracking_init();
 	}
 	else if (IsUnderPostmaster && AmRegularBackendProcess() && !IsBinaryUpgrade &&
 			 redis_settings_untrusted() == NULL)

@@ -15,9 +15,9 @@
  * Layers, lowest first (a file calls only files listed before it; the
  * upper layers register callbacks instead of being called):
  * command_builder, stats,
- * state_file, keys, guc, fault, tls, transport, sentinel, cluster,
+ * state_file, keys, guc, fault, local_cache, tls, transport, sentinel, cluster,
  * connection, scripts, families, flush,
- * version, query_tables, replay, worker, invalidation, query_deps,
+ * version, query_tables, replay, worker, tracking, invalidation, query_deps,
  * triggers, query_rows, query_cache, commands, monitor, module (_PG_init).
  *
  *-------------------------------------------------------------------------
@@ -288,6 +288,47 @@ extern const char *redis_tls_version(RedisTls *tls);
 extern const char *redis_tls_cipher(RedisTls *tls);
 extern void redis_tls_end(RedisTls *tls);
 
+/* in local_cache.c: the shared-memory local cache (requires preloading) */
+typedef enum RedisLocalState
+{
+	RC_LOCAL_DISABLED,			/* local_cache_size 0 or not preloaded */
+	RC_LOCAL_WAITING,			/* tracking not confirmed: nothing served */
+	RC_LOCAL_TRACKING,			/* every master tracked: entries served */
+	RC_LOCAL_LOST				/* tracking lost: fallback entries only */
+} RedisLocalState;
+
+/* Dependencies a fill or a hit is checked against (keys, full names). */
+#define RC_LOCAL_MAX_DEPS	64
+
+typedef struct RedisLocalFill RedisLocalFill;
+
+extern void redis_local_define_gucs(void);
+extern void redis_local_shmem_init(void);
+extern bool redis_local_configured(void);
+extern bool redis_local_wants_key(const char *key, size_t len);
+extern bool redis_local_wants_queries(void);
+extern bool redis_local_lookup(const char *key, size_t len,
+							   const char *const *deps, const size_t *deplens,
+							   int ndeps, bool on_error,
+							   char **value, size_t *valuelen);
+extern RedisLocalFill *redis_local_fill_begin(const char *key, size_t len,
+											  const char *const *deps,
+											  const size_t *deplens,
+											  int ndeps);
+extern void redis_local_fill_end(RedisLocalFill *fill, const char *value,
+								 size_t valuelen, int64 ttl_ms);
+extern void redis_local_invalidate(const char *key, size_t len);
+extern void redis_local_invalidate_pattern(const char *glob, size_t len);
+extern void redis_local_flush(const char *why);
+/* the tracking worker's side (tracking.c) */
+extern int	redis_local_tracking_prefixes(char ***prefixes);
+extern void redis_local_tracking_confirmed(char *const *prefixes, int n,
+										   int nmasters);
+extern void redis_local_tracking_lost(const char *why);
+extern void redis_local_heartbeat(void);
+extern RedisLocalState redis_local_state(void);
+extern void redis_local_health(StringInfo json);
+
 /* in transport.c */
 typedef struct RedisSocket RedisSocket;
 
@@ -552,6 +593,9 @@ extern bool redis_results_pending(const char *prefix);
 extern void redis_queue_pattern(int namespace_index, const char *pattern);
 extern void redis_queue_redelete(int namespace_index, const char *key,
 								 size_t len, TimestampTz due);
+
+/* in tracking.c */
+extern void redis_tracking_init(void);
 
 /* in invalidation.c */
 extern void redis_invalidation_init(void);
