@@ -1,0 +1,863 @@
+
+# Copyright (c) redis_cache contributors; the PostgreSQL License.
+
+# The shared-memory local cache kept coherent by Redis client-side tracking
+# (issue 16), against real redis-servers:
+#
+#   1. settings, cache_health()->'local_cache' and the cache_stats columns;
+#      what is held locally (local_cache_keys globs without key_prefix);
+#   2. an application write through redis-cli (SET, DEL, EXPIRE 0) is seen
+#      by the next cache_get within 100 ms (20 rounds, the max in diag);
+#   3. a commit in another backend is seen at once: a watched table
+#      (template tenant:id:{id}) updated in session A, cache_get in session
+#      B right after COMMIT returns; cache_set/cache_delete of another
+#      backend; a cache_query result over that table refreshed at once;
+#   4. local hits make no Redis round trip (INFO commandstats: get and
+#      evalsha calls unchanged over 1000 cache_get and 100 cache_query
+#      local hits; local_hits grew by as much);
+#   5. TTL: SET ... EX 1 and EXPIRE 1 of a held key are not served after
+#      they expired, with Redis' active expiry off (no invalidation comes:
+#      only the local TTL can end the entry); local_max_age honoured;
+#   6. the stale-fill race made deterministic with local_fill_delay_ms: an
+#      invalidation (redis-cli SET; a commit bumping a cache_query
+#      generation) arriving between the read and the fill discards the
+#      fill (local_discards);
+#   7. a Redis restart, a FLUSHALL, and a killed tracking connection (the
+#      pubsub one, then the one with tracking on) each empty the local
+#      cache (local_flushes, epoch, entries 0), writes made meanwhile whose
+#      invalidation was lost are never hidden by an old entry;
+#   8. a race of application writers (SET/DEL/EXPIRE from two clients on
+#      raw sockets) against pgbench readers doing cache_get on the same 20
+#      keys for RC_LOCAL_RACE_SECONDS (default 30): at quiescence (writers
+#      stopped, a tracking heartbeat since) every key equals redis-cli GET;
+#   9. local_serve_on_error: 30 s, Redis SIGSTOPped: held keys still served
+#      (state lost), other keys miss within the timeouts; 0: misses; after
+#      SIGCONT the cache is emptied before serving again;
+#  10. local_cache_size respected (a restart with 1MB): entries stop
+#      growing, evictions counted, used_bytes <= size_bytes; size 0:
+#      disabled, nothing held;
+#  11. a Redis Cluster (3 masters, no replicas): one tracking subscription
+#      per master, keys on every master invalidated by redis-cli -c writes.
+#
+# Assertions are on states and counters (cache_health, cache_stats, INFO
+# commandstats, CLIENT LIST); waits poll with deadlines.  The only
+# wall-clock bounds are the ones the feature promises (100 ms, TTLs,
+# local_max_age).
+
+use strict;
+use warnings;
+
+use IO::Socket::INET;
+use JSON::PP;
+use POSIX ();
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use RedisCache::Cluster;
+use RedisCache::Server;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+my $timeout = $PostgreSQL::Test::Utils::timeout_default;
+my $race_seconds = $ENV{RC_LOCAL_RACE_SECONDS} || 30;
+my $P = 'lc:';    # key_prefix: local_cache_keys match keys without it
+
+my $LOCAL_CONF = qq{
+redis_cache.key_prefix = '$P'
+redis_cache.local_cache_size = '64MB'
+redis_cache.local_cache_keys = 'tenant:*, settings:*'
+};
+
+# DEBUG SET-ACTIVE-EXPIRE (section 5) needs the debug command
+my $redis = RedisCache::Server->new('local', args => [ '--enable-debug-command', 'yes' ]);
+$redis->start;
+my $node = $redis->new_pg_node('local', conf => $LOCAL_CONF);
+$node->start;
+$node->safe_psql('postgres', q{
+CREATE EXTENSION redis_cache;
+CREATE TABLE tenants (id int PRIMARY KEY, name text);
+INSERT INTO tenants SELECT g, 'name' || g FROM generate_series(1, 100) g;
+SELECT cache_watch('tenants', 'tenant:id:{id}');});
+
+# ---------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------
+my $N = $node;    # the node the helpers talk to
+
+sub sql { return $N->safe_psql('postgres', $_[0]); }
+
+# cache_health()->'local_cache' of a fresh session, decoded ({} if absent)
+sub lc_health
+{
+	my ($on) = @_;
+	my $j = ($on // $N)->safe_psql('postgres',
+		"SELECT coalesce(cache_health()::jsonb->'local_cache', '{}')");
+	return eval { decode_json($j) } // {};
+}
+
+sub lc_state { return lc_health($_[0])->{state} // 'NULL'; }
+
+# The totals row of cache_stats as a hash (missing columns: undef)
+sub totals
+{
+	my ($on) = @_;
+	my $j = ($on // $N)->safe_psql('postgres',
+		'SELECT to_jsonb(s) FROM cache_stats s WHERE family IS NULL');
+	return eval { decode_json($j) } // {};
+}
+
+# the same from a background session (no new login)
+sub bg_totals
+{
+	my ($bg) = @_;
+	my $j = bgq($bg, 'SELECT to_jsonb(s) FROM cache_stats s WHERE family IS NULL');
+	return eval { decode_json($j) } // {};
+}
+
+# A query in a background psql; stderr (warnings) is dropped
+sub bgq
+{
+	my ($bg, $q) = @_;
+	$bg->{stderr} = '';
+	my $out = $bg->query($q);
+	$bg->{stderr} = '';
+	return $out;
+}
+
+sub new_bg
+{
+	my ($on) = @_;
+	my $bg = ($on // $N)->background_psql('postgres', on_error_stop => 0);
+	$bg->set_query_timer_restart;
+	return $bg;
+}
+
+# calls of a command in INFO commandstats (0 if never called)
+sub calls
+{
+	my ($cmd, $server) = @_;
+	my $info = ($server // $redis)->cli('info', 'commandstats') // '';
+	return $info =~ /^cmdstat_\Q$cmd\E:calls=(\d+)/m ? $1 : 0;
+}
+
+sub poll_for
+{
+	my ($what, $secs, $check) = @_;
+	my $deadline = time() + $secs;
+	while (time() < $deadline)
+	{
+		return 1 if $check->();
+		usleep(20_000);
+	}
+	fail("$what (timed out after $secs s)");
+	return 0;
+}
+
+sub wait_tracking
+{
+	my ($what, $on, $secs) = @_;
+	return poll_for("$what: local cache back to tracking", $secs // $timeout,
+		sub { lc_state($on) eq 'tracking' });
+}
+
+sub set_conf
+{
+	my ($name, $value, $on) = @_;
+	$on //= $N;
+	$on->safe_psql('postgres', defined $value
+		? "ALTER SYSTEM SET $name = '$value'"
+		: "ALTER SYSTEM RESET $name");
+	$on->reload;
+	# the worker and idle backends read the file at their next SIGHUP
+	# processing; a fresh session shows the setting once the postmaster has
+	$on->poll_query_until('postgres',
+		"SELECT current_setting('$name')", $value // '')
+	  or diag("$name not reloaded");
+	return;
+}
+
+# the tracking clients on a redis-server: CLIENT LIST entries as hashes
+sub clients
+{
+	my ($server) = @_;
+	my @c;
+	for my $line (split /\n/, ($server // $redis)->cli('client', 'list') // '')
+	{
+		my %h = map { /^([^=]+)=(.*)$/ ? ($1 => $2) : () } split / /, $line;
+		push @c, \%h if %h;
+	}
+	return @c;
+}
+
+sub pubsub_clients { return grep { $_->{flags} =~ /P/ } clients(@_); }
+sub tracking_clients { return grep { $_->{flags} =~ /t/ } clients(@_); }
+
+# ---------------------------------------------------------------------
+# 1. the surface
+# ---------------------------------------------------------------------
+my %settings = map { split /\|/ } split /\n/, sql(q{
+SELECT name || '|' || context || ':' || coalesce(unit, '') || ':' || boot_val
+  FROM pg_settings WHERE name LIKE 'redis_cache.local%'});
+note explain \%settings;
+for my $s (
+	[ 'redis_cache.local_cache_size', qr/^postmaster:/ ],
+	[ 'redis_cache.local_cache_keys', qr/^sighup::$/ ],
+	[ 'redis_cache.local_cache_queries', qr/^sighup::on$/ ],
+	[ 'redis_cache.local_max_age', qr/^sighup:s:60$/ ],
+	[ 'redis_cache.local_serve_on_error', qr/^sighup:s:0$/ ],
+	[ 'redis_cache.local_fill_delay_ms', qr/^superuser:/ ])
+{
+	like($settings{ $s->[0] } // 'missing', $s->[1], "setting $s->[0] (context:unit:default)");
+}
+like($settings{'redis_cache.local_cache_size'} // '', qr/^postmaster:(kB|MB|8kB|B):0$/,
+	'local_cache_size is a memory setting, 0 (off) by default');
+
+my $tracking_ok = poll_for('the local cache reaches state tracking', $timeout,
+	sub { lc_state() eq 'tracking' });
+my $h = lc_health();
+note 'cache_health local_cache: ' . encode_json($h);
+for my $f (qw(state size_bytes used_bytes entries epoch masters prefixes heartbeat_age_ms))
+{
+	ok(exists $h->{$f}, "cache_health local_cache has $f");
+}
+is($h->{masters}, 1, 'standalone: one master tracked');
+is($h->{size_bytes}, 64 * 1024 * 1024, 'size_bytes is local_cache_size');
+my @prefixes = @{ ref $h->{prefixes} eq 'ARRAY' ? $h->{prefixes} : [] };
+ok((grep { $_ eq "${P}tenant:" } @prefixes) && (grep { $_ eq "${P}settings:" } @prefixes),
+	'the tracked prefixes include the key_prefix and the globs\' literal parts')
+  or diag("prefixes: @prefixes");
+my $t = totals();
+for my $c (qw(local_hits local_fills local_invalidations local_evictions local_flushes local_discards))
+{
+	ok(exists $t->{$c}, "cache_stats has $c");
+}
+my @trk = tracking_clients();
+my @sub = pubsub_clients();
+note 'tracking clients: ' . join('; ', map { "id=$_->{id} flags=$_->{flags} cmd=$_->{cmd}" } @trk, @sub);
+cmp_ok(scalar(@sub), '==', 1, 'one pubsub (invalidation) connection on Redis');
+
+unless ($tracking_ok)
+{
+	diag('local cache never reached state tracking: ' . encode_json(lc_health()));
+	done_testing();
+	exit 0;
+}
+
+# what is held locally: keys matching local_cache_keys (without key_prefix)
+{
+	$redis->cli('set', "${P}tenant:w", 'a');
+	$redis->cli('set', "${P}other:w", 'b');
+	$redis->cli('set', "${P}settingsx", 'c');
+	my $bg = new_bg();
+	bgq($bg, "SELECT cache_get('tenant:w'), cache_get('other:w'), cache_get('settingsx')");
+	my $t0 = bg_totals($bg);
+	my $g0 = calls('get');
+	my $out = bgq($bg, "SELECT cache_get('tenant:w') || cache_get('other:w') || cache_get('settingsx')");
+	my $t1 = bg_totals($bg);
+	my $g1 = calls('get');
+	is($out, 'abc', 'values read through the local cache and Redis');
+	is($t1->{local_hits} - $t0->{local_hits}, 1, 'only the tenant:* key was a local hit');
+	is($g1 - $g0 - 1, 2, 'the keys not matching the globs went to Redis');
+	$bg->quit;
+}
+
+# ---------------------------------------------------------------------
+# 2. application writes through redis-cli, seen within 100 ms
+# ---------------------------------------------------------------------
+{
+	my $bg = new_bg();
+	my $k = 'tenant:app';
+	my @delays;
+	my $not_local = 0;
+	for my $i (1 .. 20)
+	{
+		$redis->cli('set', "$P$k", "v$i");
+		# fill, then a local hit
+		my $deadline = time() + 5;
+		bgq($bg, "SELECT cache_get('$k')") until bgq($bg, "SELECT cache_get('$k')") eq "v$i" || time() > $deadline;
+		my $h0 = bg_totals($bg)->{local_hits};
+		my $v = bgq($bg, "SELECT cache_get('$k')");
+		$not_local++ unless $v eq "v$i" && bg_totals($bg)->{local_hits} == $h0 + 1;
+		# the write: SET, DEL or EXPIRE 0, then poll until the next
+		# cache_get sees it
+		my ($cmd, $expect) =
+			$i % 3 == 0 ? ([ 'set', "$P$k", "w$i" ], "w$i")
+		  : $i % 3 == 1 ? ([ 'del', "$P$k" ], '')
+		  : ([ 'expire', "$P$k", '0' ], '');
+		$redis->cli(@$cmd);
+		my $t0 = time();
+		my $seen;
+		while (time() < $t0 + 5)
+		{
+			$seen = bgq($bg, "SELECT cache_get('$k')");
+			last if $seen eq $expect;
+		}
+		push @delays, $seen eq $expect ? (time() - $t0) * 1000 : 5000;
+	}
+	my ($max) = sort { $b <=> $a } @delays;
+	diag(sprintf('application write -> next cache_get sees it: max %.1f ms, median %.1f ms over %d rounds (SET/DEL/EXPIRE 0)',
+		$max, (sort { $a <=> $b } @delays)[ @delays / 2 ], scalar @delays));
+	is($not_local, 0, 'each round the value was held locally (a local hit) before the write');
+	cmp_ok($max, '<=', 100, 'every application write was seen by the next cache_get within 100 ms');
+	$bg->quit;
+}
+
+# ---------------------------------------------------------------------
+# 3. a commit in another backend is seen at once
+# ---------------------------------------------------------------------
+{
+	my $a = new_bg();
+	my $b = new_bg();
+	my ($stale, $held) = (0, 0);
+	for my $i (1 .. 20)
+	{
+		my $id = $i;
+		bgq($a, "SELECT cache_set('tenant:id:$id', (SELECT name FROM tenants WHERE id = $id))");
+		bgq($b, "SELECT cache_get('tenant:id:$id')");
+		my $h0 = bg_totals($b)->{local_hits};
+		bgq($b, "SELECT cache_get('tenant:id:$id')");
+		$held++ if bg_totals($b)->{local_hits} == $h0 + 1;
+		# autocommit: the UPDATE's COMMIT has returned when query() does
+		bgq($a, "UPDATE tenants SET name = 'new$i' WHERE id = $id");
+		my $v = bgq($b, "SELECT coalesce(cache_get('tenant:id:$id'), '<null>')");
+		$stale++ unless $v eq '<null>';
+	}
+	is($held, 20, 'commit: the key was held locally by session B before each UPDATE');
+	is($stale, 0, 'commit: cache_get in B right after A\'s COMMIT returned never served the old value');
+
+	# inside an explicit transaction, and a delete plus a new value
+	bgq($a, "SELECT cache_set('tenant:id:21', 'old')");
+	bgq($b, "SELECT cache_get('tenant:id:21')") for 1 .. 2;
+	bgq($a, "BEGIN; UPDATE tenants SET name = 'x21' WHERE id = 21; COMMIT;");
+	is(bgq($b, "SELECT coalesce(cache_get('tenant:id:21'), '<null>')"), '<null>',
+		'commit of BEGIN ... COMMIT: B sees the deletion at once');
+
+	# cache_set and cache_delete by another backend (no commit involved)
+	my ($set_stale, $del_stale) = (0, 0);
+	for my $i (1 .. 10)
+	{
+		bgq($a, "SELECT cache_set('settings:s$i', 'one')");
+		bgq($b, "SELECT cache_get('settings:s$i')") for 1 .. 2;
+		bgq($a, "SELECT cache_set('settings:s$i', 'two')");
+		$set_stale++ unless bgq($b, "SELECT cache_get('settings:s$i')") eq 'two';
+		bgq($a, "SELECT cache_delete('settings:s$i')");
+		$del_stale++ unless bgq($b, "SELECT coalesce(cache_get('settings:s$i'), '<null>')") eq '<null>';
+	}
+	is($set_stale, 0, 'cache_set in A: B\'s next cache_get returns the new value at once');
+	is($del_stale, 0, 'cache_delete in A: B\'s next cache_get misses at once');
+
+	# a cache_query result over the watched table
+	my $Q = q{cache_query_json('SELECT name FROM tenants WHERE id = $1', ARRAY['50'])};
+	bgq($b, "SELECT $Q") for 1 .. 2;
+	my $h0 = bg_totals($b)->{local_hits};
+	my $e0 = calls('evalsha');
+	my $v = bgq($b, "SELECT $Q");
+	ok(bg_totals($b)->{local_hits} == $h0 + 1 && calls('evalsha') == $e0,
+		'cache_query: the result is a local hit (no EVALSHA)') or diag("got $v");
+	my $qstale = 0;
+	for my $i (1 .. 10)
+	{
+		bgq($a, "UPDATE tenants SET name = 'q$i' WHERE id = 50");
+		my $r = bgq($b, "SELECT $Q->>0");
+		$qstale++ unless ($r // '') =~ /"q$i"/;
+		bgq($b, "SELECT $Q");    # fill again
+	}
+	is($qstale, 0, 'cache_query: the result is refreshed right after each COMMIT of another backend');
+	# the same after an UPDATE in the reading backend itself
+	bgq($b, "UPDATE tenants SET name = 'own' WHERE id = 50");
+	like(bgq($b, "SELECT $Q"), qr/"own"/, 'cache_query: read-your-writes in the same backend');
+	$a->quit;
+	$b->quit;
+}
+
+# ---------------------------------------------------------------------
+# 4. local hits make no Redis round trip
+# ---------------------------------------------------------------------
+{
+	my $bg = new_bg();
+	$redis->cli('set', "${P}tenant:hot", 'hotvalue');
+	bgq($bg, "SELECT cache_get('tenant:hot')") for 1 .. 2;
+	my $Q = q{cache_query_json('SELECT id, name FROM tenants WHERE id <= 3')};
+	bgq($bg, "SELECT $Q") for 1 .. 2;
+	my $t0 = bg_totals($bg);
+	my ($g0, $e0) = (calls('get'), calls('evalsha'));
+	my $n = bgq($bg, "SELECT count(*) FROM generate_series(1, 1000) WHERE cache_get('tenant:hot') = 'hotvalue'");
+	my $nq = bgq($bg, "SELECT count(*) FROM generate_series(1, 100) g WHERE jsonb_array_length($Q) = 3");
+	my $t1 = bg_totals($bg);
+	my ($g1, $e1) = (calls('get'), calls('evalsha'));
+	is("$n $nq", '1000 100', '1000 cache_get and 100 cache_query hits return the value');
+	is($g1 - $g0, 0, 'no GET reached Redis over 1000 local cache_get hits');
+	is($e1 - $e0, 0, 'no EVALSHA reached Redis over 100 local cache_query hits');
+	is($t1->{local_hits} - $t0->{local_hits}, 1100, 'local_hits grew by 1100');
+	cmp_ok($t1->{hits} - $t0->{hits}, '>=', 1100, 'a local hit also counts in hits');
+	$bg->quit;
+}
+
+# ---------------------------------------------------------------------
+# 5. TTL and local_max_age
+# ---------------------------------------------------------------------
+{
+	# no active expiry: an expired key is only removed when read in Redis,
+	# so no invalidation tells the local cache
+	is($redis->cli('debug', 'set-active-expire', '0'), 'OK', 'Redis active expiry off');
+	my $bg = new_bg();
+	for my $how ('set ex 1', 'expire 1')
+	{
+		my $k = $how eq 'set ex 1' ? 'tenant:ttl1' : 'tenant:ttl2';
+		my $t_set;
+		if ($how eq 'set ex 1')
+		{
+			$t_set = time();
+			$redis->cli('set', "$P$k", 'short', 'px', '1000');
+		}
+		else
+		{
+			$redis->cli('set', "$P$k", 'short');
+			bgq($bg, "SELECT cache_get('$k')") for 1 .. 2;    # held without TTL
+			$t_set = time();
+			$redis->cli('pexpire', "$P$k", '1000');
+		}
+		my $h0 = bg_totals($bg)->{local_hits};
+		my ($served_late, $first_null, $reads) = (0, undef, 0);
+		while (time() < $t_set + 3)
+		{
+			my $v = bgq($bg, "SELECT coalesce(cache_get('$k'), '<null>')");
+			my $now = time();
+			$reads++;
+			$served_late++ if $v eq 'short' && $now > $t_set + 1.0;
+			$first_null //= $now - $t_set if $v eq '<null>';
+			usleep(10_000);
+		}
+		my $local = bg_totals($bg)->{local_hits} - $h0;
+		note sprintf("%s: %d reads, %d local hits, first miss %.0f ms after the write",
+			$how, $reads, $local, ($first_null // 99) * 1000);
+		cmp_ok($local, '>', 0, "$how: the key was served locally before it expired");
+		is($served_late, 0, "$how: never served after its Redis TTL");
+	}
+	$redis->cli('debug', 'set-active-expire', '1');
+
+	# local_max_age: an entry is refetched from Redis after that long
+	set_conf('redis_cache.local_max_age', '2');
+	$bg->quit;
+	$bg = new_bg();
+	$redis->cli('set', "${P}tenant:age", 'aged');
+	bgq($bg, "SELECT cache_get('tenant:age')");
+	my $t_fill = time();
+	my $g0 = calls('get');
+	my $refetch;
+	while (time() < $t_fill + 6)
+	{
+		bgq($bg, "SELECT cache_get('tenant:age')");
+		if (calls('get') > $g0) { $refetch = time() - $t_fill; last; }
+		usleep(50_000);
+	}
+	note sprintf('local_max_age = 2: refetched from Redis %.2f s after the fill',
+		$refetch // -1);
+	ok(defined $refetch && $refetch <= 2.5 && $refetch >= 1.0,
+		'local_max_age: the entry was refetched from Redis after about 2 s');
+	set_conf('redis_cache.local_max_age', undef);
+	$bg->quit;
+}
+
+# ---------------------------------------------------------------------
+# 6. the stale-fill race, made deterministic
+# ---------------------------------------------------------------------
+{
+	my $locker = new_bg();
+	$redis->cli('set', "${P}tenant:x", 'v1');
+	my $d0 = totals()->{local_discards};
+	bgq($locker, 'SELECT pg_advisory_lock(4242)');
+	my $s = RedisCache::Server::start_psql($N,
+		'SET redis_cache.local_fill_delay_ms = 1500',
+		'SELECT pg_advisory_lock_shared(4242)',
+		"SELECT cache_get('tenant:x')");
+	$N->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+		WHERE wait_event = 'advisory' AND query LIKE '%4242%' AND pid <> pg_backend_pid()})
+	  or diag('the reader did not wait for the lock');
+	my $g0 = calls('get');
+	bgq($locker, 'SELECT pg_advisory_unlock(4242)');
+	# the reader's GET has been answered: it now sleeps before the fill
+	poll_for('the reader sent its GET', 10, sub { calls('get') > $g0 });
+	my $t_read = time();
+	$redis->cli('set', "${P}tenant:x", 'v2');
+	my $during = time() - $t_read;
+	RedisCache::Server::finish_psql($s);
+	my $elapsed = time() - $t_read;
+	is($s->{out}, 'v1', 'race: the delayed reader returns what it read (v1)');
+	cmp_ok($during, '<', 1.0, 'race: the SET came within the fill delay');
+	cmp_ok($elapsed, '>', 1.0, 'race: the reader did sleep (local_fill_delay_ms applied)');
+	is(sql("SELECT cache_get('tenant:x')"), 'v2', 'race: afterwards cache_get returns v2');
+	is(sql("SELECT cache_get('tenant:x')"), 'v2', 'race: and again (no v1 entry held)');
+	is(totals()->{local_discards} - $d0, 1, 'race: local_discards grew by one');
+
+	# the same for a cache_query miss: a commit bumps the table's
+	# generation while the fill is delayed
+	my $Q = q{SELECT name FROM tenants WHERE id = $1};
+	my $key = sql("SELECT cache_query_key('$Q', ARRAY['60'])");
+	$d0 = totals()->{local_discards};
+	bgq($locker, 'SELECT pg_advisory_lock(4243)');
+	$s = RedisCache::Server::start_psql($N,
+		'SET redis_cache.local_fill_delay_ms = 1500',
+		'SELECT pg_advisory_lock_shared(4243)',
+		"SELECT cache_query_json('$Q', ARRAY['60'])->0->>'name'");
+	$N->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+		WHERE wait_event = 'advisory' AND query LIKE '%4243%' AND pid <> pg_backend_pid()})
+	  or diag('the query reader did not wait for the lock');
+	bgq($locker, 'SELECT pg_advisory_unlock(4243)');
+	poll_for('the query result was stored in Redis', 10,
+		sub { ($redis->cli('exists', $key) // 0) == 1 });
+	sql("UPDATE tenants SET name = 'after60' WHERE id = 60");
+	RedisCache::Server::finish_psql($s);
+	is($s->{out}, 'name60', 'query race: the delayed reader returns its snapshot');
+	is(sql("SELECT cache_query_json('$Q', ARRAY['60'])->0->>'name'"), 'after60',
+		'query race: afterwards cache_query returns the committed value');
+	cmp_ok(totals()->{local_discards} - $d0, '>=', 1, 'query race: the fill was discarded');
+	$locker->quit;
+}
+
+# ---------------------------------------------------------------------
+# 7. restart, FLUSHALL, killed tracking connections empty the local cache
+# ---------------------------------------------------------------------
+my @fk = map { "tenant:f:$_" } 1 .. 20;
+
+# fill @fk with value $v; returns whether all were held (local hits)
+sub fill_fk
+{
+	my ($bg, $v) = @_;
+	$redis->cli(join('', map { "SET $P$_ $v\n" } @fk));
+	my $h0 = bg_totals($bg)->{local_hits};
+	my $ok = 0;
+	poll_for('held locally', 10, sub {
+		my $all = bgq($bg, "SELECT count(*) FROM unnest(ARRAY['" . join("','", @fk)
+			  . "']) k WHERE cache_get(k) = '$v'");
+		return $all == @fk;
+	});
+	bgq($bg, "SELECT count(cache_get(k)) FROM unnest(ARRAY['" . join("','", @fk) . "']) k");
+	return bg_totals($bg)->{local_hits} - $h0 >= @fk;
+}
+
+sub read_fk
+{
+	my ($bg) = @_;
+	return bgq($bg, "SELECT string_agg(coalesce(cache_get(k), '<null>'), ' ') FROM unnest(ARRAY['"
+		  . join("','", @fk) . "']) k");
+}
+
+sub flush_case
+{
+	my ($what, $fault, $expect) = @_;
+	my $bg = new_bg();
+	ok(fill_fk($bg, 'old'), "$what: 20 keys held locally");
+	my $t0 = totals();
+	my $h0 = lc_health();
+	cmp_ok($h0->{entries}, '>=', 20, "$what: entries before ($h0->{entries})");
+	my $left = $fault->();
+	poll_for("$what: a local flush", $timeout, sub { totals()->{local_flushes} > $t0->{local_flushes} });
+	my $h1 = lc_health();
+	is($h1->{entries}, 0, "$what: the local cache is empty after the flush");
+	cmp_ok($h1->{epoch}, '>', $h0->{epoch}, "$what: a new epoch");
+	note "$what: state after the flush: $h1->{state}; left tracking: " . ($left // 'not seen');
+	wait_tracking($what);
+	# a miss while the backend's circuit breaker skips Redis is acceptable,
+	# an old value is not; then twice what Redis holds (fill, local hit)
+	my $want = join(' ', ($expect) x @fk);
+	my ($old, $same) = (0, 0);
+	my $reached = poll_for("$what: the values Redis holds are served", 30, sub {
+		my $got = read_fk($bg);
+		$old += () = $got =~ /\bold\b/g;
+		$same = $got eq $want ? $same + 1 : 0;
+		return $same >= 2;
+	});
+	is($old, 0, "$what: no old value served afterwards");
+	ok($reached, "$what: then the current values, also on the next (local) read");
+	$bg->quit;
+	return;
+}
+
+flush_case('Redis restart', sub {
+	$redis->stop;
+	my $left;
+	poll_for('Redis stopped: state leaves tracking', $timeout,
+		sub { $left = lc_state(); $left ne 'tracking' });
+	$redis->start;
+	# new values, written before tracking is back
+	$redis->cli(join('', map { "SET $P$_ new\n" } @fk));
+	return $left;
+}, 'new');
+
+flush_case('FLUSHALL', sub {
+	$redis->cli('flushall');
+	return undef;
+}, '<null>');
+
+for my $kind ('pubsub', 'tracking')
+{
+	flush_case("killed $kind connection", sub {
+		my @c = $kind eq 'pubsub' ? pubsub_clients() : tracking_clients();
+		if (!@c)
+		{
+			fail("no $kind client in CLIENT LIST");
+			return undef;
+		}
+		# the writes in the same pipeline: their invalidations can reach
+		# no connection of ours
+		$redis->cli(join('', map { "CLIENT KILL ID $_->{id}\n" } @c)
+			  . join('', map { "SET $P$_ new\n" } @fk));
+		return undef;
+	}, 'new');
+}
+
+# ---------------------------------------------------------------------
+# 8. the race: application writers against SQL readers
+# ---------------------------------------------------------------------
+{
+	my $nkeys = 20;
+	$redis->cli(join('', map { "SET ${P}tenant:race:$_ init\n" } 0 .. $nkeys - 1));
+	my $t0 = totals();
+	my $end = time() + $race_seconds;
+	my @writers;
+	for my $w (1 .. 2)
+	{
+		my $pid = fork();
+		die "fork: $!" unless defined $pid;
+		if ($pid == 0)
+		{
+			srand($$ ^ int(time() * 1000));
+			my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $redis->port)
+			  or POSIX::_exit(2);
+			my $seq = 0;
+			while (time() < $end)
+			{
+				for (1 .. 20)
+				{
+					my $k = "${P}tenant:race:" . int(rand($nkeys));
+					my $r = rand();
+					$seq++;
+					my $cmd = $r < 0.7 ? "SET $k w$w-$seq"
+					  : $r < 0.85 ? "DEL $k"
+					  : "PEXPIRE $k " . (50 + int(rand(500)));
+					print $sock "$cmd\r\n";
+					my $reply = <$sock>;
+					POSIX::_exit(3) unless defined $reply;
+				}
+				usleep(2_000);    # ~5000 writes/s per writer at most
+			}
+			POSIX::_exit(0);
+		}
+		push @writers, $pid;
+	}
+	my $script = "$PostgreSQL::Test::Utils::tmp_check/race_reader.sql";
+	open(my $fh, '>', $script) or die;
+	print $fh "\\set id random(0, " . ($nkeys - 1) . ")\nSELECT cache_get('tenant:race:' || :id);\n";
+	close $fh;
+	my ($bout, $berr) = ('', '');
+	my $bench = IPC::Run::start(
+		[ 'pgbench', '-n', '-c', '2', '-j', '2', '-T', $race_seconds, '-f', $script,
+		  '-h', $N->host, '-p', $N->port, 'postgres' ],
+		'>', \$bout, '2>', \$berr, IPC::Run::timeout($race_seconds + $timeout));
+	my $werr = 0;
+	for my $pid (@writers)
+	{
+		waitpid($pid, 0);
+		$werr++ if $? != 0;
+	}
+	my $t_stop = time();
+	my $bench_ok = $bench->finish;
+	is($werr, 0, 'race: the writers ran without error');
+	ok($bench_ok, 'race: the pgbench readers ran without error') or diag($berr);
+	my ($xacts) = $bout =~ /number of transactions actually processed: (\d+)/;
+	my $writes = calls('set') + calls('del') + calls('pexpire');
+	note "race: $writes SET/DEL/PEXPIRE calls on Redis so far";
+	# quiescence: a heartbeat of the tracking connection since the writers
+	# stopped (Redis answers it after every invalidation queued before)
+	my $hb_ok = poll_for('race: a tracking heartbeat after the writers stopped', 30, sub {
+		my $hb = lc_health()->{heartbeat_age_ms};
+		return defined $hb && $hb < (time() - $t_stop) * 1000 - 5;
+	});
+	my $keys = join(',', map { "'tenant:race:$_'" } 0 .. $nkeys - 1);
+	my %redis_now;
+	my @vals = split /\n/, $redis->cli(join('', map { "GET ${P}tenant:race:$_\n" } 0 .. $nkeys - 1)), -1;
+	$redis_now{$_} = $vals[$_] // '' for 0 .. $nkeys - 1;
+	my $stale = 0;
+	for my $pass (1, 2)
+	{
+		my $out = sql("SELECT string_agg(coalesce(cache_get(k), ''), E'\\n' ORDER BY o)
+			FROM unnest(ARRAY[$keys]) WITH ORDINALITY AS u(k, o)");
+		my @got = split /\n/, $out, -1;
+		for my $i (0 .. $nkeys - 1)
+		{
+			next if ($got[$i] // '') eq $redis_now{$i};
+			$stale++;
+			diag("stale: tenant:race:$i local '" . ($got[$i] // '') . "' Redis '$redis_now{$i}' (pass $pass)");
+		}
+	}
+	my $t1 = totals();
+	diag(sprintf('race %d s: %s reads, %d local hits, %d local fills, %d local invalidations, %d discards; 0 expected stale: %d',
+		$race_seconds, $xacts // '?', $t1->{local_hits} - $t0->{local_hits},
+		$t1->{local_fills} - $t0->{local_fills},
+		$t1->{local_invalidations} - $t0->{local_invalidations},
+		$t1->{local_discards} - $t0->{local_discards}, $stale));
+	cmp_ok($t1->{local_hits} - $t0->{local_hits}, '>', 0, 'race: the readers had local hits');
+	cmp_ok($t1->{local_invalidations} - $t0->{local_invalidations}, '>', 0,
+		'race: application writes invalidated local entries');
+	is($stale, 0, 'race: 0 stale reads at quiescence (every key equals redis-cli GET)');
+}
+
+# ---------------------------------------------------------------------
+# 9. local_serve_on_error
+# ---------------------------------------------------------------------
+{
+	set_conf('redis_cache.local_serve_on_error', '30');
+	my @sk = map { "tenant:soe:$_" } 1 .. 5;
+	$redis->cli(join('', map { "SET $P$_ last-$_\n" } @sk));
+	my $bg = new_bg();
+	bgq($bg, 'SET redis_cache.command_timeout_ms = 200');
+	bgq($bg, 'SET redis_cache.connect_timeout_ms = 200');
+	my $ALL = "SELECT string_agg(coalesce(cache_get(k), '<null>'), ' ') FROM unnest(ARRAY['"
+	  . join("','", @sk) . "']) k";
+	my $want = join(' ', map { "last-$_" } @sk);
+	bgq($bg, $ALL) for 1 .. 2;
+	my $t0 = totals();
+	my $mon = new_bg();    # a session connected before: totals and health
+	bgq($mon, 'SET redis_cache.command_timeout_ms = 200');
+	bgq($mon, 'SET redis_cache.connect_timeout_ms = 200');
+	$redis->pause;
+	poll_for('Redis paused: state lost', $timeout, sub {
+		(decode_json(bgq($mon, "SELECT coalesce(cache_health()::jsonb->'local_cache', '{}')"))->{state} // '') eq 'lost';
+	});
+	is(bgq($bg, $ALL), $want, 'serve_on_error 30, Redis paused: held keys still served, last values');
+	my $t_miss = time();
+	is(bgq($bg, "SELECT coalesce(cache_get('tenant:soe:never'), '<null>')"), '<null>',
+		'serve_on_error 30, Redis paused: a key not held misses');
+	my $miss_ms = (time() - $t_miss) * 1000;
+	note sprintf('the miss took %.0f ms (command_timeout_ms 200)', $miss_ms);
+	cmp_ok($miss_ms, '<', 2000, 'serve_on_error 30: the miss is bounded by the timeouts');
+
+	# off: nothing served while Redis is unreachable (reload works without Redis)
+	$mon->query_safe("ALTER SYSTEM SET redis_cache.local_serve_on_error = 0");
+	$mon->query_safe('SELECT pg_reload_conf()');
+	poll_for('serve_on_error 0 loaded', 10, sub {
+		bgq($bg, "SELECT current_setting('redis_cache.local_serve_on_error')") =~ /^0/;
+	});
+	is(bgq($bg, $ALL), join(' ', ('<null>') x @sk), 'serve_on_error 0, Redis paused: held keys miss');
+
+	# a write queued in the paused server's socket: it runs on SIGCONT, while
+	# the local cache still holds last-tenant:soe:1
+	my ($cin, $cout, $cerr) = ('', '', '');
+	my $w = IPC::Run::start([ 'redis-cli', '-h', '127.0.0.1', '-p', $redis->port,
+		'set', "${P}tenant:soe:1", 'after-pause' ], \$cin, \$cout, \$cerr,
+		IPC::Run::timeout($timeout));
+	$redis->resume;
+	$w->finish;
+	poll_for('after SIGCONT: a local flush', $timeout,
+		sub { bg_totals($mon)->{local_flushes} > $t0->{local_flushes} });
+	is(lc_health()->{entries}, 0, 'after SIGCONT: the local cache was emptied');
+	wait_tracking('after SIGCONT');
+	# fresh sessions: a backend that timed out may bypass Redis for a while
+	# (circuit breaker): a miss is acceptable, an old value is not
+	my $after = join(' ', 'after-pause', map { "last-$_" } @sk[1 .. $#sk]);
+	my $old = 0;
+	my $reached = poll_for('after SIGCONT: the new value served', 30, sub {
+		my $got = sql($ALL);
+		$old++ if $got =~ /^last-/;
+		return $got eq $after;
+	});
+	is($old, 0, 'after SIGCONT: the value held before the pause is never served again');
+	ok($reached, 'after SIGCONT: the write made during the pause is served');
+	$bg->quit;
+	$mon->quit;
+	set_conf('redis_cache.local_serve_on_error', undef);
+}
+
+# ---------------------------------------------------------------------
+# 10. local_cache_size respected; 0 disables
+# ---------------------------------------------------------------------
+{
+	$node->append_conf('postgresql.conf', "redis_cache.local_cache_size = '1MB'\n");
+	$node->restart;
+	wait_tracking('local_cache_size 1MB');
+	my $h = lc_health();
+	is($h->{size_bytes}, 1024 * 1024, 'size_bytes is 1MB');
+	my $tb = totals();
+	sql(q{SELECT count(cache_set('tenant:big:' || g, repeat('x', 1000), 600)) FROM generate_series(1, 10000) g});
+	sql(q{SELECT count(cache_get('tenant:big:' || g)) FROM generate_series(1, 5000) g});
+	my $h1 = lc_health();
+	sql(q{SELECT count(cache_get('tenant:big:' || g)) FROM generate_series(5001, 10000) g});
+	my $h2 = lc_health();
+	my $t = totals();
+	note "after 5000 keys: $h1->{entries} entries, $h1->{used_bytes} bytes; after 10000: $h2->{entries}, $h2->{used_bytes}; evictions " . ($t->{local_evictions} - $tb->{local_evictions});
+	cmp_ok($h1->{entries}, '<', 1100, 'entries bounded by local_cache_size (~1000 values of 1 kB at most)');
+	cmp_ok($h2->{entries}, '<=', $h1->{entries} * 1.1 + 10, 'entries stop growing');
+	cmp_ok($h2->{used_bytes}, '<=', $h2->{size_bytes}, 'used_bytes <= size_bytes');
+	cmp_ok($t->{local_evictions} - $tb->{local_evictions}, '>=', 9000 - $h2->{entries},
+		'evictions counted');
+	# the cache still works once full
+	my $t0 = totals();
+	sql(q{SELECT cache_get('tenant:big:10000'), cache_get('tenant:big:10000')});
+	cmp_ok(totals()->{local_hits} - $t0->{local_hits}, '>=', 1, 'a full local cache still serves hits');
+
+	$node->append_conf('postgresql.conf', "redis_cache.local_cache_size = 0\n");
+	$node->restart;
+	is(lc_state(), 'disabled', 'local_cache_size 0: state disabled');
+	$t0 = totals();
+	sql(q{SELECT cache_get('tenant:big:1'), cache_get('tenant:big:1'), cache_get('tenant:big:1')});
+	is(totals()->{local_hits} - $t0->{local_hits}, 0, 'local_cache_size 0: no local hits');
+	is(scalar(pubsub_clients()), 0, 'local_cache_size 0: no tracking connection');
+	$node->stop;
+}
+
+# ---------------------------------------------------------------------
+# 11. a Redis Cluster: one subscription per master
+# ---------------------------------------------------------------------
+{
+	my $C = RedisCache::Cluster->new('lcc', masters => 3, replicas => 0);
+	$C->start;
+	my $cn = $C->new_pg_node('lcc', conf => $LOCAL_CONF);
+	$cn->start;
+	$N = $cn;
+	sql('CREATE EXTENSION redis_cache');
+	if (wait_tracking('cluster', $cn))
+	{
+		my $h = lc_health();
+		is($h->{masters}, 3, 'cluster: three masters tracked');
+		for my $m ($C->masters)
+		{
+			is(scalar(pubsub_clients($m)), 1, 'cluster: one tracking subscription on master ' . $m->port);
+		}
+		# keys on every master
+		my %per;
+		my @keys;
+		my @own = $C->owners(map { "${P}tenant:c:$_" } 1 .. 300);
+		for my $i (1 .. 300)
+		{
+			my $o = $own[ $i - 1 ];
+			next if ($per{ $o->port } //= 0) >= 2;
+			$per{ $o->port }++;
+			push @keys, "tenant:c:$i";
+			last if @keys == 6;
+		}
+		is(scalar(@keys), 6, 'cluster: two keys on each master');
+		my $bg = new_bg($cn);
+		my ($held, $late, $maxd) = (0, 0, 0);
+		for my $k (@keys)
+		{
+			$C->cli_c('set', "$P$k", 'one');
+			bgq($bg, "SELECT cache_get('$k')");
+			my $h0 = bg_totals($bg)->{local_hits};
+			$held++ if bgq($bg, "SELECT cache_get('$k')") eq 'one' && bg_totals($bg)->{local_hits} == $h0 + 1;
+			$C->cli_c('set', "$P$k", 'two');
+			my $t0 = time();
+			my $v = '';
+			$v = bgq($bg, "SELECT cache_get('$k')") until $v eq 'two' || time() > $t0 + 5;
+			my $d = (time() - $t0) * 1000;
+			$maxd = $d if $d > $maxd;
+			$late++ if $v ne 'two' || $d > 100;
+		}
+		diag(sprintf('cluster: redis-cli -c write -> seen by cache_get: max %.1f ms', $maxd));
+		is($held, 6, 'cluster: every key held locally before the write');
+		is($late, 0, 'cluster: writes on every master seen by the next cache_get within 100 ms');
+		$bg->quit;
+	}
+	$cn->stop;
+}
+
+done_testing();
