@@ -11,9 +11,13 @@
 #   bash bench/run.sh invalidation
 #   bash bench/run.sh tls        # cache_get hit over TLS against plain TCP
 #   bash bench/run.sh cluster    # a 3-master Redis Cluster against the standalone server
+#   bash bench/run.sh local      # the shared-memory local cache (issue 16)
 #
 # cluster: RC_BENCH_CLUSTER_REPLICAS (default 0) replicas per master;
 # RC_BENCH_BULK_RUNS (default 5) commits of the 1,000-row UPDATE per side.
+# local: restarts PostgreSQL with redis_cache.local_cache_size (default
+# RC_BENCH_LOCAL_SIZE=64MB) and local_cache_keys = 'bench:*';
+# RC_BENCH_LOCAL_KEYS (default 1000000) distinct keys for the memory part.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RC_ROOT=$(pwd)
@@ -324,6 +328,117 @@ if [ "$WHAT" = all ] || [ "$WHAT" = cluster ]; then
 	use_redis standalone
 fi
 
+if [ "$WHAT" = all ] || [ "$WHAT" = local ]; then
+	# the local cache on (local_cache_size is a postmaster setting: a
+	# restart), for keys bench:*; the keys rbench:* are outside
+	# local_cache_keys, so the same run measures cache_get with its Redis
+	# round trip; cache_query results are held locally while
+	# local_cache_queries is on (sighup: switched off for its comparison)
+	LOCAL_SIZE=${RC_BENCH_LOCAL_SIZE:-64MB}
+	LOCAL_KEYS=${RC_BENCH_LOCAL_KEYS:-1000000}
+	cat >> "$RC_TMP/pgdata/postgresql.conf" <<CONF
+redis_cache.local_cache_size = '$LOCAL_SIZE'
+redis_cache.local_cache_keys = 'bench:*'
+CONF
+	pg_restart
+	LOCAL_STATE=
+	for _ in $(seq 1 150); do
+		LOCAL_STATE=$(q -c "SELECT cache_health()->'local_cache'->>'state'" 2>/dev/null)
+		[ "$LOCAL_STATE" = tracking ] && break
+		sleep 0.2
+	done
+	[ "$LOCAL_STATE" = tracking ] || echo "local cache state is '$LOCAL_STATE', not tracking: the local figures measure no local hit" >&2
+	ROWS1000="SELECT id, customer, amount, region FROM bench_orders WHERE id <= 1000 ORDER BY id"
+	q -c "CREATE TABLE IF NOT EXISTS bench_orders (id int PRIMARY KEY, customer int, amount numeric(12,2), region text)" \
+	  -c "INSERT INTO bench_orders SELECT g, g % 5000, (g % 1000) / 7.0, 'r' || (g % 8) FROM generate_series(1, 100000) g ON CONFLICT DO NOTHING" \
+	  -c "VACUUM ANALYZE bench_orders" \
+	  -c "SELECT count(cache_set('bench:' || g, repeat('v', 100), 86400)) FROM generate_series(1, 1000) g" \
+	  -c "SELECT count(cache_set('rbench:' || g, repeat('v', 100), 86400)) FROM generate_series(1, 1000) g" >/dev/null
+	# fills: every key and result read twice (the second read a local hit)
+	local_warm() {
+		q -c "SELECT count(cache_get('bench:' || g)) FROM generate_series(1, 1000) g, generate_series(1, 2)" \
+		  -c "SELECT count(cache_query_json('SELECT * FROM tenants WHERE id = \$1', ARRAY[g::text], 3600)) FROM generate_series(1, 1000) g, generate_series(1, 2)" \
+		  -c "SELECT count(*) FROM generate_series(1, 2), cache_query('$ROWS1000') AS t(id int, customer int, amount numeric, region text)" >/dev/null
+	}
+	local_warm
+	if [ -n "$HAVE_PGMEMCACHE" ]; then
+		q -c "CREATE EXTENSION IF NOT EXISTS pgmemcache" \
+		  -c "SELECT count(memcache_set('bench:' || g, repeat('v', 100))) FROM generate_series(1, 1000) g" >/dev/null
+	fi
+	LOCAL_T0=$(q -c "SELECT local_hits || ' ' || local_fills FROM cache_stats WHERE family IS NULL")
+	LGET=$'\\set id random(1, 1000)\nSELECT cache_get(\'bench:\' || (:id)::text);'
+	RGET=$'\\set id random(1, 1000)\nSELECT cache_get(\'rbench:\' || (:id)::text);'
+	LROW1=$'\\set id random(1, 1000)\nSELECT cache_query_json(\'SELECT * FROM tenants WHERE id = $1\', ARRAY[(:id)::text], 3600);'
+	run local_select_1 'SELECT 1;'
+	run local_cache_get_hit "$LGET"
+	[ -n "$HAVE_PGMEMCACHE" ] && run local_memcache_get_hit $'\\set id random(1, 1000)\nSELECT memcache_get(\'bench:\' || (:id)::text);'
+	run local_cache_get_redis "$RGET"
+	run local_query1_hit "$LROW1"
+	run local_rows1000_direct "$ROWS1000;"
+	run local_rows1000_hit "SELECT * FROM cache_query('$ROWS1000') AS t(id int, customer int, amount numeric, region text);"
+	run local_cache_get_hit_2 "$LGET"
+	run local_select_1_2 'SELECT 1;'
+	LOCAL_T1=$(q -c "SELECT local_hits || ' ' || local_fills FROM cache_stats WHERE family IS NULL")
+	# cache_query hits with their Redis round trip: local_cache_queries off
+	q -c "ALTER SYSTEM SET redis_cache.local_cache_queries = off" -c "SELECT pg_reload_conf()" >/dev/null
+	sleep 0.5
+	run local_query1_redis "$LROW1"
+	run local_rows1000_redis "SELECT * FROM cache_query('$ROWS1000') AS t(id int, customer int, amount numeric, region text);"
+	q -c "ALTER SYSTEM RESET redis_cache.local_cache_queries" -c "SELECT pg_reload_conf()" >/dev/null
+	sleep 0.5
+
+	# Redis commands per 1,000 hot-key reads: INFO commandstats before and
+	# after, from inside the same session (psql \!), less the INFO calls
+	per_1000() {  # per_1000 NAME SQL-EXPRESSION: Redis commands over 1,000 evaluations
+		local b="$RC_TMP/cmd_$1.before" a="$RC_TMP/cmd_$1.after"
+		q -c "SELECT $2" \
+		  -c "\\! redis-cli -h 127.0.0.1 -p $REDIS_PORT info commandstats > $b" \
+		  -c "SELECT count($2) FROM generate_series(1, 1000)" \
+		  -c "\\! redis-cli -h 127.0.0.1 -p $REDIS_PORT info commandstats > $a" >/dev/null
+		# "N commands (get N, evalsha N, ...)", the INFO calls excluded
+		python3 - "$b" "$a" <<'PY'
+import re, sys
+def calls(f):
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r'^cmdstat_([^:]+):calls=(\d+)', open(f).read(), re.M)}
+b, a = calls(sys.argv[1]), calls(sys.argv[2])
+d = {k: a[k] - b.get(k, 0) for k in a if k != 'info' and a[k] - b.get(k, 0)}
+print('%d commands (%s)' % (sum(d.values()), ', '.join('%s %d' % kv for kv in sorted(d.items(), key=lambda kv: -kv[1])) or 'none'))
+PY
+	}
+	CMD_LOCAL=$(per_1000 local "cache_get('bench:1')")
+	CMD_REDIS=$(per_1000 redis "cache_get('rbench:1')")
+	CMD_QLOCAL=$(per_1000 qlocal "cache_query_json('SELECT * FROM tenants WHERE id = \$1', ARRAY['1'], 3600)")
+
+	# memory: LOCAL_KEYS distinct keys stored (cache_set_many, 1,000 per
+	# round trip), then read once each by one backend whose RSS is sampled
+	q -c "SELECT sum(cache_set_many(ARRAY(SELECT 'bench:m:' || g FROM generate_series(b, b + 9999) g),
+	        array_fill(repeat('v', 100), ARRAY[10000]), 3600))
+	      FROM generate_series(1, $LOCAL_KEYS, 10000) b" >/dev/null
+	LOCAL_EV0=$(q -c "SELECT local_evictions FROM cache_stats WHERE family IS NULL")
+	PGAPPNAME=local_fill q -c "SELECT count(cache_get('bench:m:' || g)) FROM generate_series(1, $LOCAL_KEYS) g" >/dev/null &
+	fill_bg=$!
+	pid=
+	for _ in $(seq 1 50); do
+		pid=$(q -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'local_fill' LIMIT 1")
+		[ -n "$pid" ] && break
+		sleep 0.1
+	done
+	LOCAL_RSS=0 LOCAL_ANON=0 LOCAL_SHMEM=0
+	while kill -0 $fill_bg 2>/dev/null; do
+		read -r r a s <<<"$(awk '/^VmRSS/ {r = $2} /^RssAnon/ {a = $2} /^RssShmem/ {s = $2} END {print r + 0, a + 0, s + 0}' "/proc/$pid/status" 2>/dev/null)"
+		[ "${r:-0}" -gt "$LOCAL_RSS" ] && LOCAL_RSS=$r
+		[ "${a:-0}" -gt "$LOCAL_ANON" ] && LOCAL_ANON=$a
+		[ "${s:-0}" -gt "$LOCAL_SHMEM" ] && LOCAL_SHMEM=$s
+		sleep 0.5
+	done
+	wait $fill_bg
+	LOCAL_MEM=$(q -c "SELECT (h->>'size_bytes') || ' ' || (h->>'used_bytes') || ' ' || (h->>'entries') || ' ' || coalesce(h->>'arena_bytes', '?')
+	                  FROM (SELECT cache_health()->'local_cache' AS h) s")
+	LOCAL_EV1=$(q -c "SELECT local_evictions FROM cache_stats WHERE family IS NULL")
+	LOCAL_SHM=$(q -c "SELECT string_agg(name || ': ' || allocated_size, ', ') FROM pg_shmem_allocations WHERE name ILIKE '%redis_cache%local%'")
+	LOCAL_STATE_END=$(q -c "SELECT cache_health()->'local_cache'->>'state'")
+fi
+
 echo
 printf '%-28s %12s %10s\n' "benchmark" "tps" "vs SELECT 1"
 for r in "${results[@]}"; do
@@ -368,6 +483,30 @@ if [ -n "${TPS[cache_get_hit_cluster_1]:-}" ]; then
 	echo "  runs: standalone ${cs[*]} ms; cluster ${cc[*]} ms; tenant keys left on the masters after the commits: $CL_LEFT"
 	echo "  cache_delete of the same 3,000 keys, cluster / standalone: $(ratio "$DEL_C" "$DEL_S")x  (${DEL_C} ms vs ${DEL_S} ms, median of $BULK_RUNS)"
 	echo "  cache_health() on the cluster: $(cat "$CL_DIR/health.json")"
+fi
+if [ -n "${TPS[local_cache_get_hit]:-}" ]; then
+	sum() { python3 -c "import sys; print(sum(float(x) for x in sys.argv[1:]))" "$@"; }
+	ge() { python3 -c "import sys; print('met' if float(sys.argv[1]) >= float(sys.argv[2]) else 'NOT met')" "$1" "$2"; }
+	s1=$(python3 -c "print((${TPS[local_select_1]} + ${TPS[local_select_1_2]}) / 2)")
+	lh=$(python3 -c "print((${TPS[local_cache_get_hit]} + ${TPS[local_cache_get_hit_2]}) / 2)")
+	echo "local cache (local_cache_size $LOCAL_SIZE, local_cache_keys 'bench:*', state $LOCAL_STATE; SELECT 1 and the local cache_get hit averaged over a run before and after):"
+	r=$(ratio "$lh" "$s1"); echo "  cache_get local hit / SELECT 1:                 ${r}x  (target >= 0.8x: $(ge "$r" 0.8))"
+	if [ -n "${TPS[local_memcache_get_hit]:-}" ]; then
+		r=$(ratio "$lh" "${TPS[local_memcache_get_hit]}"); echo "  cache_get local hit / pgmemcache memcache_get:  ${r}x  (target >= 1.5x: $(ge "$r" 1.5))"
+	else
+		echo "  cache_get local hit / pgmemcache memcache_get:  (pgmemcache or memcached not installed)"
+	fi
+	echo "  cache_get local hit / cache_get via Redis:      $(ratio "$lh" "${TPS[local_cache_get_redis]}")x  (cache_get via Redis / SELECT 1: $(ratio "${TPS[local_cache_get_redis]}" "$s1")x)"
+	r=$(ratio "${TPS[local_query1_hit]}" "$s1"); echo "  cache_query_json 1-row local hit / SELECT 1:    ${r}x  (target >= 0.5x: $(ge "$r" 0.5); via Redis: $(ratio "${TPS[local_query1_redis]}" "$s1")x)"
+	r=$(ratio "${TPS[local_rows1000_hit]}" "${TPS[local_rows1000_direct]}"); echo "  cache_query 1,000-row local hit / the query:    ${r}x  (target >= 1.0x: $(ge "$r" 1.0); via Redis: $(ratio "${TPS[local_rows1000_redis]}" "${TPS[local_rows1000_direct]}")x)"
+	read -r h0 f0 <<<"$LOCAL_T0"; read -r h1 f1 <<<"$LOCAL_T1"
+	echo "  local hits during the runs: $((h1 - h0)), local fills: $((f1 - f0))"
+	echo "  Redis commands per 1,000 hot-key reads: cache_get with local cache: $CMD_LOCAL; without (rbench:*): $CMD_REDIS; cache_query_json 1-row with local cache: $CMD_QLOCAL"
+	read -r lsize lused lentries larena <<<"$LOCAL_MEM"
+	within=$(python3 -c "print('yes' if int('${lused:-0}' or 0) <= int('${lsize:-0}' or 0) else 'NO')")
+	echo "  memory after reading $LOCAL_KEYS distinct keys (100-byte values): size_bytes $lsize, arena_bytes $larena, used_bytes $lused (used <= size: $within), entries $lentries, evictions $((LOCAL_EV1 - LOCAL_EV0)), state $LOCAL_STATE_END"
+	echo "  pg_shmem_allocations: ${LOCAL_SHM:-(no row)}"
+	echo "  the reading backend's RSS at most: VmRSS $LOCAL_RSS kB (RssAnon $LOCAL_ANON kB, RssShmem $LOCAL_SHMEM kB)"
 fi
 if [ -n "${RC_BENCH_CSV:-}" ]; then
 	{ echo "benchmark,tps,ratio_select_1"
