@@ -260,6 +260,44 @@ unless ($tracking_ok)
 	$bg->quit;
 }
 
+# a session with another key_prefix: its keys are outside the tracked
+# prefixes, so they are not held (nothing would invalidate them)
+{
+	my $bg = new_bg();
+	bgq($bg, "SET redis_cache.key_prefix = 'alt:'");
+	$redis->cli('set', 'alt:tenant:p', 'one');
+	bgq($bg, "SELECT cache_get('tenant:p')") for 1 .. 2;
+	my $h0 = bg_totals($bg)->{local_hits};
+	is(bgq($bg, "SELECT cache_get('tenant:p')"), 'one', 'key_prefix alt: read from Redis');
+	is(bg_totals($bg)->{local_hits} - $h0, 0, 'key_prefix alt: not held locally (outside the tracked prefixes)');
+	$redis->cli('set', 'alt:tenant:p', 'two');
+	is(bgq($bg, "SELECT cache_get('tenant:p')"), 'two', 'key_prefix alt: an application write is seen at once');
+	$bg->quit;
+}
+
+# local_cache_keys changed by a reload: the worker tracks the new prefix,
+# then its keys are held and invalidated
+{
+	set_conf('redis_cache.local_cache_keys', 'tenant:*, settings:*, extra:*');
+	poll_for('reload: the new prefix is tracked', 30, sub {
+		my $h = lc_health();
+		return $h->{state} eq 'tracking' && grep { $_ eq "${P}extra:" } @{ $h->{prefixes} // [] };
+	});
+	my $bg = new_bg();
+	$redis->cli('set', "${P}extra:k", 'one');
+	bgq($bg, "SELECT cache_get('extra:k')") for 1 .. 2;
+	my $h0 = bg_totals($bg)->{local_hits};
+	bgq($bg, "SELECT cache_get('extra:k')");
+	is(bg_totals($bg)->{local_hits} - $h0, 1, 'reload: keys of the new glob are held locally');
+	$redis->cli('set', "${P}extra:k", 'two');
+	my $t0 = time();
+	my $v = '';
+	$v = bgq($bg, "SELECT cache_get('extra:k')") until $v eq 'two' || time() > $t0 + 5;
+	my $ms = (time() - $t0) * 1000;
+	ok($v eq 'two' && $ms <= 100, sprintf('reload: an application write on the new prefix seen within 100 ms (%.1f ms)', $ms));
+	$bg->quit;
+}
+
 # ---------------------------------------------------------------------
 # 2. application writes through redis-cli, seen within 100 ms
 # ---------------------------------------------------------------------
