@@ -471,6 +471,28 @@ unless ($tracking_ok)
 		cmp_ok($local, '>', 0, "$how: the key was served locally before it expired");
 		is($served_late, 0, "$how: never served after its Redis TTL");
 	}
+	# the TTL counts from the read, not from the fill: a fill delayed by
+	# local_fill_delay_ms (standing for a slow reply path) must not outlive
+	# the key's Redis TTL
+	{
+		my $k = 'tenant:ttl3';
+		my $t_set = time();
+		$redis->cli('set', "$P$k", 'short', 'px', '2000');
+		my $s = RedisCache::Server::start_psql($N,
+			'SET redis_cache.local_fill_delay_ms = 1500', "SELECT cache_get('$k')");
+		RedisCache::Server::finish_psql($s);
+		my ($late, $reads) = (0, 0);
+		while (time() < $t_set + 3.4)
+		{
+			my $v = bgq($bg, "SELECT coalesce(cache_get('$k'), '<null>')");
+			$reads++;
+			$late++ if $v eq 'short' && time() > $t_set + 2.0;
+			usleep(10_000);
+		}
+		note "delayed fill: $reads reads, $late served after the TTL";
+		is($s->{out}, 'short', 'delayed fill: the reader got the value');
+		is($late, 0, 'delayed fill: the entry is not served after the key\'s Redis TTL (TTL counted from the read)');
+	}
 	$redis->cli('debug', 'set-active-expire', '1');
 
 	# local_max_age: an entry is refetched from Redis after that long
