@@ -549,25 +549,29 @@ unless ($tracking_ok)
 	is(sql("SELECT cache_get('tenant:x')"), 'v2', 'race: and again (no v1 entry held)');
 	is(totals()->{local_discards} - $d0, 1, 'race: local_discards grew by one');
 
-	# the same for a cache_query miss: a commit bumps the table's
-	# generation while the fill is delayed
+	# the same for cache_query: a result stored in Redis (by another
+	# session's miss, which fills nothing locally) is read by A, whose fill
+	# is delayed; meanwhile a commit bumps the table's generation
 	my $Q = q{SELECT name FROM tenants WHERE id = $1};
-	my $key = sql("SELECT cache_query_key('$Q', ARRAY['60'])");
+	sql("SELECT cache_query_json('$Q', ARRAY['60'])");
 	$d0 = totals()->{local_discards};
 	bgq($locker, 'SELECT pg_advisory_lock(4243)');
 	$s = RedisCache::Server::start_psql($N,
 		'SET redis_cache.local_fill_delay_ms = 1500',
+		"SELECT cache_query_json('$Q', ARRAY['61'])",    # the backend learns the shape
 		'SELECT pg_advisory_lock_shared(4243)',
 		"SELECT cache_query_json('$Q', ARRAY['60'])->0->>'name'");
 	$N->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
 		WHERE wait_event = 'advisory' AND query LIKE '%4243%' AND pid <> pg_backend_pid()})
 	  or diag('the query reader did not wait for the lock');
+	# the lookup is pipelined with a PTTL only when a local fill is begun
+	my $p0 = calls('pttl');
 	bgq($locker, 'SELECT pg_advisory_unlock(4243)');
-	poll_for('the query result was stored in Redis', 10,
-		sub { ($redis->cli('exists', $key) // 0) == 1 });
+	poll_for('the query reader looked its result up in Redis', 10, sub { calls('pttl') > $p0 });
 	sql("UPDATE tenants SET name = 'after60' WHERE id = 60");
 	RedisCache::Server::finish_psql($s);
-	is($s->{out}, 'name60', 'query race: the delayed reader returns its snapshot');
+	my ($last) = reverse split /\n/, $s->{out};
+	is($last, 'name60', 'query race: the delayed reader returns the result it read');
 	is(sql("SELECT cache_query_json('$Q', ARRAY['60'])->0->>'name'"), 'after60',
 		'query race: afterwards cache_query returns the committed value');
 	cmp_ok(totals()->{local_discards} - $d0, '>=', 1, 'query race: the fill was discarded');
