@@ -383,18 +383,24 @@ usable(void)
 }
 
 /*
- * A hash of this process's redis_cache.version: a backend is served only
- * entries of the version the tracking worker runs with (a deploy that
- * changes it reloads both; the first session check flushes the cache).
+ * A hash of this process's cache version (version.c sets it): a backend is
+ * served only entries of the version the tracking worker runs with (a
+ * deploy that changes it reloads both; the first session check of the new
+ * version flushes the cache, which the worker sees).
  */
-static uint64
+static uint64 my_version_hash = 1;
+
+void
+redis_local_set_version(const char *version)
+{
+	my_version_hash = hash_bytes_extended((const unsigned char *) version,
+										  (int) strlen(version), 0) | 1;
+}
+
+static inline uint64
 version_hash(void)
 {
-	const char *version = GetConfigOption("redis_cache.version", true, false);
-
-	if (version == NULL)
-		version = "";
-	return key_hash(version, strlen(version)) | 1;
+	return my_version_hash;
 }
 
 static bool

@@ -328,6 +328,7 @@ extern void redis_local_fill_end(RedisLocalFill *fill, const char *value,
 extern void redis_local_invalidate(const char *key, size_t len);
 extern void redis_local_invalidate_pattern(const char *glob, size_t len);
 extern void redis_local_flush(const char *why);
+extern void redis_local_set_version(const char *version);
 /* the tracking worker's side (tracking.c) */
 extern int	redis_local_tracking_prefixes(char ***prefixes);
 extern void redis_local_tracking_confirmed(char *const *prefixes, int n,
