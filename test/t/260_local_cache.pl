@@ -736,11 +736,18 @@ for my $kind ('pubsub', 'tracking')
 	my ($xacts) = $bout =~ /number of transactions actually processed: (\d+)/;
 	my $writes = calls('set') + calls('del') + calls('pexpire');
 	note "race: $writes SET/DEL/PEXPIRE calls on Redis so far";
-	# quiescence: a heartbeat of the tracking connection since the writers
-	# stopped (Redis answers it after every invalidation queued before)
-	my $hb_ok = poll_for('race: a tracking heartbeat after the writers stopped', 30, sub {
+	# quiescence: no key left with a TTL (the PEXPIREs have run out; PTTL
+	# expires the key in Redis if it is due, which sends its invalidation),
+	# then a heartbeat of the tracking connection since (Redis answers it
+	# after every invalidation queued before)
+	poll_for('race: no key left with a TTL', 30, sub {
+		my $out = $redis->cli(join('', map { "PTTL ${P}tenant:race:$_\n" } 0 .. $nkeys - 1)) // '';
+		return !grep { $_ >= 0 } split /\n/, $out;
+	});
+	my $t_quiet = time();
+	poll_for('race: a tracking heartbeat after the writers stopped', 30, sub {
 		my $hb = lc_health()->{heartbeat_age_ms};
-		return defined $hb && $hb < (time() - $t_stop) * 1000 - 5;
+		return defined $hb && $hb < (time() - $t_quiet) * 1000 - 5;
 	});
 	my $keys = join(',', map { "'tenant:race:$_'" } 0 .. $nkeys - 1);
 	my %redis_now;
