@@ -507,9 +507,14 @@ if [ -n "${TPS[local_cache_get_hit]:-}" ]; then
 	echo "  memory after reading $LOCAL_KEYS distinct keys (100-byte values): size_bytes $lsize, arena_bytes $larena, used_bytes $lused (used <= size: $within), entries $lentries, evictions $((LOCAL_EV1 - LOCAL_EV0)), state $LOCAL_STATE_END"
 	echo "  pg_shmem_allocations: ${LOCAL_SHM:-(no row)}"
 	echo "  the reading backend's RSS at most: VmRSS $LOCAL_RSS kB (RssAnon $LOCAL_ANON kB, RssShmem $LOCAL_SHMEM kB)"
+	[ "$within" = yes ] || BENCH_FAILED="used_bytes > size_bytes"
 fi
 if [ -n "${RC_BENCH_CSV:-}" ]; then
 	{ echo "benchmark,tps,ratio_select_1"
 	  for r in "${results[@]}"; do echo "$r,${TPS[$r]},$(ratio "${TPS[$r]}" "${TPS[select_1]}")"; done
 	} >"$RC_BENCH_CSV"
+fi
+if [ -n "${BENCH_FAILED:-}" ]; then
+	echo "FAILED: $BENCH_FAILED"
+	exit 1
 fi
