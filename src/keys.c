@@ -416,10 +416,30 @@ redis_query_namespace(char *buf)
 char *
 redis_query_base(const char *prefix)
 {
+	/* the last one, kept: every cache_query call needs it */
+	static char *last_prefix = NULL;
+	static char *last_base = NULL;
+	static TimeLineID last_timeline = 0;
+	TimeLineID	timeline = current_timeline();
 	char		ns[RC_QUERY_NAMESPACE_LEN];
 
-	redis_query_namespace(ns);
-	return psprintf("%s" RC_QUERY_NAMESPACE "{%s}:", prefix, ns);
+	if (last_base == NULL || timeline != last_timeline ||
+		strcmp(prefix, last_prefix) != 0)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		if (last_base)
+		{
+			pfree(last_base);
+			pfree(last_prefix);
+		}
+		redis_query_namespace(ns);
+		last_base = psprintf("%s" RC_QUERY_NAMESPACE "{%s}:", prefix, ns);
+		last_prefix = pstrdup(prefix);
+		last_timeline = timeline;
+		MemoryContextSwitchTo(old);
+	}
+	return pstrdup(last_base);
 }
 
 /*
