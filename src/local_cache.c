@@ -247,7 +247,7 @@ redis_local_define_gucs(void)
 							NULL,
 							&local_fill_delay_ms,
 							0, 0, 60000,
-							PGC_SUSET, GUC_UNIT_MS | GUC_NOT_IN_SAMPLE,
+							PGC_SUSET, GUC_UNIT_MS | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							NULL, NULL, NULL);
 }
 
