@@ -207,13 +207,22 @@ for my $s (
 	[ 'redis_cache.local_cache_keys', qr/^sighup::$/ ],
 	[ 'redis_cache.local_cache_queries', qr/^sighup::on$/ ],
 	[ 'redis_cache.local_max_age', qr/^sighup:s:60$/ ],
-	[ 'redis_cache.local_serve_on_error', qr/^sighup:s:0$/ ],
-	[ 'redis_cache.local_fill_delay_ms', qr/^superuser:/ ])
+	[ 'redis_cache.local_serve_on_error', qr/^sighup:s:0$/ ])
 {
 	like($settings{ $s->[0] } // 'missing', $s->[1], "setting $s->[0] (context:unit:default)");
 }
 like($settings{'redis_cache.local_cache_size'} // '', qr/^postmaster:(kB|MB|8kB|B):0$/,
 	'local_cache_size is a memory setting, 0 (off) by default');
+# the test hook: hidden from SHOW ALL (so from pg_settings), superuser only
+is(sql("SELECT current_setting('redis_cache.local_fill_delay_ms')"), '0', 'local_fill_delay_ms exists, 0 by default');
+{
+	my ($ret, $out, $err) = $N->psql('postgres', q{
+CREATE ROLE lc_user LOGIN;
+SET ROLE lc_user;
+SET redis_cache.local_fill_delay_ms = 10;});
+	like($err, qr/permission denied to set parameter "redis_cache\.local_fill_delay_ms"/,
+		'local_fill_delay_ms: superuser only');
+}
 
 my $tracking_ok = poll_for('the local cache reaches state tracking', $timeout,
 	sub { lc_state() eq 'tracking' });
