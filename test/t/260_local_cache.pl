@@ -76,7 +76,10 @@ $node->safe_psql('postgres', q{
 CREATE EXTENSION redis_cache;
 CREATE TABLE tenants (id int PRIMARY KEY, name text);
 INSERT INTO tenants SELECT g, 'name' || g FROM generate_series(1, 100) g;
-SELECT cache_watch('tenants', 'tenant:id:{id}');});
+SELECT cache_watch('tenants', 'tenant:id:{id}');
+CREATE TABLE orgs (id int PRIMARY KEY, locale text);
+INSERT INTO orgs SELECT g, 'en' FROM generate_series(1, 10) g;
+SELECT cache_watch('orgs', 'settings:org:{id}:*');});
 
 # ---------------------------------------------------------------------
 # helpers
@@ -382,6 +385,16 @@ unless ($tracking_ok || $ENV{RC_LOCAL_FORCE})
 	is(bgq($b, "SELECT coalesce(cache_get('tenant:id:21'), '<null>')"), '<null>',
 		'commit of BEGIN ... COMMIT: B sees the deletion at once');
 
+	# a pattern template (settings:org:{id}:*): every held key under it goes
+	bgq($a, "SELECT cache_set('settings:org:5:' || k, 'old') FROM unnest(ARRAY['locale', 'tz', 'plan']) k");
+	bgq($b, "SELECT count(cache_get('settings:org:5:' || k)) FROM unnest(ARRAY['locale', 'tz', 'plan']) k") for 1 .. 2;
+	my $ph = bg_totals($b)->{local_hits};
+	bgq($b, "SELECT count(cache_get('settings:org:5:' || k)) FROM unnest(ARRAY['locale', 'tz', 'plan']) k");
+	is(bg_totals($b)->{local_hits} - $ph, 3, 'pattern template: three keys held locally');
+	bgq($a, "UPDATE orgs SET locale = 'de' WHERE id = 5");
+	is(bgq($b, "SELECT count(cache_get('settings:org:5:' || k)) FROM unnest(ARRAY['locale', 'tz', 'plan']) k"), '0',
+		'pattern template: B misses every key under the pattern right after A\'s COMMIT');
+
 	# cache_set and cache_delete by another backend (no commit involved)
 	my ($set_stale, $del_stale) = (0, 0);
 	for my $i (1 .. 10)
@@ -439,6 +452,12 @@ unless ($tracking_ok || $ENV{RC_LOCAL_FORCE})
 	is($g1 - $g0, 0, 'no GET reached Redis over 1000 local cache_get hits');
 	is($e1 - $e0, 0, 'no EVALSHA reached Redis over 100 local cache_query hits');
 	is($t1->{local_hits} - $t0->{local_hits}, 1100, 'local_hits grew by 1100');
+	my $b0 = calls('get');
+	my $bh = bg_totals($bg)->{local_hits};
+	is(bgq($bg, "SELECT convert_from(cache_get_bytea('tenant:hot'), 'UTF8')"), 'hotvalue',
+		'cache_get_bytea reads the value');
+	ok(bg_totals($bg)->{local_hits} - $bh >= 1 && calls('get') == $b0,
+		'cache_get_bytea is served locally too (no GET)');
 	cmp_ok($t1->{hits} - $t0->{hits}, '>=', 1100, 'a local hit also counts in hits');
 	bg_quit($bg);
 }
@@ -793,7 +812,7 @@ for my $kind ('pubsub', 'tracking')
 {
 	set_conf('redis_cache.local_serve_on_error', '30');
 	my @sk = map { "tenant:soe:$_" } 1 .. 5;
-	$redis->cli(join('', map { "SET $P$_ last-$_\n" } @sk));
+	$redis->cli(join('', map { "SET $P$_ last-$_\n" } @sk) . "SET ${P}tenant:id:70 held70\n");
 	my $bg = new_bg();
 	bgq($bg, 'SET redis_cache.command_timeout_ms = 200');
 	bgq($bg, 'SET redis_cache.connect_timeout_ms = 200');
@@ -801,6 +820,7 @@ for my $kind ('pubsub', 'tracking')
 	  . join("','", @sk) . "']) k";
 	my $want = join(' ', map { "last-$_" } @sk);
 	bgq($bg, $ALL) for 1 .. 2;
+	bgq($bg, "SELECT cache_get('tenant:id:70')") for 1 .. 2;
 	my $t0 = totals();
 	my $mon = new_bg();    # a session connected before: totals and health
 	bgq($mon, 'SET redis_cache.command_timeout_ms = 200');
@@ -810,6 +830,11 @@ for my $kind ('pubsub', 'tracking')
 		(decode_json(bgq($mon, "SELECT coalesce(cache_health()::jsonb->'local_cache', '{}')"))->{state} // '') eq 'lost';
 	});
 	is(bgq($bg, $ALL), $want, 'serve_on_error 30, Redis paused: held keys still served, last values');
+	# a commit of this server still removes what it invalidates
+	is(bgq($bg, "SELECT cache_get('tenant:id:70')"), 'held70', 'serve_on_error 30: a watched key held');
+	bgq($mon, "UPDATE tenants SET name = 'during' WHERE id = 70");
+	is(bgq($bg, "SELECT coalesce(cache_get('tenant:id:70'), '<null>')"), '<null>',
+		'serve_on_error 30, Redis paused: a local commit removed its key from the fallback');
 	my $t_miss = time();
 	is(bgq($bg, "SELECT coalesce(cache_get('tenant:soe:never'), '<null>')"), '<null>',
 		'serve_on_error 30, Redis paused: a key not held misses');
@@ -875,6 +900,22 @@ for my $kind ('pubsub', 'tracking')
 	cmp_ok($h2->{used_bytes}, '<=', $h2->{size_bytes}, 'used_bytes <= size_bytes');
 	cmp_ok($t->{local_evictions} - $tb->{local_evictions}, '>=', 9000 - $h2->{entries},
 		'evictions counted');
+	# coherence after the ring wrapped many times: the most recent keys are
+	# held; application writes and a pattern delete reach them
+	my @recent = map { "tenant:big:$_" } 9951 .. 10000;
+	my $arr = "ARRAY['" . join("','", @recent) . "']";
+	my $hb = totals()->{local_hits};
+	sql("SELECT count(cache_get(k)) FROM unnest($arr) k");
+	cmp_ok(totals()->{local_hits} - $hb, '>=', 40, 'wrapped ring: the most recent keys are held');
+	$redis->cli(join('', map { "SET $P$_ new\n" } @recent[0 .. 24]));
+	my $new_ok = poll_for('wrapped ring: application writes seen', 5, sub {
+		sql("SELECT count(*) FROM unnest($arr) WITH ORDINALITY u(k, o) WHERE o <= 25 AND cache_get(k) = 'new'") == 25;
+	});
+	ok($new_ok, 'wrapped ring: every overwritten key read anew');
+	sql("SELECT cache_delete_pattern('tenant:big:99[89]*')");
+	is(sql("SELECT count(cache_get('tenant:big:' || g)) FROM generate_series(9980, 9999) g"), '0',
+		'wrapped ring: cache_delete_pattern removes the held keys it matches');
+
 	# the cache still works once full
 	my $t0 = totals();
 	sql(q{SELECT cache_get('tenant:big:10000'), cache_get('tenant:big:10000')});
