@@ -39,6 +39,10 @@
 #  11. a Redis Cluster (3 masters, no replicas): one tracking subscription
 #      per master, keys on every master invalidated by redis-cli -c writes.
 #
+# RC_LOCAL_RACE_SECONDS sets the race's length; RC_LOCAL_FORCE=1 runs every
+# section even when the local cache never reaches state tracking (to check
+# the script itself against a build without the tracking worker).
+#
 # Assertions are on states and counters (cache_health, cache_stats, INFO
 # commandstats, CLIENT LIST); waits poll with deadlines.  The only
 # wall-clock bounds are the ones the feature promises (100 ms, TTLs,
