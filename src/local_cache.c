@@ -212,7 +212,7 @@ redis_local_define_gucs(void)
 							gettext_noop("Sets the shared memory of the local cache, which serves hot keys and query results without a round trip to Redis (0 disables it)."),
 							gettext_noop("Requires shared_preload_libraries. The index and invalidation counters are carved from the same memory."),
 							&local_cache_size_kb,
-							0, 0, 32 * 1024 * 1024,
+							0, 0, 16 * 1024 * 1024,
 							PGC_POSTMASTER, GUC_UNIT_KB,
 							NULL, NULL, NULL);
 	DefineCustomStringVariable("redis_cache.local_cache_keys",
