@@ -288,8 +288,12 @@ unless ($tracking_ok || $ENV{RC_LOCAL_FORCE})
 	$redis->cli('set', 'alt:tenant:p', 'one');
 	bgq($bg, "SELECT cache_get('tenant:p')") for 1 .. 2;
 	my $h0 = bg_totals($bg)->{local_hits};
+	my ($g0, $p0) = (calls('get'), calls('pttl'));
 	is(bgq($bg, "SELECT cache_get('tenant:p')"), 'one', 'key_prefix alt: read from Redis');
 	is(bg_totals($bg)->{local_hits} - $h0, 0, 'key_prefix alt: not held locally (outside the tracked prefixes)');
+	# nothing can be installed: one GET, no PTTL for a fill that cannot be
+	is((calls('get') - $g0) . ' ' . (calls('pttl') - $p0), '1 0',
+		'key_prefix alt: a read that cannot fill costs one command (GET, no PTTL)');
 	$redis->cli('set', 'alt:tenant:p', 'two');
 	is(bgq($bg, "SELECT cache_get('tenant:p')"), 'two', 'key_prefix alt: an application write is seen at once');
 	bg_quit($bg);
