@@ -469,6 +469,22 @@ unless ($tracking_ok || $ENV{RC_LOCAL_FORCE})
 	is($g1 - $g0, 0, 'no GET reached Redis over 1000 local cache_get hits');
 	is($e1 - $e0, 0, 'no EVALSHA reached Redis over 100 local cache_query hits');
 	is($t1->{local_hits} - $t0->{local_hits}, 1100, 'local_hits grew by 1100');
+	# the same through a prepared statement (as pgbench -M prepared and
+	# most drivers run it): the call site keeps its prepared query
+	bgq($bg, q{PREPARE lq(int) AS SELECT cache_query_json('SELECT name FROM tenants WHERE id = $1', ARRAY[$1::text])});
+	bgq($bg, "EXECUTE lq($_)") for 1 .. 3;    # shape learned, results stored
+	my $ok = 1;
+	for my $id (1 .. 3)
+	{
+		$ok = 0 unless hold($bg, "EXECUTE lq($id)");
+	}
+	my ($ph, $pe) = (bg_totals($bg)->{local_hits}, calls('evalsha'));
+	my $got = join(',', map { bgq($bg, "EXECUTE lq($_)") } 1 .. 3);
+	ok($ok && bg_totals($bg)->{local_hits} - $ph == 3 && calls('evalsha') == $pe,
+		'a prepared cache_query_json is served locally (3 hits, no EVALSHA)')
+	  or diag("prepared: held $ok, local hits +" . (bg_totals($bg)->{local_hits} - $ph)
+		  . ", evalsha +" . (calls('evalsha') - $pe) . ": $got");
+
 	my $b0 = calls('get');
 	my $bh = bg_totals($bg)->{local_hits};
 	is(bgq($bg, "SELECT convert_from(cache_get_bytea('tenant:hot'), 'UTF8')"), 'hotvalue',
