@@ -365,7 +365,7 @@ CONF
 		q -c "CREATE EXTENSION IF NOT EXISTS pgmemcache" \
 		  -c "SELECT count(memcache_set('bench:' || g, repeat('v', 100))) FROM generate_series(1, 1000) g" >/dev/null
 	fi
-	LOCAL_T0=$(q -c "SELECT local_hits || ' ' || local_fills FROM cache_stats WHERE family IS NULL")
+	LOCAL_T0=$(q -c "SELECT local_hits || ' ' || local_fills || ' ' || local_discards || ' ' || local_flushes FROM cache_stats WHERE family IS NULL")
 	LGET=$'\\set id random(1, 1000)\nSELECT cache_get(\'bench:\' || (:id)::text);'
 	RGET=$'\\set id random(1, 1000)\nSELECT cache_get(\'rbench:\' || (:id)::text);'
 	LROW1=$'\\set id random(1, 1000)\nSELECT cache_query_json(\'SELECT * FROM tenants WHERE id = $1\', ARRAY[(:id)::text], 3600);'
@@ -375,11 +375,13 @@ CONF
 		run "local_cache_get_hit_$i" "$LGET"
 		[ -n "$HAVE_PGMEMCACHE" ] && run "local_memcache_get_hit_$i" $'\\set id random(1, 1000)\nSELECT memcache_get(\'bench:\' || (:id)::text);'
 		run "local_cache_get_redis_$i" "$RGET"
+		lq0=$(q -c "SELECT local_hits FROM cache_stats WHERE family IS NULL")
 		run "local_query1_hit_$i" "$LROW1"
+		LOCAL_QHITS="${LOCAL_QHITS:-} $(( $(q -c "SELECT local_hits FROM cache_stats WHERE family IS NULL") - lq0 ))"
 		run "local_rows1000_direct_$i" "$ROWS1000;"
 		run "local_rows1000_hit_$i" "SELECT * FROM cache_query('$ROWS1000') AS t(id int, customer int, amount numeric, region text);"
 	done
-	LOCAL_T1=$(q -c "SELECT local_hits || ' ' || local_fills FROM cache_stats WHERE family IS NULL")
+	LOCAL_T1=$(q -c "SELECT local_hits || ' ' || local_fills || ' ' || local_discards || ' ' || local_flushes FROM cache_stats WHERE family IS NULL")
 	# cache_query hits with their Redis round trip: local_cache_queries off
 	q -c "ALTER SYSTEM SET redis_cache.local_cache_queries = off" -c "SELECT pg_reload_conf()" >/dev/null
 	sleep 0.5
@@ -502,8 +504,8 @@ if [ -n "${TPS[local_cache_get_hit_1]:-}" ]; then
 	echo "  cache_get local hit / cache_get via Redis:      $(ratio "$lh" "$(two local_cache_get_redis)")x  (cache_get via Redis / SELECT 1: $(ratio "$(two local_cache_get_redis)" "$s1")x)"
 	r=$(ratio "$(two local_query1_hit)" "$s1"); echo "  cache_query_json 1-row local hit / SELECT 1:    ${r}x  (target >= 0.5x: $(ge "$r" 0.5); via Redis, one run each: $(ratio "${TPS[local_query1_redis]}" "${TPS[local_select_1_3]}")x)"
 	r=$(ratio "$(two local_rows1000_hit)" "$(two local_rows1000_direct)"); echo "  cache_query 1,000-row local hit / the query:    ${r}x  (target >= 1.0x: $(ge "$r" 1.0); via Redis, one run each: $(ratio "${TPS[local_rows1000_redis]}" "${TPS[local_rows1000_direct_3]}")x)"
-	read -r h0 f0 <<<"$LOCAL_T0"; read -r h1 f1 <<<"$LOCAL_T1"
-	echo "  local hits during the runs: $((h1 - h0)), local fills: $((f1 - f0))"
+	read -r h0 f0 d0 l0 <<<"$LOCAL_T0"; read -r h1 f1 d1 l1 <<<"$LOCAL_T1"
+	echo "  during the runs: $((h1 - h0)) local hits ($LOCAL_QHITS in the two cache_query_json runs), $((f1 - f0)) local fills, $((d1 - d0)) discards, $((l1 - l0)) flushes"
 	echo "  Redis commands per 1,000 hot-key reads: cache_get with local cache: $CMD_LOCAL; without (rbench:*): $CMD_REDIS; cache_query_json 1-row with local cache: $CMD_QLOCAL"
 	read -r lsize lused lentries larena <<<"$LOCAL_MEM"
 	within=$(python3 -c "print('yes' if int('${lused:-0}' or 0) <= int('${lsize:-0}' or 0) else 'NO')")
