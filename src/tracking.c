@@ -37,16 +37,19 @@
  *   renewed connection (its serial), another run_id or cluster identity,
  *   other masters or another address is a loss, and everything is renewed.
  *
- * - Any doubt is a loss, reported by redis_local_tracking_lost() before
- *   the subscriptions are closed: a socket error or end of file, a reply
+ * - Any doubt is a loss, reported by redis_local_tracking_lost() (once
+ *   per confirmation) before the subscriptions are closed: a socket
+ *   error or end of file, a reply
  *   or message that is not what Redis sends (Redis is untrusted; a
  *   PUBLISH to the channel by any client is one too), a PING unanswered
  *   after max(command_timeout_ms, RC_LOCAL_HEARTBEAT_MS) (a stopped
  *   Redis keeps its sockets open), a subscription not confirmed within
  *   that time, a topology change, a change of prefixes.  The connection
  *   is dropped too (redis_disconnect()), so the next discovery reads the
- *   topology anew; faults are retried every RC_TRACKING_RETRY_MS and give
- *   one WARNING per RC_WARNING_INTERVAL_MS, topology changes a LOG line.
+ *   topology anew.  Faults are retried after RC_TRACKING_RETRY_MS,
+ *   doubled at each failure in a row up to RC_TRACKING_MAX_RETRY_MS, and
+ *   give one WARNING per RC_WARNING_INTERVAL_MS; a topology change is a
+ *   LOG line and renewed at once.
  *
  * - Waits: one WaitEventSet (latch, postmaster death, every subscriber
  *   socket), whose timeout is the next heartbeat, check or retry; the
@@ -80,8 +83,9 @@
 
 #define RC_TRACKING_CHANNEL		"__redis__:invalidate"
 
-/* Retry after a fault, as worker.c does. */
+/* Retry after a fault as worker.c does, then less often (log lines). */
 #define RC_TRACKING_RETRY_MS	500
+#define RC_TRACKING_MAX_RETRY_MS	2000
 /* The topology is checked this often while tracking. */
 #define RC_TRACKING_TOPOLOGY_MS	1000
 /* Replies read from one socket at a time. */
@@ -128,6 +132,7 @@ typedef struct Tracking
 	uint64		round_seq;
 	char		round_token[32];	/* PING's argument, echoed in the pong */
 	WaitEventSet *wait_set;		/* NULL when not subscribed */
+	int			failures;		/* consecutive, since the last confirmation */
 	TimestampTz last_warning;
 	const char *loss_hint;		/* for the WARNING of the coming loss */
 	int			nknown;			/* masters last subscribed to, */
@@ -397,14 +402,19 @@ close_subscribers(void)
 }
 
 /*
- * Tracking is lost (why): tell local_cache.c, close every subscription,
+ * Tracking is lost (why): tell local_cache.c (unless nothing was confirmed
+ * since the last loss: nothing is served then), close every subscription,
  * drop the connection so that the next discovery reads the topology anew,
- * and try again after RC_TRACKING_RETRY_MS (a fault) or at once.
+ * and try again at once (a topology change) or after a fault, after
+ * RC_TRACKING_RETRY_MS, doubled at each failure in a row up to
+ * RC_TRACKING_MAX_RETRY_MS.
  */
 static void
 lose(const char *why, bool fault)
 {
-	if (trk.subs != NULL)
+	int			delay = 0;
+
+	if (trk.confirmed)
 		redis_local_tracking_lost(why);
 	if (fault)
 		tracking_warning(why, trk.loss_hint);
@@ -416,8 +426,13 @@ lose(const char *why, bool fault)
 	redis_disconnect();
 	trk.confirmed = false;
 	trk.round_sent = 0;
-	trk.next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												   fault ? RC_TRACKING_RETRY_MS : 0);
+	if (fault)
+	{
+		delay = RC_TRACKING_RETRY_MS << Min(trk.failures, 8);
+		delay = Min(delay, RC_TRACKING_MAX_RETRY_MS);
+		trk.failures++;
+	}
+	trk.next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
 }
 
 /* Whether two prefix lists are the same, in the same order. */
@@ -639,6 +654,7 @@ maybe_confirm(void)
 	/* the replies just read prove every master alive */
 	redis_local_heartbeat();
 	trk.confirmed = true;
+	trk.failures = 0;
 	now = GetCurrentTimestamp();
 	trk.next_round = TimestampTzPlusMilliseconds(now, RC_LOCAL_HEARTBEAT_MS);
 	trk.next_check = TimestampTzPlusMilliseconds(now, RC_TRACKING_TOPOLOGY_MS);
