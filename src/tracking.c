@@ -88,8 +88,12 @@
 #define RC_TRACKING_MAX_RETRY_MS	2000
 /* The topology is checked this often while tracking. */
 #define RC_TRACKING_TOPOLOGY_MS	1000
-/* Replies read from one socket at a time. */
+/* What an ACL denial lacks, for the hint. */
+#define RC_TRACKING_ACL_HINT	"The local cache needs, for the user of redis_cache.user: ACL SETUSER <user> +ping +cluster|slots +client|id +client|tracking +subscribe &__redis__:invalidate"
+
+/* Replies read from one socket at a time, and batches per iteration. */
 #define RC_TRACKING_BATCH		64
+#define RC_TRACKING_DRAIN_BATCHES	64
 
 /* One master's subscription. */
 typedef struct Subscriber
@@ -132,6 +136,7 @@ typedef struct Tracking
 	uint64		round_seq;
 	char		round_token[32];	/* PING's argument, echoed in the pong */
 	WaitEventSet *wait_set;		/* NULL when not subscribed */
+	bool		drain_again;	/* a socket may have more: do not wait */
 	int			failures;		/* consecutive, since the last confirmation */
 	TimestampTz last_warning;
 	const char *loss_hint;		/* for the WARNING of the coming loss */
@@ -279,8 +284,12 @@ discover(Master **masters, int *nmasters, bool *is_cluster, uint64 *serial,
 	if (!run_internal(&cmd, &reply))
 		return psprintf("Redis could not be reached: %s", redis_fault_message());
 	if (reply->type == RC_REPLY_ERROR)
+	{
+		if (redis_reply_error_kind(reply) == RC_ERR_NOPERM)
+			trk.loss_hint = RC_TRACKING_ACL_HINT;
 		return psprintf("Redis refused PING: %s",
 						redis_printable(reply->str, reply->len));
+	}
 	*serial = redis_connection_serial();
 	cluster = redis_connection_cluster();
 	*is_cluster = cluster != NULL;
@@ -310,8 +319,12 @@ discover(Master **masters, int *nmasters, bool *is_cluster, uint64 *serial,
 	if (!run_internal(&cmd, &reply))
 		return psprintf("Redis could not be reached: %s", redis_fault_message());
 	if (reply->type == RC_REPLY_ERROR)
+	{
+		if (redis_reply_error_kind(reply) == RC_ERR_NOPERM)
+			trk.loss_hint = RC_TRACKING_ACL_HINT;
 		return psprintf("Redis refused CLUSTER SLOTS: %s",
 						redis_printable(reply->str, reply->len));
+	}
 	why = parse_cluster_masters(reply, mapped[0].host, masters, nmasters);
 	if (why != NULL)
 	{
@@ -359,7 +372,7 @@ refused(Subscriber *sub, const RedisReply *reply, const char *what)
 {
 	redis_stats_add(RC_STAT_ERRORS_REPLY, 1);
 	if (redis_reply_error_kind(reply) == RC_ERR_NOPERM)
-		trk.loss_hint = "The local cache needs, for the user of redis_cache.user: ACL SETUSER <user> +ping +client|id +client|tracking +subscribe &__redis__:invalidate";
+		trk.loss_hint = RC_TRACKING_ACL_HINT;
 	return psprintf("Redis at %s:%d refused %s: %s", sub->host, sub->port,
 					what, redis_printable(reply->str, reply->len));
 }
@@ -755,21 +768,31 @@ handle_reply(Subscriber *sub, const RedisReply *r)
 }
 
 /*
- * Read what every subscription has received, without waiting.  A fault
- * loses (and returns).
+ * Read what every subscription has received, without waiting, at most
+ * RC_TRACKING_DRAIN_BATCHES batches per socket: a flood of invalidations
+ * must not starve the heartbeat and the checks (trk.drain_again then
+ * says to come back without waiting, since bytes OpenSSL holds do not
+ * wake the wait).  A fault loses (and returns).
  */
 static void
 drain(void)
 {
 	int			i;
 
+	trk.drain_again = false;
 	for (i = 0; trk.subs != NULL && i < trk.nsubs; i++)
 	{
 		Subscriber *sub = &trk.subs[i];
 		bool		more = true;
+		int			batches = 0;
 
 		while (more)
 		{
+			if (batches++ == RC_TRACKING_DRAIN_BATCHES)
+			{
+				trk.drain_again = true;
+				break;
+			}
 			RedisReply *replies[RC_TRACKING_BATCH];
 			MemoryContext old;
 			char	   *why = NULL;
@@ -917,6 +940,8 @@ next_timeout(TimestampTz now, TimestampTz last_sentinel_poll)
 {
 	long		timeout = -1;
 
+	if (trk.subs != NULL && trk.drain_again)
+		return 0;
 	if (trk.subs == NULL)
 	{
 		/* with no prefix, only a SIGHUP (the latch) changes anything */
