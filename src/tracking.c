@@ -788,17 +788,17 @@ drain(void)
 
 		while (more)
 		{
-			if (batches++ == RC_TRACKING_DRAIN_BATCHES)
-			{
-				trk.drain_again = true;
-				break;
-			}
 			RedisReply *replies[RC_TRACKING_BATCH];
 			MemoryContext old;
 			char	   *why = NULL;
 			int			n;
 			int			j;
 
+			if (batches++ == RC_TRACKING_DRAIN_BATCHES)
+			{
+				trk.drain_again = true;
+				break;
+			}
 			MemoryContextReset(batch_context);
 			old = MemoryContextSwitchTo(batch_context);
 			n = redis_socket_read_async(sub->socket, replies,
