@@ -1,7 +1,7 @@
 # redis_cache: cache query results in Redis from inside PostgreSQL
 
 EXTENSION = redis_cache
-EXTVERSION = 1.7
+EXTVERSION = 1.8
 
 MODULE_big = redis_cache
 OBJS = \

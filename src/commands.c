@@ -162,8 +162,54 @@ run_on_key(const char *name, const char *rkey, size_t klen)
 }
 
 /*
- * cache_get(key text) RETURNS text
+ * A reply standing for a value the local cache served (local_cache.c).
  */
+static RedisReply *
+local_reply(char *value, size_t len)
+{
+	RedisReply *reply = palloc0(sizeof(RedisReply));
+
+	reply->type = RC_REPLY_STRING;
+	reply->str = value;
+	reply->len = len;
+	return reply;
+}
+
+/*
+ * GET key through the local cache: a hit there makes no round trip; a
+ * miss reads the value and its PTTL in one round trip and installs them
+ * unless the key was invalidated meanwhile (the fill snapshot is taken
+ * before the read is sent).  When Redis fails, the entries kept for
+ * redis_cache.local_serve_on_error are served.
+ */
+static RedisReply *
+get_value_locally(const char *rkey, size_t klen)
+{
+	RedisCommand cmds[2];
+	RedisReply *replies[2];
+	RedisLocalFill *fill;
+	char	   *value;
+	size_t		len;
+
+	if (redis_local_lookup(rkey, klen, false, &value, &len))
+		return local_reply(value, len);
+	fill = redis_local_fill_begin(rkey, klen, NULL, NULL, 0);
+	redis_cmd_init(&cmds[0], "GET", 1);
+	redis_cmd_key(&cmds[0], rkey, klen);
+	redis_cmd_init(&cmds[1], "PTTL", 1);
+	redis_cmd_key(&cmds[1], rkey, klen);
+	if (!redis_execute(cmds, 2, replies, 0))
+	{
+		if (redis_local_lookup(rkey, klen, true, &value, &len))
+			return local_reply(value, len);
+		return NULL;
+	}
+	if (replies[0]->type == RC_REPLY_STRING && replies[1]->type == RC_REPLY_INTEGER)
+		redis_local_fill_end(fill, replies[0]->str, replies[0]->len,
+							 replies[1]->integer);
+	return replies[0];
+}
+
 /*
  * GET key: the reply, or NULL on a fault and while the worker owes this
  * key an invalidation (a miss, never the stale value).
@@ -180,6 +226,8 @@ get_value(text *key)
 		redis_stats_add(RC_STAT_BYPASSES, 1);
 		return NULL;
 	}
+	if (redis_local_wants_key(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)))
+		return get_value_locally(rkey, klen);
 	return run_on_key("GET", rkey, klen);
 }
 
@@ -274,6 +322,8 @@ store_value(FunctionCallInfo fcinfo, bool only_if_absent)
 	build_set(&cmd, rkey, klen, VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value),
 			  ttl, only_if_absent);
 	reply = redis_run(&cmd, 0);
+	/* after the write: no fill that read the old value may stay */
+	redis_local_invalidate(rkey, klen);
 	if (reply == NULL)
 		return only_if_absent ? -1 : 0;
 	if (reply->type == RC_REPLY_ERROR)
@@ -433,6 +483,10 @@ cache_set_many(PG_FUNCTION_ARGS)
 					  VARSIZE_ANY_EXHDR(value), ttl, false);
 		}
 		if (!redis_execute(cmds, n, replies, 0))
+			replies = NULL;
+		for (j = 0; j < n; j++)
+			redis_local_invalidate(rkeys[i + j], klens[i + j]);
+		if (replies == NULL)
 			break;
 		for (j = 0; j < n; j++)
 		{
@@ -501,6 +555,9 @@ cache_touch(PG_FUNCTION_ARGS)
 		ncmds = 2;
 	}
 	if (!redis_execute(cmds, ncmds, replies, 0))
+		replies[0] = NULL;
+	redis_local_invalidate(rkey, klen);
+	if (replies[0] == NULL)
 		PG_RETURN_BOOL(false);
 	if (replies[0]->type == RC_REPLY_ERROR)
 	{
@@ -560,6 +617,7 @@ unlink_keys(char **keys, size_t *lens, bool *skip, int nkeys, int flags)
 	int			i;
 	int			c = -1;
 	int64		removed = 0;
+	bool		ok;
 
 	for (i = 0; i < nkeys; i++)
 		if (!(skip && skip[i]))
@@ -584,7 +642,11 @@ unlink_keys(char **keys, size_t *lens, bool *skip, int nkeys, int flags)
 	}
 
 	replies = palloc(sizeof(RedisReply *) * ncommands);
-	if (!redis_execute(cmds, ncommands, replies, flags))
+	ok = redis_execute(cmds, ncommands, replies, flags);
+	for (i = 0; i < nkeys; i++)
+		if (!(skip && skip[i]))
+			redis_local_invalidate(keys[i], lens[i]);
+	if (!ok)
 		return -1;
 	for (i = 0; i < ncommands; i++)
 	{
@@ -710,6 +772,9 @@ cache_incr(PG_FUNCTION_ARGS)
 	redis_cmd_init(&cmds[n++], "EXEC", 0);
 
 	if (!redis_execute(cmds, n, replies, 0))
+		replies[n - 1] = NULL;
+	redis_local_invalidate(rkey, klen);
+	if (replies[n - 1] == NULL)
 		PG_RETURN_NULL();
 
 	exec = replies[n - 1];
@@ -877,6 +942,14 @@ cache_delete_pattern(PG_FUNCTION_ARGS)
 	removed = redis_scan_unlink(prefix, VARDATA_ANY(pattern),
 								VARSIZE_ANY_EXHDR(pattern), RC_SCAN_KEEP_RESERVED,
 								NULL, 0, &failed);
+	{
+		StringInfoData glob;
+
+		initStringInfo(&glob);
+		redis_append_glob_escaped(&glob, prefix, strlen(prefix));
+		appendBinaryStringInfo(&glob, VARDATA_ANY(pattern), VARSIZE_ANY_EXHDR(pattern));
+		redis_local_invalidate_pattern(glob.data, glob.len);
+	}
 	redis_stats_add(RC_STAT_DELETES, removed);
 	PG_RETURN_INT64(removed);
 }

@@ -113,9 +113,18 @@ typedef struct CommitWork
 	int			nreplay;		/* the hand-over if delivery fails */
 	RedisReplayItem *replay;
 	bool		counted_in_flight;
+	/* the local cache's share (local_cache.c): full key names and globs */
+	int			nlocal;
+	char	  **local_keys;
+	size_t	   *local_lens;
+	int			nlocal_globs;
+	char	  **local_globs;
+	size_t	   *local_glob_lens;
 } CommitWork;
 
 static CommitWork *commit_work = NULL;
+
+static void prepare_local_invalidations(CommitWork *work);
 
 /* redis_cache.redelete_delay_ms */
 static int	redelete_delay_ms = 0;
@@ -389,6 +398,17 @@ redis_invalidate_generations_now(char **items, int nitems)
 		if (!redis_execute_scripts(commands, ncommands, replies,
 								   k < 0 ? 0 : RC_EXEC_INTERNAL))
 			return -1;
+		if (redis_local_configured())
+		{
+			char	   *base = redis_query_base(prefix);
+
+			for (i = 0; i < nitems; i++)
+			{
+				char	   *key = redis_query_gen_key(base, items[i], lens[i]);
+
+				redis_local_invalidate(key, strlen(key));
+			}
+		}
 		for (i = 0; i < ncommands; i++)
 		{
 			if (replies[i]->type == RC_REPLY_ERROR)
@@ -650,6 +670,9 @@ prepare_commit_work(void)
 		}
 	}
 
+	if (redis_local_configured())
+		prepare_local_invalidations(work);
+
 	/* room for replies and messages at COMMIT */
 	(void) palloc(64 * 1024);
 
@@ -657,6 +680,73 @@ prepare_commit_work(void)
 
 	redis_worker_commit_begin();
 	work->counted_in_flight = true;
+}
+
+/*
+ * What the local cache of this server must forget at COMMIT: the keys,
+ * the generation keys of every namespace's bumps (before
+ * drop_unneeded_generations(), which only knows about Redis), the globs.
+ */
+static void
+prepare_local_invalidations(CommitWork *work)
+{
+	int			i;
+	int			p;
+
+	work->local_keys = palloc(sizeof(char *) *
+							  (work->nkeys + work->ngenerations * work->nprefixes + 1));
+	work->local_lens = palloc(sizeof(size_t) *
+							  (work->nkeys + work->ngenerations * work->nprefixes + 1));
+	for (i = 0; i < work->nreplay; i++)
+		if (work->replay[i].kind == RC_REPLAY_KEY)
+		{
+			work->local_keys[work->nlocal] = (char *) work->replay[i].data;
+			work->local_lens[work->nlocal++] = work->replay[i].len;
+		}
+	for (p = 0; p < work->nprefixes && work->ngenerations > 0; p++)
+	{
+		char	   *base = redis_query_base(work->prefixes[p]);
+
+		for (i = 0; i < work->ngenerations; i++)
+		{
+			char	   *key = redis_query_gen_key(base, work->generations[i]->key,
+												  work->generations[i]->len);
+
+			work->local_keys[work->nlocal] = key;
+			work->local_lens[work->nlocal++] = strlen(key);
+		}
+	}
+	work->local_globs = palloc(sizeof(char *) * (work->npatterns + 1));
+	work->local_glob_lens = palloc(sizeof(size_t) * (work->npatterns + 1));
+	for (i = 0; i < work->npatterns; i++)
+	{
+		PendingItem *item = work->patterns[i];
+		const char *prefix = work->prefixes[item->prefix_index];
+		StringInfoData glob;
+
+		initStringInfo(&glob);
+		redis_append_glob_escaped(&glob, prefix, strlen(prefix));
+		appendBinaryStringInfo(&glob, item->key, item->len);
+		work->local_globs[work->nlocal_globs] = glob.data;
+		work->local_glob_lens[work->nlocal_globs++] = glob.len;
+	}
+}
+
+/*
+ * Forget locally what the commit invalidates: before its send (so that no
+ * reader of this server is served it once COMMIT returns, whatever the
+ * send does) and after it (so that no read begun before the send landed
+ * installs what it overwrote).  No allocation, no ERROR.
+ */
+static void
+invalidate_locally(CommitWork *work)
+{
+	int			i;
+
+	for (i = 0; i < work->nlocal; i++)
+		redis_local_invalidate(work->local_keys[i], work->local_lens[i]);
+	for (i = 0; i < work->nlocal_globs; i++)
+		redis_local_invalidate_pattern(work->local_globs[i], work->local_glob_lens[i]);
 }
 
 /*
@@ -828,6 +918,7 @@ send_commit_work(void)
 	redis_transport_limit_waits(limit, commit_timeout_ms);
 
 	old = MemoryContextSwitchTo(work->context);
+	invalidate_locally(work);
 	PG_TRY();
 	{
 		bool		delivered = true;
@@ -926,6 +1017,7 @@ send_commit_work(void)
 	}
 	PG_END_TRY();
 	redis_transport_limit_waits(0, 0);
+	invalidate_locally(work);
 	MemoryContextSwitchTo(old);
 }
 

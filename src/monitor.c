@@ -228,6 +228,13 @@ cache_health(PG_FUNCTION_ARGS)
 		append_json_field(&buf, "sentinel_master", "null", true);
 	append_cluster_fields(&buf);
 	{
+		StringInfoData local;
+
+		initStringInfo(&local);
+		redis_local_health(&local);
+		append_json_field(&buf, "local_cache", local.data, true);
+	}
+	{
 		/* the worker's replay queue (replay.c): exact, undelivered work */
 		int64		counts[5];
 		static const char *const names[] = {

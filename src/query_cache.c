@@ -152,6 +152,10 @@ typedef struct QueryCall
 	bool		learning;		/* items not known: only the DDL ones */
 	char		token[RC_LOCK_TOKEN_LEN];
 	bool		holds_lock;		/* the lock may be ours: release it */
+	RedisLocalFill *local_fill; /* the local cache's snapshot, or NULL */
+	int			local_nitems;	/* the items local_fill depends on */
+	char	  **local_gen_keys;
+	int64		entry_pttl;		/* read with a lookup for local_fill */
 } QueryCall;
 
 /* The query, prepared on a miss. */
@@ -641,8 +645,30 @@ lookup_once(QueryCall *call, const char *mode, RedisReply **hit,
 		*lock_value = NULL;
 	if (take)
 		call->holds_lock = true;
-	if (!redis_execute_scripts(&cmd, 1, &reply, 0))
-		reply = NULL;
+	call->entry_pttl = -2;
+	if (call->local_fill == NULL)
+	{
+		if (!redis_execute_scripts(&cmd, 1, &reply, 0))
+			reply = NULL;
+	}
+	else
+	{
+		/* the local cache holds a hit until its Redis TTL: ask for it too */
+		RedisCommand cmds[2];
+		RedisReply *replies[2];
+
+		cmds[0] = cmd;
+		redis_cmd_init(&cmds[1], "PTTL", 1);
+		redis_cmd_key(&cmds[1], call->entry_key.data, call->entry_key.len);
+		if (!redis_execute_scripts(cmds, 2, replies, 0))
+			reply = NULL;
+		else
+		{
+			reply = replies[0];
+			if (replies[1]->type == RC_REPLY_INTEGER)
+				call->entry_pttl = replies[1]->integer;
+		}
+	}
 	/* no answer: the take may still land; keep holds_lock for the release */
 	if (script_failed(reply, "a cached query lookup"))
 		return LOOKUP_FAULT;
@@ -939,17 +965,18 @@ read_generations(QueryCall *call)
  * Store the result under the generations read before its snapshot (deps,
  * from read_generations()), releasing the lock.
  */
-static void
-store(QueryCall *call, const char *deps, StringInfo data)
+static bool
+store(QueryCall *call, const char *deps, StringInfo data, char *meta,
+	  size_t *metalenp)
 {
-	char		meta[RCQ_META_MAX + 1];
 	size_t		metalen;
 	RedisCommand cmd;
 	RedisReply *reply = NULL;
 	int			i;
 
 	/* KEYS entry, lock, generations, sets; ARGV token, ttl, meta, data, deps */
-	metalen = rcq_format_meta(meta, sizeof(meta), call->kind, data->data, data->len);
+	metalen = rcq_format_meta(meta, RCQ_META_MAX + 1, call->kind, data->data, data->len);
+	*metalenp = metalen;
 	redis_script_cmd(&cmd, RC_SCRIPT_QUERY_STORE, 2 + 2 * call->nitems, 5);
 	redis_cmd_key(&cmd, call->entry_key.data, call->entry_key.len);
 	redis_cmd_key(&cmd, call->lock_key.data, call->lock_key.len);
@@ -968,12 +995,97 @@ store(QueryCall *call, const char *deps, StringInfo data)
 		reply = NULL;
 	call->holds_lock = false;
 	if (script_failed(reply, "storing a query result"))
-		return;
+		return false;
 	if (reply->type == RC_REPLY_INTEGER && reply->integer == 1)
 	{
 		redis_stats_add(RC_STAT_SETS, 1);
 		redis_stats_family("query:", 6, RC_FAM_SETS);
+		return true;
 	}
+	return false;
+}
+
+/* ---- the local cache (local_cache.c) ----------------------------------------- */
+
+/*
+ * Before the lookup: a result held locally, as the reply a Redis hit
+ * gives (LOOKUP_HIT), or the snapshot for installing the reply.  Only
+ * when the call declares its tables' generations: they are what a local
+ * entry depends on.
+ */
+static bool
+local_lookup(QueryCall *call, RedisReply **hit)
+{
+	char	   *value;
+	size_t		len;
+	uint32		metalen;
+	size_t	   *lens;
+	int			i;
+
+	call->local_fill = NULL;
+	if (call->learning || !redis_local_wants_queries())
+		return false;
+	if (redis_local_lookup(call->entry_key.data, call->entry_key.len, false,
+						   &value, &len))
+	{
+		RedisReply *reply = palloc0(sizeof(RedisReply));
+		RedisReply *parts = palloc0(sizeof(RedisReply) * 3);
+
+		/* our own bytes: uint32 meta length, meta, data */
+		memcpy(&metalen, value, sizeof(metalen));
+		reply->type = RC_REPLY_ARRAY;
+		reply->elements = 3;
+		reply->element = palloc(sizeof(RedisReply *) * 3);
+		parts[0].type = RC_REPLY_INTEGER;
+		parts[0].integer = 1;
+		parts[1].type = RC_REPLY_STRING;
+		parts[1].str = pnstrdup(value + sizeof(metalen), metalen);
+		parts[1].len = metalen;
+		parts[2].type = RC_REPLY_STRING;
+		parts[2].str = value + sizeof(metalen) + metalen;
+		parts[2].len = len - sizeof(metalen) - metalen;
+		for (i = 0; i < 3; i++)
+			reply->element[i] = &parts[i];
+		*hit = reply;
+		return true;
+	}
+	lens = palloc(sizeof(size_t) * Max(call->nitems, 1));
+	for (i = 0; i < call->nitems; i++)
+		lens[i] = strlen(call->gen_keys[i]);
+	call->local_fill = redis_local_fill_begin(call->entry_key.data,
+											  call->entry_key.len,
+											  (const char *const *) call->gen_keys,
+											  lens, call->nitems);
+	call->local_nitems = call->nitems;
+	call->local_gen_keys = call->gen_keys;
+	return false;
+}
+
+/*
+ * Install meta and data locally, valid for ttl_ms (-1: no TTL), if the
+ * call still depends on the generations its snapshot read.
+ */
+static void
+local_install(QueryCall *call, const char *meta, size_t metalen,
+			  const char *data, size_t datalen, int64 ttl_ms)
+{
+	StringInfoData value;
+	uint32		len32 = (uint32) metalen;
+	int			i;
+
+	if (call->local_fill == NULL)
+		return;
+	if (call->local_nitems != call->nitems)
+		return;
+	for (i = 0; i < call->nitems; i++)
+		if (strcmp(call->local_gen_keys[i], call->gen_keys[i]) != 0)
+			return;
+	initStringInfo(&value);
+	appendBinaryStringInfo(&value, (const char *) &len32, sizeof(len32));
+	appendBinaryStringInfo(&value, meta, metalen);
+	appendBinaryStringInfo(&value, data, datalen);
+	redis_local_fill_end(call->local_fill, value.data, value.len, ttl_ms);
+	call->local_fill = NULL;
 }
 
 /*
@@ -997,6 +1109,7 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 	LookupOutcome outcome = LOOKUP_FAULT;
 	Datum		result = (Datum) 0;
 	volatile bool connected = false;
+	bool		local_hit = false;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1035,15 +1148,27 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 				make_lock_token(call);
 				mode = "take";
 			}
-			outcome = lookup(call, mode, &hit, NULL);
-			if (outcome == LOOKUP_LOCKED_ELSEWHERE)
-				outcome = wait_for_result(call, &hit);
+			if (local_lookup(call, &hit))
+			{
+				local_hit = true;
+				outcome = LOOKUP_HIT;
+			}
+			else
+			{
+				outcome = lookup(call, mode, &hit, NULL);
+				if (outcome == LOOKUP_LOCKED_ELSEWHERE)
+					outcome = wait_for_result(call, &hit);
+			}
 			if (outcome == LOOKUP_HIT)
 			{
 				MemoryContext old = MemoryContextSwitchTo(caller_context);
 				bool		decoded = use_hit(call, hit, store_rows, &result);
 
 				MemoryContextSwitchTo(old);
+				if (decoded && !local_hit)
+					local_install(call, hit->element[1]->str, hit->element[1]->len,
+								  hit->element[2]->str, hit->element[2]->len,
+								  call->entry_pttl);
 				if (decoded)
 				{
 					count_lookup(true);
@@ -1120,7 +1245,14 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 			}
 
 			if (generations != NULL && payload_fits)
-				store(call, generations, &payload);
+			{
+				char		meta[RCQ_META_MAX + 1];
+				size_t		metalen;
+
+				if (store(call, generations, &payload, meta, &metalen))
+					local_install(call, meta, metalen, payload.data, payload.len,
+								  call->ttl > 0 ? (int64) call->ttl * 1000 : -1);
+			}
 			else
 			{
 				if (generations != NULL)

@@ -121,6 +121,13 @@ typedef enum RedisCounter
 	RC_STAT_FLUSHES,
 	RC_STAT_BYPASSES,
 	RC_STAT_ROUND_TRIPS,
+	/* the local cache (local_cache.c); last: columns added in 1.8 */
+	RC_STAT_LOCAL_HITS,
+	RC_STAT_LOCAL_FILLS,
+	RC_STAT_LOCAL_INVALIDATIONS,
+	RC_STAT_LOCAL_EVICTIONS,
+	RC_STAT_LOCAL_FLUSHES,
+	RC_STAT_LOCAL_DISCARDS,
 	RC_NUM_COUNTERS
 } RedisCounter;
 
@@ -299,6 +306,9 @@ typedef enum RedisLocalState
 
 /* Dependencies a fill or a hit is checked against (keys, full names). */
 #define RC_LOCAL_MAX_DEPS	64
+/* The tracking worker's heartbeat, and the age beyond which none counts. */
+#define RC_LOCAL_HEARTBEAT_MS		500
+#define RC_LOCAL_HEARTBEAT_LIMIT_MS	2000
 
 /*
  * The tracking worker proves every master alive this often (PING on each
@@ -315,9 +325,7 @@ extern void redis_local_shmem_init(void);
 extern bool redis_local_configured(void);
 extern bool redis_local_wants_key(const char *key, size_t len);
 extern bool redis_local_wants_queries(void);
-extern bool redis_local_lookup(const char *key, size_t len,
-							   const char *const *deps, const size_t *deplens,
-							   int ndeps, bool on_error,
+extern bool redis_local_lookup(const char *key, size_t len, bool on_error,
 							   char **value, size_t *valuelen);
 extern RedisLocalFill *redis_local_fill_begin(const char *key, size_t len,
 											  const char *const *deps,
@@ -328,6 +336,7 @@ extern void redis_local_fill_end(RedisLocalFill *fill, const char *value,
 extern void redis_local_invalidate(const char *key, size_t len);
 extern void redis_local_invalidate_pattern(const char *glob, size_t len);
 extern void redis_local_flush(const char *why);
+extern void redis_local_set_version(const char *version);
 /* the tracking worker's side (tracking.c) */
 extern int	redis_local_tracking_prefixes(char ***prefixes);
 extern void redis_local_tracking_confirmed(char *const *prefixes, int n,

@@ -237,14 +237,26 @@ redis_stats_family(const char *key, size_t len, RedisFamilyCounter counter)
  * (family NULL), then one per family.  circuit is the caller's breaker
  * state (the connection layer's, which this file does not call).
  */
+/*
+ * The column of counter i: the counters up to round_trips, then hit_ratio,
+ * latency_buckets, stats_reset and circuit, then the local cache's (1.8).
+ */
+#define RC_FIRST_LOCAL_COUNTER	RC_STAT_LOCAL_HITS
+
+static int
+column_of(int i)
+{
+	return i < RC_FIRST_LOCAL_COUNTER ? 2 + i : 6 + i;
+}
+
 void
 redis_stats_materialize(FunctionCallInfo fcinfo, const char *circuit)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	RedisStats *stats = current_stats();
 	const char *scope = shared_stats ? "server" : "backend";
-	Datum		values[RC_NUM_COUNTERS + 6];
-	bool		nulls[RC_NUM_COUNTERS + 6];
+	Datum		values[RC_NUM_COUNTERS + 4 + 2];
+	bool		nulls[RC_NUM_COUNTERS + 4 + 2];
 	Datum		buckets[RC_LATENCY_BUCKETS];
 	uint64		hits;
 	uint64		misses;
@@ -257,20 +269,20 @@ redis_stats_materialize(FunctionCallInfo fcinfo, const char *circuit)
 	values[0] = CStringGetTextDatum(scope);
 	nulls[1] = true;			/* family */
 	for (i = 0; i < RC_NUM_COUNTERS; i++)
-		values[2 + i] = Int64GetDatum((int64) pg_atomic_read_u64(&stats->counters[i]));
+		values[column_of(i)] = Int64GetDatum((int64) pg_atomic_read_u64(&stats->counters[i]));
 	hits = pg_atomic_read_u64(&stats->counters[RC_STAT_HITS]);
 	misses = pg_atomic_read_u64(&stats->counters[RC_STAT_MISSES]);
 	if (hits + misses > 0)
-		values[2 + RC_NUM_COUNTERS] = Float8GetDatum((double) hits / (double) (hits + misses));
+		values[2 + RC_FIRST_LOCAL_COUNTER] = Float8GetDatum((double) hits / (double) (hits + misses));
 	else
-		nulls[2 + RC_NUM_COUNTERS] = true;
+		nulls[2 + RC_FIRST_LOCAL_COUNTER] = true;
 	for (i = 0; i < RC_LATENCY_BUCKETS; i++)
 		buckets[i] = Int64GetDatum((int64) pg_atomic_read_u64(&stats->latency[i]));
-	values[3 + RC_NUM_COUNTERS] = PointerGetDatum(construct_array(buckets, RC_LATENCY_BUCKETS,
+	values[3 + RC_FIRST_LOCAL_COUNTER] = PointerGetDatum(construct_array(buckets, RC_LATENCY_BUCKETS,
 																  INT8OID, 8, FLOAT8PASSBYVAL,
 																  TYPALIGN_DOUBLE));
-	values[4 + RC_NUM_COUNTERS] = TimestampTzGetDatum(stats->reset_at);
-	values[5 + RC_NUM_COUNTERS] = CStringGetTextDatum(circuit);
+	values[4 + RC_FIRST_LOCAL_COUNTER] = TimestampTzGetDatum(stats->reset_at);
+	values[5 + RC_FIRST_LOCAL_COUNTER] = CStringGetTextDatum(circuit);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 
 	nfamilies = stats->nfamilies;
@@ -298,11 +310,11 @@ redis_stats_materialize(FunctionCallInfo fcinfo, const char *circuit)
 		fm = pg_atomic_read_u64(&f->counters[RC_FAM_MISSES]);
 		if (fh + fm > 0)
 		{
-			values[2 + RC_NUM_COUNTERS] = Float8GetDatum((double) fh / (double) (fh + fm));
-			nulls[2 + RC_NUM_COUNTERS] = false;
+			values[2 + RC_FIRST_LOCAL_COUNTER] = Float8GetDatum((double) fh / (double) (fh + fm));
+			nulls[2 + RC_FIRST_LOCAL_COUNTER] = false;
 		}
-		values[4 + RC_NUM_COUNTERS] = TimestampTzGetDatum(stats->reset_at);
-		nulls[4 + RC_NUM_COUNTERS] = false;
+		values[4 + RC_FIRST_LOCAL_COUNTER] = TimestampTzGetDatum(stats->reset_at);
+		nulls[4 + RC_FIRST_LOCAL_COUNTER] = false;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 }

@@ -87,6 +87,20 @@ static uint64 version_generation = 0;
 
 PG_FUNCTION_INFO_V1(cache_version);
 
+/* The version setting value means: itself, else the environment, else "1". */
+static const char *
+effective_version(const char *setting)
+{
+	const char *env;
+
+	if (setting && setting[0])
+		return setting;
+	env = getenv("REDIS_CACHE_VERSION");
+	if (env && env[0] && strlen(env) <= 200 && strchr(env, '|') == NULL)
+		return env;
+	return "1";
+}
+
 /*
  * The version this server expects: redis_cache.version, else the
  * environment variable REDIS_CACHE_VERSION (inherited from the postmaster),
@@ -95,14 +109,7 @@ PG_FUNCTION_INFO_V1(cache_version);
 const char *
 redis_version_expected(void)
 {
-	const char *env;
-
-	if (expected_version && expected_version[0])
-		return expected_version;
-	env = getenv("REDIS_CACHE_VERSION");
-	if (env && env[0] && strlen(env) <= 200 && strchr(env, '|') == NULL)
-		return env;
-	return "1";
+	return effective_version(expected_version);
 }
 
 static const char *
@@ -348,11 +355,15 @@ redis_cache_client_authentication(Port *port, int status)
 		redis_version_startup_check();
 }
 
-/* A new expected version means a new version check. */
+/*
+ * A new expected version means a new version check; the local cache
+ * serves only entries of the version its tracking worker runs with.
+ */
 static void
 assign_version(const char *newval, void *extra)
 {
 	version_generation++;
+	redis_local_set_version(effective_version(newval));
 }
 
 static bool

@@ -704,6 +704,9 @@ redis_mark_missed(int namespace_index)
 {
 	WorkerShared *sh = worker_shared;
 
+	/* what the lost invalidations named may be held locally too */
+	redis_local_flush("an invalidation was lost");
+
 	if (sh == NULL || namespace_index < 0)
 		return;
 	LWLockAcquire(sh->lock, LW_EXCLUSIVE);

@@ -116,6 +116,14 @@ SELECT pg_get_function_arguments('cache_query_key(text, text[], text, boolean)':
 ALTER EXTENSION redis_cache UPDATE TO '1.7';
 SELECT extversion FROM pg_extension WHERE extname = 'redis_cache';
 
+-- 1.7 to 1.8: cache_stats gains the local cache's counters, as its last
+-- columns (the 1.7 definition reads the 1.8 library's rows meanwhile)
+SELECT count(*) AS columns_1_7 FROM cache_stats WHERE family IS NULL;
+ALTER EXTENSION redis_cache UPDATE TO '1.8';
+SELECT extversion FROM pg_extension WHERE extname = 'redis_cache';
+SELECT local_hits >= 0 AS has_local_hits, local_discards >= 0 AS has_local_discards
+  FROM cache_stats WHERE family IS NULL;
+
 -- a fresh install of the current version (its own install script) holds
 -- exactly the objects of 1.0 followed by every upgrade: members, function
 -- definitions, privileges, comments, tables and views
