@@ -310,14 +310,6 @@ typedef enum RedisLocalState
 #define RC_LOCAL_HEARTBEAT_MS		500
 #define RC_LOCAL_HEARTBEAT_LIMIT_MS	2000
 
-/*
- * The tracking worker proves every master alive this often (PING on each
- * subscription, then redis_local_heartbeat()); backends serve nothing
- * locally once the last heartbeat is older than the limit.
- */
-#define RC_LOCAL_HEARTBEAT_MS		500
-#define RC_LOCAL_HEARTBEAT_LIMIT_MS	2000
-
 typedef struct RedisLocalFill RedisLocalFill;
 
 extern void redis_local_define_gucs(void);
