@@ -617,13 +617,6 @@ redis_open_subscriber(const char *host, int port, bool cluster_node,
 					 connect_timeout_ms);
 }
 
-/* redis_cache.connect_timeout_ms, for callers that bound their own work. */
-int
-redis_connect_timeout_ms(void)
-{
-	return connect_timeout_ms;
-}
-
 /*
  * Connect to the configured server (asking the sentinels first, if any;
  * else the addresses of redis_cache.host in turn, each with its share of

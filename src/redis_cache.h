@@ -487,7 +487,6 @@ extern void redis_report_reply_error(const RedisReply *reply,
 extern RedisSocket *redis_open_subscriber(const char *host, int port,
 										  bool cluster_node, char *run_id,
 										  size_t run_id_len);
-extern int	redis_connect_timeout_ms(void);
 extern uint64 redis_connection_serial(void);
 extern const char *redis_connection_run_id(void);
 extern void redis_disconnect(void);
