@@ -587,6 +587,9 @@ subscribe_master(Subscriber *sub, const Master *master)
 	redis_cmd_str(&cmds[0], "BCAST");
 	for (i = 0; i < trk.nprefixes; i++)
 	{
+		/* "" is every key: BCAST without PREFIX (the others overlap it) */
+		if (trk.prefixes[i][0] == '\0')
+			continue;
 		redis_cmd_str(&cmds[0], "PREFIX");
 		redis_cmd_str(&cmds[0], trk.prefixes[i]);
 	}
