@@ -23,7 +23,10 @@
  *   SUBSCRIBE __redis__:invalidate (a client may redirect to itself: the
  *   invalidations come as pub/sub messages on the same socket).  The
  *   prefixes are local_cache.c's (redis_local_tracking_prefixes()), read
- *   at each subscription and after each SIGHUP; none, nothing is tracked.
+ *   at each subscription, after each SIGHUP and at each topology check
+ *   (they name the query namespace, whose timeline a promotion changes);
+ *   none, nothing is tracked.  The worker subscribes once the timeline
+ *   is known (a standby's, once replay has begun).
  *   Tracking is confirmed only once the +OK and the subscribe reply of
  *   every master have come: then redis_local_tracking_confirmed() empties
  *   the local cache, so nothing read before the subscriptions existed
@@ -67,6 +70,7 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -883,9 +887,20 @@ check_topology(void)
 	bool		is_cluster;
 	uint64		serial;
 	char		identity[64];
+	char	  **prefixes;
+	int			nprefixes;
 	const char *why;
 	bool		fault;
 	int			i;
+
+	/* a promotion changes the query namespace, hence the prefixes */
+	nprefixes = redis_local_tracking_prefixes(&prefixes);
+	if (!same_prefixes(prefixes, nprefixes, trk.prefixes, trk.nprefixes))
+	{
+		lose("the key prefixes to track changed", false);
+		set_prefixes(prefixes, nprefixes);
+		return;
+	}
 
 	why = discover(&masters, &nmasters, &is_cluster, &serial, identity,
 				   sizeof(identity), &fault);
@@ -973,6 +988,24 @@ next_timeout(TimestampTz now, TimestampTz last_sentinel_poll)
 }
 
 /*
+ * Whether the timeline of the query namespace (keys.c) is not known yet:
+ * before the startup process begins replay, a server in recovery reports
+ * timeline 0, and prefixes computed then would name no namespace.
+ */
+static bool
+timeline_unknown(void)
+{
+	char		ns[RC_QUERY_NAMESPACE_LEN];
+	const char *dot;
+
+	if (!RecoveryInProgress())
+		return false;
+	redis_query_namespace(ns);
+	dot = strrchr(ns, '.');
+	return dot != NULL && strcmp(dot, ".0") == 0;
+}
+
+/*
  * At exit, whatever the cause (an ERROR is FATAL in a background worker):
  * nothing may be served on subscriptions nobody reads any more.
  */
@@ -1014,6 +1047,20 @@ redis_cache_tracking_main(Datum main_arg)
 	before_shmem_exit(tracking_exit, 0);
 
 	ereport(LOG, (errmsg("redis_cache tracking worker started")));
+
+	/* the prefixes name the query namespace: wait for its timeline */
+	while (!ShutdownRequestPending && timeline_unknown())
+	{
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 100, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
 
 	while (!ShutdownRequestPending)
 	{
