@@ -62,6 +62,11 @@
  *   connection; it gets a round-trip function, so it never calls back into
  *   redis_execute() for its own commands.
  *
+ * - The tracking worker's subscriptions (tracking.c) are sockets of their
+ *   own, opened by redis_open_subscriber() with the same TLS, AUTH and
+ *   handshake to a master the connection found; the caller owns them, and
+ *   the breaker, retries and reporting of this file do not apply to them.
+ *
  * - Faults never reach the caller as an ERROR unless on_error = 'error'; by
  *   default they become one WARNING per backend per 10 s and the function
  *   returns its miss value.  Faults are classified by RedisFaultKind for
