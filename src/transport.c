@@ -842,8 +842,10 @@ scanner_line_done(ReplyScanner *sc, size_t remaining)
 	{
 		if ((uint64) n > sc->bulk_max || (uint64) n + 2 > remaining)
 		{
-			redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s announces a string of " INT64_FORMAT " bytes, which exceeds the %zu allowed (redis_cache.max_value_bytes)",
-							sc->label, n, Min(sc->bulk_max, remaining));
+			redis_fault_set(RC_FAULT_PROTOCOL, "%s from Redis at %s announces a string of " INT64_FORMAT " bytes, which exceeds the %zu allowed%s",
+							sc->stream ? "a message" : "reply", sc->label, n,
+							Min(sc->bulk_max, remaining),
+							sc->stream ? "" : " (redis_cache.max_value_bytes)");
 			return false;
 		}
 		sc->bulk_left = (size_t) n;
