@@ -69,10 +69,20 @@
 #include "common/sha1.h"
 #include "common/sha2.h"
 #include "miscadmin.h"
+#include "parser/parse_expr.h"
+#include "parser/parser.h"
+#include "pgtime.h"
 #include "port/pg_bswap.h"
+#include "tsearch/ts_cache.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/bytea.h"
+#include "utils/float.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/pg_locale.h"
 #include "utils/resowner.h"
+#include "utils/xml.h"
 
 #include "redis_cache.h"
 
@@ -406,10 +416,30 @@ redis_query_namespace(char *buf)
 char *
 redis_query_base(const char *prefix)
 {
+	/* the last one, kept: every cache_query call needs it */
+	static char *last_prefix = NULL;
+	static char *last_base = NULL;
+	static TimeLineID last_timeline = 0;
+	TimeLineID	timeline = current_timeline();
 	char		ns[RC_QUERY_NAMESPACE_LEN];
 
-	redis_query_namespace(ns);
-	return psprintf("%s" RC_QUERY_NAMESPACE "{%s}:", prefix, ns);
+	if (last_base == NULL || timeline != last_timeline ||
+		strcmp(prefix, last_prefix) != 0)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		if (last_base)
+		{
+			pfree(last_base);
+			pfree(last_prefix);
+		}
+		redis_query_namespace(ns);
+		last_base = psprintf("%s" RC_QUERY_NAMESPACE "{%s}:", prefix, ns);
+		last_prefix = pstrdup(prefix);
+		last_timeline = timeline;
+		MemoryContextSwitchTo(old);
+	}
+	return pstrdup(last_base);
 }
 
 /*
@@ -738,6 +768,95 @@ hash_append_setting(StringInfo buf, const char *name)
 }
 
 /*
+ * The variables behind the settings of a result key (see below), to tell
+ * cheaply whether the settings block computed last is still current: a
+ * hit must not pay 17 GetConfigOption() calls.  Strings are compared by
+ * content (a freed value's address may be reused); time zones are cached
+ * by PostgreSQL and never freed, so their address is their identity.
+ */
+typedef struct SettingsSnapshot
+{
+	pg_tz	   *timezone;
+	int			datestyle;
+	int			dateorder;
+	int			intervalstyle;
+	int			extra_float_digits;
+	int			bytea_output;
+	int			backslash_quote;
+	int			xmloption;
+	int			xmlbinary;
+	bool		standard_conforming_strings;
+	bool		array_nulls;
+	bool		transform_null_equals;
+	bool		quote_all_identifiers;
+	char	   *strings[5];		/* lc_monetary, lc_numeric, lc_time, ts config, abbreviations */
+} SettingsSnapshot;
+
+static SettingsSnapshot settings_snapshot;
+static bool settings_snapshot_valid = false;
+static StringInfoData settings_block;
+
+static void
+take_settings_snapshot(SettingsSnapshot *snap, const char **strings)
+{
+	snap->timezone = session_timezone;
+	snap->datestyle = DateStyle;
+	snap->dateorder = DateOrder;
+	snap->intervalstyle = IntervalStyle;
+	snap->extra_float_digits = extra_float_digits;
+	snap->bytea_output = bytea_output;
+	snap->backslash_quote = backslash_quote;
+	snap->xmloption = xmloption;
+	snap->xmlbinary = xmlbinary;
+	snap->standard_conforming_strings = standard_conforming_strings;
+	snap->array_nulls = Array_nulls;
+	snap->transform_null_equals = Transform_null_equals;
+	snap->quote_all_identifiers = quote_all_identifiers;
+	strings[0] = locale_monetary;
+	strings[1] = locale_numeric;
+	strings[2] = locale_time;
+	strings[3] = TSCurrentConfig;
+	strings[4] = GetConfigOption("timezone_abbreviations", true, false);
+}
+
+/* Append the settings' block to input, computing it again if needed. */
+static void
+append_settings(StringInfo input, const char *const *settings, int nsettings)
+{
+	SettingsSnapshot now;
+	const char *strings[5];
+	bool		same;
+	int			i;
+
+	memset(&now, 0, sizeof(now));
+	take_settings_snapshot(&now, strings);
+	same = settings_snapshot_valid &&
+		memcmp(&now, &settings_snapshot, offsetof(SettingsSnapshot, strings)) == 0;
+	for (i = 0; same && i < 5; i++)
+		same = strcmp(strings[i] ? strings[i] : "", settings_snapshot.strings[i]) == 0;
+	if (!same)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		if (settings_block.data == NULL)
+			initStringInfo(&settings_block);
+		resetStringInfo(&settings_block);
+		for (i = 0; i < nsettings; i++)
+			hash_append_setting(&settings_block, settings[i]);
+		for (i = 0; i < 5; i++)
+		{
+			if (settings_snapshot.strings[i])
+				pfree(settings_snapshot.strings[i]);
+			now.strings[i] = pstrdup(strings[i] ? strings[i] : "");
+		}
+		settings_snapshot = now;
+		settings_snapshot_valid = true;
+		MemoryContextSwitchTo(old);
+	}
+	appendBinaryStringInfo(input, settings_block.data, settings_block.len);
+}
+
+/*
  * The key of a cached query result: base||"<db oid>:<role oid>:<sha256>".
  * The role is part of the key itself, so one role can never be served
  * another role's result, whatever the hash.  The SHA-256 covers the format
@@ -804,8 +923,7 @@ redis_query_entry_key(const char *base, const char *format, const char *query,
 	}
 	list_free(path);
 	appendStringInfoChar(&input, '\0');
-	for (i = 0; i < (int) lengthof(settings); i++)
-		hash_append_setting(&input, settings[i]);
+	append_settings(&input, settings, (int) lengthof(settings));
 	hash_append(&input, query, strlen(query));
 	if (shape != NULL)
 	{

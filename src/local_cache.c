@@ -138,6 +138,7 @@ struct RedisLocalFill
 	uint64		epoch;
 	uint64		pattern_generation;
 	uint64		hash;
+	TimestampTz sent;			/* before the read: TTLs count from here */
 	char	   *key;
 	size_t		keylen;
 	int			ndeps;
@@ -211,7 +212,7 @@ redis_local_define_gucs(void)
 							gettext_noop("Sets the shared memory of the local cache, which serves hot keys and query results without a round trip to Redis (0 disables it)."),
 							gettext_noop("Requires shared_preload_libraries. The index and invalidation counters are carved from the same memory."),
 							&local_cache_size_kb,
-							0, 0, 32 * 1024 * 1024,
+							0, 0, 16 * 1024 * 1024,
 							PGC_POSTMASTER, GUC_UNIT_KB,
 							NULL, NULL, NULL);
 	DefineCustomStringVariable("redis_cache.local_cache_keys",
@@ -247,7 +248,7 @@ redis_local_define_gucs(void)
 							NULL,
 							&local_fill_delay_ms,
 							0, 0, 60000,
-							PGC_SUSET, GUC_UNIT_MS | GUC_NOT_IN_SAMPLE,
+							PGC_SUSET, GUC_UNIT_MS | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							NULL, NULL, NULL);
 }
 
@@ -686,6 +687,7 @@ redis_local_fill_begin(const char *key, size_t len, const char *const *deps,
 {
 	RedisLocalFill *fill;
 	uint64		epoch;
+	TimestampTz now;
 	bool		ok = true;
 	int			n = ndeps > 0 ? ndeps : 1;
 	int			i;
@@ -693,10 +695,11 @@ redis_local_fill_begin(const char *key, size_t len, const char *const *deps,
 	if (!usable() || local_max_age <= 0 || ndeps > RC_LOCAL_MAX_DEPS ||
 		len > RC_MAX_KEY_BYTES * 2)
 		return NULL;
+	now = GetCurrentTimestamp();
 	epoch = pg_atomic_read_u64(&local->epoch);
 	pg_read_barrier();
 	if (pg_atomic_read_u32(&local->state) != RC_LOCAL_TRACKING ||
-		!heartbeat_fresh(GetCurrentTimestamp()) ||
+		!heartbeat_fresh(now) ||
 		pg_atomic_read_u64(&local->version) != version_hash())
 		return NULL;
 
@@ -711,6 +714,7 @@ redis_local_fill_begin(const char *key, size_t len, const char *const *deps,
 
 	fill = palloc(offsetof(RedisLocalFill, deps) + sizeof(LocalDep) * n);
 	fill->epoch = epoch;
+	fill->sent = now;
 	fill->pattern_generation = pg_atomic_read_u64(&local->pattern_generation);
 	fill->hash = key_hash(key, len);
 	fill->key = pnstrdup(key, len);
@@ -759,7 +763,6 @@ redis_local_fill_end(RedisLocalFill *fill, const char *value,
 					 size_t valuelen, int64 ttl_ms)
 {
 	Size		size;
-	TimestampTz now;
 	LocalEntry *old;
 	LocalEntry *e;
 	uint32	   *bucket;
@@ -773,7 +776,6 @@ redis_local_fill_end(RedisLocalFill *fill, const char *value,
 					fill->keylen + valuelen);
 	if (size > local->capacity / RC_LOCAL_MAX_ENTRY_FRACTION)
 		return;
-	now = GetCurrentTimestamp();
 
 	LWLockAcquire(local->lock, LW_EXCLUSIVE);
 	valid = pg_atomic_read_u32(&local->state) == RC_LOCAL_TRACKING &&
@@ -801,8 +803,9 @@ redis_local_fill_end(RedisLocalFill *fill, const char *value,
 	e->keylen = (uint32) fill->keylen;
 	e->valuelen = (uint32) valuelen;
 	e->epoch = fill->epoch;
-	e->filled_at = now;
-	e->expires = ttl_ms > 0 ? now + ttl_ms * 1000 : PG_INT64_MAX;
+	/* ages count from before the read: the reply may have waited */
+	e->filled_at = fill->sent;
+	e->expires = ttl_ms > 0 ? fill->sent + ttl_ms * 1000 : PG_INT64_MAX;
 	memcpy(ENTRY_DEPS(e), fill->deps, sizeof(LocalDep) * fill->ndeps);
 	memcpy(ENTRY_KEY(e), fill->key, fill->keylen);
 	memcpy(ENTRY_VALUE(e), value, valuelen);

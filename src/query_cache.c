@@ -71,6 +71,7 @@
 
 #include <ctype.h>
 
+#include "access/detoast.h"
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "access/xlog.h"
@@ -966,17 +967,16 @@ read_generations(QueryCall *call)
  * from read_generations()), releasing the lock.
  */
 static bool
-store(QueryCall *call, const char *deps, StringInfo data, char *meta,
-	  size_t *metalenp)
+store(QueryCall *call, const char *deps, StringInfo data)
 {
+	char		meta[RCQ_META_MAX + 1];
 	size_t		metalen;
 	RedisCommand cmd;
 	RedisReply *reply = NULL;
 	int			i;
 
 	/* KEYS entry, lock, generations, sets; ARGV token, ttl, meta, data, deps */
-	metalen = rcq_format_meta(meta, RCQ_META_MAX + 1, call->kind, data->data, data->len);
-	*metalenp = metalen;
+	metalen = rcq_format_meta(meta, sizeof(meta), call->kind, data->data, data->len);
 	redis_script_cmd(&cmd, RC_SCRIPT_QUERY_STORE, 2 + 2 * call->nitems, 5);
 	redis_cmd_key(&cmd, call->entry_key.data, call->entry_key.len);
 	redis_cmd_key(&cmd, call->lock_key.data, call->lock_key.len);
@@ -1008,47 +1008,38 @@ store(QueryCall *call, const char *deps, StringInfo data, char *meta,
 /* ---- the local cache (local_cache.c) ----------------------------------------- */
 
 /*
- * Before the lookup: a result held locally, as the reply a Redis hit
- * gives (LOOKUP_HIT), or the snapshot for installing the reply.  Only
- * when the call declares its tables' generations: they are what a local
- * entry depends on.
+ * Local entries hold results in the form a hit returns, so that a local
+ * hit decodes nothing: rows as minimal tuples (detoasted, each at a
+ * MAXALIGNed offset) after the column types, JSON as the jsonb datum.
+ * They are written by this server from results it decoded or computed,
+ * never from Redis bytes, so they are trusted.
  */
-static bool
-local_lookup(QueryCall *call, RedisReply **hit)
+#define RC_LOCAL_ROWS	0x52435231	/* "RCR1" */
+#define RC_LOCAL_JSONB	0x52434a31	/* "RCJ1" */
+
+typedef struct LocalRowsHeader
 {
-	char	   *value;
-	size_t		len;
-	uint32		metalen;
+	uint32		format;			/* RC_LOCAL_ROWS */
+	uint32		natts;
+	uint32		ntuples;
+	uint32		pad;
+	/* natts type oids, then MAXALIGNed minimal tuples */
+} LocalRowsHeader;
+
+/*
+ * Before the lookup: the snapshot for installing what this call returns
+ * (only when the call declares its tables' generations: they are what a
+ * local entry depends on).
+ */
+static void
+local_fill_begin(QueryCall *call)
+{
 	size_t	   *lens;
 	int			i;
 
 	call->local_fill = NULL;
 	if (call->learning || !redis_local_wants_queries())
-		return false;
-	if (redis_local_lookup(call->entry_key.data, call->entry_key.len, false,
-						   &value, &len))
-	{
-		RedisReply *reply = palloc0(sizeof(RedisReply));
-		RedisReply *parts = palloc0(sizeof(RedisReply) * 3);
-
-		/* our own bytes: uint32 meta length, meta, data */
-		memcpy(&metalen, value, sizeof(metalen));
-		reply->type = RC_REPLY_ARRAY;
-		reply->elements = 3;
-		reply->element = palloc(sizeof(RedisReply *) * 3);
-		parts[0].type = RC_REPLY_INTEGER;
-		parts[0].integer = 1;
-		parts[1].type = RC_REPLY_STRING;
-		parts[1].str = pnstrdup(value + sizeof(metalen), metalen);
-		parts[1].len = metalen;
-		parts[2].type = RC_REPLY_STRING;
-		parts[2].str = value + sizeof(metalen) + metalen;
-		parts[2].len = len - sizeof(metalen) - metalen;
-		for (i = 0; i < 3; i++)
-			reply->element[i] = &parts[i];
-		*hit = reply;
-		return true;
-	}
+		return;
 	lens = palloc(sizeof(size_t) * Max(call->nitems, 1));
 	for (i = 0; i < call->nitems; i++)
 		lens[i] = strlen(call->gen_keys[i]);
@@ -1058,19 +1049,139 @@ local_lookup(QueryCall *call, RedisReply **hit)
 											  lens, call->nitems);
 	call->local_nitems = call->nitems;
 	call->local_gen_keys = call->gen_keys;
-	return false;
 }
 
 /*
- * Install meta and data locally, valid for ttl_ms (-1: no TTL), if the
- * call still depends on the generations its snapshot read.
+ * A result held locally, into store_rows (rows) or *result (JSON, in the
+ * current memory context).  False on a miss, or an entry of another shape.
+ */
+static bool
+local_hit(QueryCall *call, Tuplestorestate *store_rows, Datum *result)
+{
+	char	   *value;
+	size_t		len;
+	uint32		format;
+
+	if (call->learning || !redis_local_wants_queries() ||
+		!redis_local_lookup(call->entry_key.data, call->entry_key.len, false,
+							&value, &len) ||
+		len < sizeof(uint32))
+		return false;
+	memcpy(&format, value, sizeof(format));
+	if (call->kind == RCQ_KIND_JSON)
+	{
+		if (format != RC_LOCAL_JSONB || len < MAXALIGN(sizeof(uint32)) + VARHDRSZ)
+			return false;
+		/* palloc'd: the varlena is MAXALIGNed after the format word */
+		*result = PointerGetDatum(value + MAXALIGN(sizeof(uint32)));
+		return true;
+	}
+	else
+	{
+		LocalRowsHeader *h = (LocalRowsHeader *) value;
+		TupleDesc	desc = call->expected;
+		size_t		off;
+		TupleTableSlot *slot;
+		uint32		i;
+
+		if (format != RC_LOCAL_ROWS || len < sizeof(LocalRowsHeader) ||
+			h->natts != (uint32) desc->natts)
+			return false;
+		off = sizeof(LocalRowsHeader);
+		for (i = 0; i < h->natts; i++)
+		{
+			Oid			type;
+
+			memcpy(&type, value + off + i * sizeof(Oid), sizeof(Oid));
+			if (type != TupleDescAttr(desc, i)->atttypid)
+				return false;
+		}
+		off = MAXALIGN(off + h->natts * sizeof(Oid));
+		slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+		for (i = 0; i < h->ntuples && off + sizeof(uint32) <= len; i++)
+		{
+			MinimalTuple tuple = (MinimalTuple) (value + off);
+
+			if (off + tuple->t_len > len)
+				break;
+			ExecStoreMinimalTuple(tuple, slot, false);
+			tuplestore_puttupleslot(store_rows, slot);
+			off += MAXALIGN(tuple->t_len);
+		}
+		ExecDropSingleTupleTableSlot(slot);
+		return true;
+	}
+}
+
+/* Append padding up to the next MAXALIGN boundary. */
+static void
+pad_to_maxalign(StringInfo buf)
+{
+	static const char zeros[MAXIMUM_ALIGNOF] = {0};
+
+	if (buf->len != MAXALIGN(buf->len))
+		appendBinaryStringInfo(buf, zeros, MAXALIGN(buf->len) - buf->len);
+}
+
+/*
+ * The rows of store_rows (read back, then rewound for the caller) in the
+ * local form; false when they exceed limit bytes.
+ */
+static bool
+encode_local_rows(TupleDesc desc, Tuplestorestate *store, StringInfo out,
+				  size_t limit)
+{
+	LocalRowsHeader h;
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	Datum	   *values = palloc(sizeof(Datum) * Max(desc->natts, 1));
+	bool		ok = true;
+	int			i;
+
+	memset(&h, 0, sizeof(h));
+	h.format = RC_LOCAL_ROWS;
+	h.natts = desc->natts;
+	appendBinaryStringInfo(out, (const char *) &h, sizeof(h));
+	for (i = 0; i < desc->natts; i++)
+		appendBinaryStringInfo(out, (const char *) &TupleDescAttr(desc, i)->atttypid,
+							   sizeof(Oid));
+	pad_to_maxalign(out);
+	tuplestore_rescan(store);
+	while (ok && tuplestore_gettupleslot(store, true, false, slot))
+	{
+		MinimalTuple tuple;
+
+		slot_getallattrs(slot);
+		for (i = 0; i < desc->natts; i++)
+		{
+			values[i] = slot->tts_values[i];
+			/* a TOAST pointer would name rows of the table: detoast */
+			if (!slot->tts_isnull[i] && TupleDescAttr(desc, i)->attlen == -1 &&
+				VARATT_IS_EXTERNAL(DatumGetPointer(values[i])))
+				values[i] = PointerGetDatum(detoast_external_attr((struct varlena *) DatumGetPointer(values[i])));
+		}
+		tuple = heap_form_minimal_tuple(desc, values, slot->tts_isnull);
+		appendBinaryStringInfo(out, (const char *) tuple, tuple->t_len);
+		pad_to_maxalign(out);
+		heap_free_minimal_tuple(tuple);
+		h.ntuples++;
+		ok = (size_t) out->len <= limit;
+	}
+	tuplestore_rescan(store);
+	ExecDropSingleTupleTableSlot(slot);
+	memcpy(out->data, &h, sizeof(h));
+	return ok;
+}
+
+/*
+ * Install what the call returns (store_rows or result) locally, valid for
+ * ttl_ms (-1: no TTL), if it still depends on the generations its
+ * snapshot read.
  */
 static void
-local_install(QueryCall *call, const char *meta, size_t metalen,
-			  const char *data, size_t datalen, int64 ttl_ms)
+local_install(QueryCall *call, Tuplestorestate *store_rows, Datum result,
+			  int64 ttl_ms)
 {
 	StringInfoData value;
-	uint32		len32 = (uint32) metalen;
 	int			i;
 
 	if (call->local_fill == NULL)
@@ -1081,9 +1192,18 @@ local_install(QueryCall *call, const char *meta, size_t metalen,
 		if (strcmp(call->local_gen_keys[i], call->gen_keys[i]) != 0)
 			return;
 	initStringInfo(&value);
-	appendBinaryStringInfo(&value, (const char *) &len32, sizeof(len32));
-	appendBinaryStringInfo(&value, meta, metalen);
-	appendBinaryStringInfo(&value, data, datalen);
+	if (call->kind == RCQ_KIND_JSON)
+	{
+		uint32		format = RC_LOCAL_JSONB;
+		struct varlena *jb = PG_DETOAST_DATUM(result);
+
+		appendBinaryStringInfo(&value, (const char *) &format, sizeof(format));
+		pad_to_maxalign(&value);
+		appendBinaryStringInfo(&value, (const char *) jb, VARSIZE(jb));
+	}
+	else if (!encode_local_rows(call->expected, store_rows, &value,
+								(size_t) redis_cache_max_value_bytes))
+		return;
 	redis_local_fill_end(call->local_fill, value.data, value.len, ttl_ms);
 	call->local_fill = NULL;
 }
@@ -1109,7 +1229,7 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 	LookupOutcome outcome = LOOKUP_FAULT;
 	Datum		result = (Datum) 0;
 	volatile bool connected = false;
-	bool		local_hit = false;
+	bool		served_locally = false;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1148,13 +1268,17 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 				make_lock_token(call);
 				mode = "take";
 			}
-			if (local_lookup(call, &hit))
 			{
-				local_hit = true;
-				outcome = LOOKUP_HIT;
+				MemoryContext old = MemoryContextSwitchTo(caller_context);
+
+				served_locally = local_hit(call, store_rows, &result);
+				MemoryContextSwitchTo(old);
 			}
+			if (served_locally)
+				outcome = LOOKUP_HIT;
 			else
 			{
+				local_fill_begin(call);
 				outcome = lookup(call, mode, &hit, NULL);
 				if (outcome == LOOKUP_LOCKED_ELSEWHERE)
 					outcome = wait_for_result(call, &hit);
@@ -1162,13 +1286,12 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 			if (outcome == LOOKUP_HIT)
 			{
 				MemoryContext old = MemoryContextSwitchTo(caller_context);
-				bool		decoded = use_hit(call, hit, store_rows, &result);
+				bool		decoded = served_locally ||
+					use_hit(call, hit, store_rows, &result);
 
+				if (decoded && !served_locally)
+					local_install(call, store_rows, result, call->entry_pttl);
 				MemoryContextSwitchTo(old);
-				if (decoded && !local_hit)
-					local_install(call, hit->element[1]->str, hit->element[1]->len,
-								  hit->element[2]->str, hit->element[2]->len,
-								  call->entry_pttl);
 				if (decoded)
 				{
 					count_lookup(true);
@@ -1246,12 +1369,14 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 
 			if (generations != NULL && payload_fits)
 			{
-				char		meta[RCQ_META_MAX + 1];
-				size_t		metalen;
+				if (store(call, generations, &payload))
+				{
+					MemoryContext old = MemoryContextSwitchTo(caller_context);
 
-				if (store(call, generations, &payload, meta, &metalen))
-					local_install(call, meta, metalen, payload.data, payload.len,
+					local_install(call, store_rows, result,
 								  call->ttl > 0 ? (int64) call->ttl * 1000 : -1);
+					MemoryContextSwitchTo(old);
+				}
 			}
 			else
 			{
