@@ -25,12 +25,11 @@
  *   prefixes are local_cache.c's (redis_local_tracking_prefixes()), read
  *   at each subscription, after each SIGHUP and at each topology check
  *   (they name the query namespace, whose timeline a promotion changes);
- *   none, nothing is tracked.  The worker subscribes once the timeline
- *   is known (a standby's, once replay has begun).
- *   Tracking is confirmed only once the +OK and the subscribe reply of
- *   every master have come: then redis_local_tracking_confirmed() empties
- *   the local cache, so nothing read before the subscriptions existed
- *   survives them.
+ *   none, nothing is tracked.  The worker subscribes once the timeline is
+ *   known (a standby's, once replay has begun).  Tracking is confirmed
+ *   only once the +OK and the subscribe reply of every master have come:
+ *   then redis_local_tracking_confirmed() empties the local cache, so
+ *   nothing read before the subscriptions existed survives them.
  *
  * - Which masters: this process's own connection (connection.c) finds
  *   them, as for any other caller: the server it reached (Sentinel
@@ -39,12 +38,16 @@
  *   read anew).  The topology is checked every RC_TRACKING_TOPOLOGY_MS: a
  *   renewed connection (its serial), another run_id or cluster identity,
  *   other masters or another address is a loss, and everything is renewed.
+ *   Limit: CLUSTER SLOTS names the masters that own slots; while a slot
+ *   migrates to a master that owns none yet, a read redirected there by
+ *   ASK is on a master not tracked until the migration ends (then the map
+ *   changes and the renewal empties the local cache).
  *
  * - Any doubt is a loss, reported by redis_local_tracking_lost() (once
- *   per confirmation) before the subscriptions are closed: a socket
- *   error or end of file, a reply
- *   or message that is not what Redis sends (Redis is untrusted; a
- *   PUBLISH to the channel by any client is one too), a PING unanswered
+ *   per confirmation) before the subscriptions are closed: a socket error
+ *   or end of file, a reply or message that is not what Redis sends
+ *   (Redis is untrusted; a PUBLISH to the channel by any client is one
+ *   too, as is a message over transport.c's bounds), a PING unanswered
  *   after max(command_timeout_ms, RC_LOCAL_HEARTBEAT_MS) (a stopped
  *   Redis keeps its sockets open), a subscription not confirmed within
  *   that time, a topology change, a change of prefixes.  The connection
