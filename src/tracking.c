@@ -96,7 +96,10 @@
 /* The topology is checked this often while tracking. */
 #define RC_TRACKING_TOPOLOGY_MS	1000
 /* What an ACL denial lacks, for the hint. */
-#define RC_TRACKING_ACL_HINT	"The local cache needs, for the user of redis_cache.user: ACL SETUSER <user> +ping +cluster|slots +client|id +client|tracking +subscribe &__redis__:invalidate"
+#define RC_TRACKING_ACL_HINT	"The local cache needs, for the user of redis_cache.user: ACL SETUSER <user> +ping +cluster|slots +cluster|nodes +client|id +client|tracking +subscribe &__redis__:invalidate"
+
+/* More masters than this is not what Redis sends (cluster.c's bound). */
+#define RC_TRACKING_MAX_MASTERS	1000
 
 /* Replies read from one socket at a time, and batches per iteration. */
 #define RC_TRACKING_BATCH		64
@@ -266,6 +269,166 @@ parse_cluster_masters(const RedisReply *reply, const char *asked_host,
 }
 
 /*
+ * The i-th space-separated field of the line [line, end) into out
+ * (outlen bytes); false when there is none or it does not fit.
+ */
+static bool
+line_field(const char *line, const char *end, int i, char *out, size_t outlen)
+{
+	const char *p = line;
+
+	for (;;)
+	{
+		const char *f;
+
+		while (p < end && *p == ' ')
+			p++;
+		if (p == end)
+			return false;
+		f = p;
+		while (p < end && *p != ' ')
+			p++;
+		if (i-- == 0)
+		{
+			if ((size_t) (p - f) >= outlen)
+				return false;
+			memcpy(out, f, p - f);
+			out[p - f] = '\0';
+			return true;
+		}
+	}
+}
+
+/* Whether the comma-separated flags include flag. */
+static bool
+has_flag(const char *flags, const char *flag)
+{
+	size_t		len = strlen(flag);
+	const char *p = flags;
+
+	while (*p != '\0')
+	{
+		size_t		n = strcspn(p, ",");
+
+		if (n == len && strncmp(p, flag, len) == 0)
+			return true;
+		p += n;
+		if (*p == ',')
+			p++;
+	}
+	return false;
+}
+
+/*
+ * Add to *masters (*nmasters of them, room for max) the masters a CLUSTER
+ * NODES reply names that own no slot: a master being added gets keys by
+ * migration (ASK redirects reads there) before CLUSTER SLOTS names it.
+ * Nodes failing, without address or in handshake are left out.  Their
+ * address is the one CLUSTER SLOTS uses for the others: the IP, or the
+ * announced hostname when the slot owners are named by theirs.  NULL, or
+ * why the reply is not understood.
+ */
+static const char *
+add_slotless_masters(const RedisReply *reply, const char *asked_host,
+					 Master *masters, int *nmasters, int max)
+{
+	const char *p;
+	const char *text_end;
+	bool		by_ip = false;
+	int			pass;
+
+	if (reply->type != RC_REPLY_STRING)
+		return "CLUSTER NODES did not return text";
+	text_end = reply->str + reply->len;
+
+	/* pass 0: how the slot owners are named; pass 1: the others */
+	for (pass = 0; pass < 2; pass++)
+	{
+		for (p = reply->str; p < text_end;)
+		{
+			const char *end = memchr(p, '\n', text_end - p);
+			char		address[600];
+			char		flags[200];
+			char		slot[64];
+			char		host[256];
+			const char *at;
+			const char *colon;
+			const char *comma;
+			bool		owns_slots = false;
+			int			port;
+			int			f;
+
+			if (end == NULL)
+				end = text_end;
+			if (!line_field(p, end, 1, address, sizeof(address)) ||
+				!line_field(p, end, 2, flags, sizeof(flags)) ||
+				!line_field(p, end, 7, slot, sizeof(slot)))
+			{
+				if (end > p && !(end - p == 1 && *p == '\r'))
+					return "CLUSTER NODES returned a line that is not understood";
+				p = end + 1;
+				continue;
+			}
+			/* slots, or "[slot->-id]" (migrations, on the node asked only) */
+			for (f = 8; line_field(p, end, f, slot, sizeof(slot)); f++)
+				if (slot[0] != '[')
+					owns_slots = true;
+			p = end + 1;
+
+			if (!has_flag(flags, "master") || has_flag(flags, "fail") ||
+				has_flag(flags, "fail?") || has_flag(flags, "noaddr") ||
+				has_flag(flags, "handshake"))
+				continue;
+			/* ip:port@cport[,hostname] */
+			at = strchr(address, '@');
+			if (at == NULL)
+				return "CLUSTER NODES returned an address that is not understood";
+			comma = strchr(at, ',');
+			colon = at;
+			while (colon > address && *colon != ':')
+				colon--;
+			port = atoi(colon + 1);
+			if (*colon != ':' || port <= 0 || port > 65535 ||
+				(size_t) (colon - address) >= sizeof(host))
+				return "CLUSTER NODES returned an address that is not understood";
+			memcpy(host, address, colon - address);
+			host[colon - address] = '\0';
+			if (host[0] == '\0')
+				strlcpy(host, asked_host, sizeof(host));
+
+			if (pass == 0)
+			{
+				if (owns_slots && find_master(masters, *nmasters, host, port) >= 0)
+					by_ip = true;
+				continue;
+			}
+			if (owns_slots)
+				continue;
+			/* ",hostname", then (Redis 7.2) ",name=value" fields */
+			if (!by_ip && comma != NULL)
+			{
+				size_t		n = strcspn(comma + 1, ",");
+
+				if (n > 0 && n < sizeof(host) &&
+					memchr(comma + 1, '=', n) == NULL)
+				{
+					memcpy(host, comma + 1, n);
+					host[n] = '\0';
+				}
+			}
+			if (find_master(masters, *nmasters, host, port) >= 0)
+				continue;
+			if (*nmasters == max)
+				return "CLUSTER NODES named too many masters";
+			strlcpy(masters[*nmasters].host, host, sizeof(masters[0].host));
+			masters[*nmasters].port = port;
+			(*nmasters)++;
+		}
+	}
+	return NULL;
+}
+
+/*
  * Find the masters through this process's connection, into *masters
  * (palloc'd), with the connection's serial and the identity (run_id, or a
  * cluster's identity) they were found under.  Returns NULL, or why not;
@@ -277,12 +440,16 @@ discover(Master **masters, int *nmasters, bool *is_cluster, uint64 *serial,
 		 char *identity, size_t identity_len, bool *fault)
 {
 	RedisCommand cmd;
+	RedisCommand cmds[2];
 	RedisReply *reply;
+	RedisReply *replies[2];
 	RedisCluster *cluster;
 	char	  **addresses;
 	int		   *slots;
 	int			naddresses;
 	Master	   *mapped;
+	Master	   *owners;
+	int			nowners;
 	const char *why;
 	int			i;
 
@@ -320,19 +487,26 @@ discover(Master **masters, int *nmasters, bool *is_cluster, uint64 *serial,
 		if (!split_address(addresses[i], &mapped[i]))
 			return psprintf("the Redis Cluster client names a master \"%s\" that is not understood",
 							addresses[i]);
-	redis_cmd_init(&cmd, "CLUSTER", 1);
-	redis_cmd_str(&cmd, "SLOTS");
-	redis_cmd_on_node(&cmd, 0);
-	if (!run_internal(&cmd, &reply))
+	redis_cmd_init(&cmds[0], "CLUSTER", 1);
+	redis_cmd_str(&cmds[0], "SLOTS");
+	redis_cmd_on_node(&cmds[0], 0);
+	redis_cmd_init(&cmds[1], "CLUSTER", 1);
+	redis_cmd_str(&cmds[1], "NODES");
+	redis_cmd_on_node(&cmds[1], 0);
+	if (!redis_execute(cmds, 2, replies,
+					   RC_EXEC_INTERNAL | RC_EXEC_NO_ERROR |
+					   RC_EXEC_SKIP_BREAKER | RC_EXEC_IGNORE_ENABLED))
 		return psprintf("Redis could not be reached: %s", redis_fault_message());
-	if (reply->type == RC_REPLY_ERROR)
-	{
-		if (redis_reply_error_kind(reply) == RC_ERR_NOPERM)
-			trk.loss_hint = RC_TRACKING_ACL_HINT;
-		return psprintf("Redis refused CLUSTER SLOTS: %s",
-						redis_printable(reply->str, reply->len));
-	}
-	why = parse_cluster_masters(reply, mapped[0].host, masters, nmasters);
+	for (i = 0; i < 2; i++)
+		if (replies[i]->type == RC_REPLY_ERROR)
+		{
+			if (redis_reply_error_kind(replies[i]) == RC_ERR_NOPERM)
+				trk.loss_hint = RC_TRACKING_ACL_HINT;
+			return psprintf("Redis refused CLUSTER %s: %s",
+							i == 0 ? "SLOTS" : "NODES",
+							redis_printable(replies[i]->str, replies[i]->len));
+		}
+	why = parse_cluster_masters(replies[0], mapped[0].host, &owners, &nowners);
 	if (why != NULL)
 	{
 		redis_stats_add(RC_STAT_ERRORS_PROTOCOL, 1);
@@ -341,14 +515,26 @@ discover(Master **masters, int *nmasters, bool *is_cluster, uint64 *serial,
 	*fault = false;				/* Redis answered: the topology changed */
 	if (redis_connection_serial() != *serial)
 		return "the connection to Redis was renewed during discovery";
-	for (i = 0; i < *nmasters; i++)
-		if (find_master(mapped, naddresses, (*masters)[i].host,
-						(*masters)[i].port) < 0)
+	for (i = 0; i < nowners; i++)
+		if (find_master(mapped, naddresses, owners[i].host, owners[i].port) < 0)
 			break;
-	if (i < *nmasters || *nmasters != naddresses)
+	if (i < nowners || nowners != naddresses)
 	{
 		redis_disconnect();
 		return "the masters of the Redis Cluster changed";
+	}
+
+	/* the slot owners first, then the masters that own none yet */
+	*masters = palloc0(sizeof(Master) * RC_TRACKING_MAX_MASTERS);
+	*nmasters = Min(nowners, RC_TRACKING_MAX_MASTERS);
+	memcpy(*masters, owners, sizeof(Master) * *nmasters);
+	why = add_slotless_masters(replies[1], mapped[0].host, *masters, nmasters,
+							   RC_TRACKING_MAX_MASTERS);
+	if (why != NULL)
+	{
+		*fault = true;
+		redis_stats_add(RC_STAT_ERRORS_PROTOCOL, 1);
+		return why;
 	}
 	return NULL;
 }
