@@ -34,14 +34,14 @@
  * - Which masters: this process's own connection (connection.c) finds
  *   them, as for any other caller: the server it reached (Sentinel
  *   included: the sentinels are polled as in worker.c), or a Redis
- *   Cluster's masters (cluster.c's map, checked against CLUSTER SLOTS
- *   read anew).  The topology is checked every RC_TRACKING_TOPOLOGY_MS: a
- *   renewed connection (its serial), another run_id or cluster identity,
- *   other masters or another address is a loss, and everything is renewed.
- *   Limit: CLUSTER SLOTS names the masters that own slots; while a slot
- *   migrates to a master that owns none yet, a read redirected there by
- *   ASK is on a master not tracked until the migration ends (then the map
- *   changes and the renewal empties the local cache).
+ *   Cluster's masters: those of cluster.c's map, checked against CLUSTER
+ *   SLOTS read anew, and those CLUSTER NODES names that own no slot yet (a
+ *   master being added receives keys by migration, and reads by ASK,
+ *   before CLUSTER SLOTS names it).  The topology is checked every
+ *   RC_TRACKING_TOPOLOGY_MS: a renewed connection (its serial), another
+ *   run_id or cluster identity, other masters or another address is a
+ *   loss, and everything is renewed (so is a slot moving to a master that
+ *   owned none: conservative, it costs one emptying of the local cache).
  *
  * - Any doubt is a loss, reported by redis_local_tracking_lost() (once
  *   per confirmation) before the subscriptions are closed: a socket error
