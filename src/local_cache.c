@@ -208,13 +208,15 @@ check_local_cache_keys(char **newval, void **extra, GucSource source)
 void
 redis_local_define_gucs(void)
 {
-	DefineCustomIntVariable("redis_cache.local_cache_size",
-							gettext_noop("Sets the shared memory of the local cache, which serves hot keys and query results without a round trip to Redis (0 disables it)."),
-							gettext_noop("Requires shared_preload_libraries. The index and invalidation counters are carved from the same memory."),
-							&local_cache_size_kb,
-							0, 0, 16 * 1024 * 1024,
-							PGC_POSTMASTER, GUC_UNIT_KB,
-							NULL, NULL, NULL);
+	/* a PGC_POSTMASTER setting can only be defined at server start */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("redis_cache.local_cache_size",
+								gettext_noop("Sets the shared memory of the local cache, which serves hot keys and query results without a round trip to Redis (0 disables it)."),
+								gettext_noop("Requires shared_preload_libraries. The index and invalidation counters are carved from the same memory."),
+								&local_cache_size_kb,
+								0, 0, 16 * 1024 * 1024,
+								PGC_POSTMASTER, GUC_UNIT_KB,
+								NULL, NULL, NULL);
 	DefineCustomStringVariable("redis_cache.local_cache_keys",
 							   gettext_noop("Lists the key globs (before key_prefix) whose cache_get values are held in the local cache."),
 							   gettext_noop("For example 'tenant:*, settings:*'. Empty: no key-value keys are held locally."),
