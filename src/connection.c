@@ -62,6 +62,11 @@
  *   connection; it gets a round-trip function, so it never calls back into
  *   redis_execute() for its own commands.
  *
+ * - The tracking worker's subscriptions (tracking.c) are sockets of their
+ *   own, opened by redis_open_subscriber() with the same TLS, AUTH and
+ *   handshake to a master the connection found; the caller owns them, and
+ *   the breaker, retries and reporting of this file do not apply to them.
+ *
  * - Faults never reach the caller as an ERROR unless on_error = 'error'; by
  *   default they become one WARNING per backend per 10 s and the function
  *   returns its miss value.  Faults are classified by RedisFaultKind for
@@ -535,15 +540,21 @@ parse_seeds(const char *list, int default_port, ServerSeed *seeds)
 	return n;
 }
 
-/* For cluster.c: connect to one master and run its handshake. */
+/*
+ * Connect to host:port and run the handshake of a cluster node
+ * (cluster_node) or of the configured server (SELECT, and ROLE under
+ * Sentinel).  A server that turns out to be a cluster node when a single
+ * server was expected is a fault (the topology changed).  Returns NULL
+ * with the fault set.
+ */
 static RedisSocket *
-open_cluster_node(const char *host, int port, char *run_id, size_t run_id_len,
-				  TimestampTz deadline, int timeout_ms)
+open_node(const char *host, int port, bool cluster_node, char *run_id,
+		  size_t run_id_len, TimestampTz deadline, int timeout_ms)
 {
 	ServerTarget target;
 	char	   *password;
 	RedisSocket *sock;
-	bool		is_cluster;
+	bool		is_cluster = false;
 	bool		ok;
 
 	current_target(&target);
@@ -552,10 +563,16 @@ open_cluster_node(const char *host, int port, char *run_id, size_t run_id_len,
 		return NULL;
 	sock = redis_socket_open(host, port, target.tls_mode, timeout_ms, deadline);
 	ok = sock != NULL &&
-		handshake(sock, host, port, &target, password, true, deadline,
+		handshake(sock, host, port, &target, password, cluster_node, deadline,
 				  timeout_ms, run_id, run_id_len, &is_cluster);
 	explicit_bzero(password, strlen(password));
 	pfree(password);
+	if (ok && is_cluster && !cluster_node)
+	{
+		redis_fault_set(RC_FAULT_CONNECT, "Redis at %s:%d has become a Redis Cluster node",
+						host, port);
+		ok = false;
+	}
 	if (!ok)
 	{
 		if (redis_fault_kind() == RC_FAULT_IO)
@@ -564,6 +581,45 @@ open_cluster_node(const char *host, int port, char *run_id, size_t run_id_len,
 		return NULL;
 	}
 	return sock;
+}
+
+/* For cluster.c: connect to one master and run its handshake. */
+static RedisSocket *
+open_cluster_node(const char *host, int port, char *run_id, size_t run_id_len,
+				  TimestampTz deadline, int timeout_ms)
+{
+	return open_node(host, port, true, run_id, run_id_len, deadline,
+					 timeout_ms);
+}
+
+/*
+ * For the tracking worker: a connection of its own to the master at
+ * host:port (one this process's connection found: redis_server_host(), or
+ * a master of its cluster map), with the same TLS, AUTH and handshake as
+ * the connection's, within redis_cache.connect_timeout_ms; a cluster node
+ * (cluster_node) has database 0 only, else redis_cache.database is
+ * selected and, under Sentinel, ROLE must say master.  Its run_id goes
+ * into run_id ("" if unknown).  Returns NULL with the fault set.  The
+ * caller owns the socket (redis_socket_close()); it is never this file's
+ * connection, so no breaker, session check or reporting applies.  May
+ * throw only on interrupts, having closed what it opened.
+ */
+RedisSocket *
+redis_open_subscriber(const char *host, int port, bool cluster_node,
+					  char *run_id, size_t run_id_len)
+{
+	run_id[0] = '\0';
+	if (redis_settings_untrusted() != NULL)
+	{
+		redis_fault_set(RC_FAULT_CONNECT,
+						"the configured value of \"%s\" is not in force in this process, which therefore does not use Redis",
+						redis_settings_untrusted());
+		return NULL;
+	}
+	return open_node(host, port, cluster_node, run_id, run_id_len,
+					 TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												 connect_timeout_ms),
+					 connect_timeout_ms);
 }
 
 /*

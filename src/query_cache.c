@@ -1230,6 +1230,22 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 	Datum		result = (Datum) 0;
 	volatile bool connected = false;
 	bool		served_locally = false;
+	bool		local_tried = false;
+
+	/* a local hit needs neither SPI nor Redis */
+	if (use_cache && redis_local_wants_queries() && !redis_query_xact_has_writes())
+	{
+		make_keys(call);
+		if (set_known_items(call))
+		{
+			local_tried = true;
+			if (local_hit(call, store_rows, &result))
+			{
+				count_lookup(true);
+				return result;
+			}
+		}
+	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1254,7 +1270,8 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 		{
 			const char *mode = "none";
 
-			make_keys(call);
+			if (call->entry_key.data == NULL)
+				make_keys(call);
 			/* the lookup declares the generation keys of the tables */
 			if (pq != NULL)
 				set_items_from_deps(call, &pq->deps);
@@ -1271,7 +1288,8 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 			{
 				MemoryContext old = MemoryContextSwitchTo(caller_context);
 
-				served_locally = local_hit(call, store_rows, &result);
+				served_locally = !local_tried &&
+					local_hit(call, store_rows, &result);
 				MemoryContextSwitchTo(old);
 			}
 			if (served_locally)

@@ -353,6 +353,14 @@ extern bool redis_socket_round_trip(RedisSocket *s,
 									TimestampTz deadline, int timeout_ms,
 									bool *nothing_received);
 extern void redis_socket_close(RedisSocket *s);
+/* streams (the tracking worker's subscribers) */
+extern int	redis_socket_fd(RedisSocket *s);
+extern bool redis_socket_send_async(RedisSocket *s,
+									const RedisCommand *commands,
+									int ncommands);
+extern uint32 redis_socket_wait_events(RedisSocket *s);
+extern int	redis_socket_read_async(RedisSocket *s, RedisReply **replies,
+									int max, bool *more);
 
 /* One socket's share of redis_sockets_round_trip(). */
 typedef struct RedisSocketPart
@@ -476,6 +484,9 @@ typedef enum RedisErrorKind
 extern RedisErrorKind redis_reply_error_kind(const RedisReply *reply);
 extern void redis_report_reply_error(const RedisReply *reply,
 									 const char *what, int flags);
+extern RedisSocket *redis_open_subscriber(const char *host, int port,
+										  bool cluster_node, char *run_id,
+										  size_t run_id_len);
 extern uint64 redis_connection_serial(void);
 extern const char *redis_connection_run_id(void);
 extern void redis_disconnect(void);

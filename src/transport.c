@@ -45,6 +45,16 @@
  *   reader error is final: the caller closes the socket.  Interrupts and
  *   the deadline are checked between chunks, also while bytes keep coming.
  *
+ * - A socket may instead carry a stream (the tracking worker's subscriber,
+ *   tracking.c): commands are queued and sent without waiting
+ *   (redis_socket_send_async()), and whatever complete replies have come
+ *   are read without waiting (redis_socket_read_async()); the caller waits
+ *   on redis_socket_fd() for redis_socket_wait_events() in its own
+ *   WaitEventSet.  The pre-scanner bounds each message of the stream
+ *   instead of a round trip's replies; a message over its bounds is a
+ *   protocol fault like any other.  Once streaming, a socket is never used
+ *   for a round trip again (the reader may hold part of a message).
+ *
  * - Faults are described once, here or by the client above, as a
  *   RedisFaultKind and a message (fault.c).  This file knows nothing of breakers,
  *   retries or which server to choose: that is connection.c.
@@ -107,6 +117,10 @@ struct RedisSocket
 	int			timeout_ms;		/* bound of the wait in progress, for messages */
 	char		label[300];		/* "host:port", for messages */
 	StringInfoData send_buffer; /* formatted commands, in TopMemoryContext */
+	/* streaming (redis_socket_send_async/read_async): */
+	struct ReplyScanner *stream;	/* per-message bounds; NULL until used */
+	size_t		stream_sent;	/* bytes of send_buffer already sent */
+	uint32		stream_read_wait;	/* what the last read's EAGAIN waits for */
 };
 
 
@@ -295,6 +309,8 @@ redis_socket_close(RedisSocket *s)
 		redisReaderFree(s->reader);
 	if (s->send_buffer.data)
 		pfree(s->send_buffer.data);
+	if (s->stream)
+		pfree(s->stream);
 	s->ops->close(s);
 	if (s->external_fd_acquired)
 		ReleaseExternalFD();
@@ -721,6 +737,8 @@ typedef struct ReplyScanner
 	size_t		elements_left;	/* of the round trip's element budget */
 	size_t		bulk_max;		/* largest bulk string */
 	const char *label;			/* "host:port", for messages */
+	bool		stream;			/* bounds per message, no count of them */
+	size_t		elements_budget;	/* of each message, when streaming */
 } ReplyScanner;
 
 /* Bounds for the replies to commands (see above). */
@@ -824,8 +842,10 @@ scanner_line_done(ReplyScanner *sc, size_t remaining)
 	{
 		if ((uint64) n > sc->bulk_max || (uint64) n + 2 > remaining)
 		{
-			redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s announces a string of " INT64_FORMAT " bytes, which exceeds the %zu allowed (redis_cache.max_value_bytes)",
-							sc->label, n, Min(sc->bulk_max, remaining));
+			redis_fault_set(RC_FAULT_PROTOCOL, "%s from Redis at %s announces a string of " INT64_FORMAT " bytes, which exceeds the %zu allowed%s",
+							sc->stream ? "a message" : "reply", sc->label, n,
+							Min(sc->bulk_max, remaining),
+							sc->stream ? "" : " (redis_cache.max_value_bytes)");
 			return false;
 		}
 		sc->bulk_left = (size_t) n;
@@ -865,19 +885,39 @@ scanner_check(ReplyScanner *sc, const char *buf, size_t len)
 	const char *p = buf;
 	const char *end = buf + len;
 
-	if (len > sc->bytes_left)
+	/*
+	 * Between two messages of a stream there is nothing to count yet: the
+	 * next message's budget starts at its first byte (below).
+	 */
+	if (sc->stream && sc->state == SCAN_TYPE && sc->depth == 0)
+		;
+	else if (len > sc->bytes_left)
 	{
-		redis_fault_set(RC_FAULT_PROTOCOL, "reply from Redis at %s exceeds %zu bytes (redis_cache.max_value_bytes)",
-						sc->label, sc->bytes_budget);
+		redis_fault_set(RC_FAULT_PROTOCOL, "%s from Redis at %s exceeds %zu bytes%s",
+						sc->stream ? "a message" : "reply", sc->label,
+						sc->bytes_budget,
+						sc->stream ? "" : " (redis_cache.max_value_bytes)");
 		return false;
 	}
-	sc->bytes_left -= len;
+	else
+		sc->bytes_left -= len;
 
 	while (p < end)
 	{
 		switch (sc->state)
 		{
 			case SCAN_TYPE:
+				if (sc->depth == 0 && sc->stream)
+				{
+					/*
+					 * A new message: a fresh budget, charged with the rest
+					 * of this chunk as a round trip's is with the whole
+					 * chunk (the budget is larger than a chunk).
+					 */
+					sc->replies_left = 1;
+					sc->bytes_left = sc->bytes_budget - (size_t) (end - p);
+					sc->elements_left = sc->elements_budget;
+				}
 				if (sc->depth == 0)
 				{
 					if (sc->replies_left == 0)
@@ -1050,13 +1090,12 @@ take_reply(void *raw)
 	return copy;
 }
 
-/* Format every command into the socket's send buffer. */
+/* Append every command, formatted, to out. */
 static void
-format_commands(StringInfo out, const RedisCommand *commands, int ncommands)
+append_commands(StringInfo out, const RedisCommand *commands, int ncommands)
 {
 	int			i;
 
-	resetStringInfo(out);
 	for (i = 0; i < ncommands; i++)
 	{
 		char	   *formatted = NULL;
@@ -1071,6 +1110,14 @@ format_commands(StringInfo out, const RedisCommand *commands, int ncommands)
 		appendBinaryStringInfo(out, formatted, len);
 		redisFreeCommand(formatted);
 	}
+}
+
+/* Format every command into the socket's send buffer. */
+static void
+format_commands(StringInfo out, const RedisCommand *commands, int ncommands)
+{
+	resetStringInfo(out);
+	append_commands(out, commands, ncommands);
 }
 
 /*
@@ -1107,6 +1154,8 @@ static void
 round_trip_begin(RoundTrip *rt, RedisSocket *s, const RedisCommand *commands,
 				 int ncommands, RedisReply **replies)
 {
+	/* a streaming socket's reader may hold part of a message */
+	Assert(s->stream == NULL);
 	memset(rt, 0, sizeof(RoundTrip));
 	rt->s = s;
 	rt->ncommands = ncommands;
@@ -1498,4 +1547,181 @@ redis_sockets_round_trip(RedisSocketPart *parts, int nparts,
 	pfree(rts);
 	pfree(set);
 	return ok;
+}
+
+/* ---- streams -------------------------------------------------------------- */
+
+/*
+ * Bounds of one message of a stream (see "the reply pre-scanner"): an
+ * invalidation message names every key of a prefix written during one
+ * event loop iteration of Redis, so it may be much larger than a reply,
+ * but hiredis and our copy hold it whole (about 150 bytes per element):
+ * a message over these bounds is a protocol fault, which the tracking
+ * worker handles like a lost subscription (the local cache is emptied).
+ */
+#define RC_STREAM_MAX_BYTES		(16 * 1024 * 1024)
+#define RC_STREAM_MAX_ELEMENTS	(256 * 1024)
+
+StaticAssertDecl(RC_STREAM_MAX_BYTES > RC_RECV_CHUNK,
+				 "a stream message's budget must exceed a chunk");
+
+/* The socket's descriptor, for a caller's WaitEventSet. */
+int
+redis_socket_fd(RedisSocket *s)
+{
+	return s->sock;
+}
+
+/* Make s a streaming socket (see the header comment). */
+static void
+stream_begin(RedisSocket *s)
+{
+	ReplyScanner *sc;
+
+	if (s->stream != NULL)
+		return;
+	sc = MemoryContextAllocZero(TopMemoryContext, sizeof(ReplyScanner));
+	sc->state = SCAN_TYPE;
+	sc->stream = true;
+	sc->bytes_budget = RC_STREAM_MAX_BYTES;
+	sc->bulk_max = RC_STREAM_MAX_BYTES;
+	sc->elements_budget = RC_STREAM_MAX_ELEMENTS;
+	sc->label = s->label;
+	s->stream = sc;
+	resetStringInfo(&s->send_buffer);
+	s->stream_sent = 0;
+	s->stream_read_wait = 0;
+}
+
+/*
+ * Send what is queued, as far as the socket takes it now.  Returns false
+ * with the fault set on an I/O error.
+ */
+static bool
+stream_flush(RedisSocket *s)
+{
+	StringInfo	out = &s->send_buffer;
+
+	while (s->stream_sent < (size_t) out->len)
+	{
+		ssize_t		n = s->ops->send(s, out->data + s->stream_sent,
+									 out->len - s->stream_sent);
+
+		if (n > 0)
+		{
+			s->stream_sent += n;
+			continue;
+		}
+		if (errno == EAGAIN)
+			return true;		/* the rest goes when the socket is writable */
+		return false;
+	}
+	redis_stats_add(RC_STAT_BYTES_OUT, out->len);
+	resetStringInfo(out);
+	s->stream_sent = 0;
+	return true;
+}
+
+/*
+ * Queue commands on the streaming socket s and send as much as the socket
+ * takes without waiting; the rest is sent by later calls of this function
+ * or redis_socket_read_async() (wait for redis_socket_wait_events()).
+ * Their replies come through redis_socket_read_async().  Returns false
+ * with the fault set on an I/O error: the caller closes the socket.
+ */
+bool
+redis_socket_send_async(RedisSocket *s, const RedisCommand *commands,
+						int ncommands)
+{
+	stream_begin(s);
+	append_commands(&s->send_buffer, commands, ncommands);
+	return stream_flush(s);
+}
+
+/*
+ * The socket events a caller waiting for the streaming socket s must wait
+ * for: readable always, writable while queued bytes wait to be sent or
+ * when TLS needs it to read.
+ */
+uint32
+redis_socket_wait_events(RedisSocket *s)
+{
+	uint32		events = WL_SOCKET_READABLE;
+
+	if (s->stream != NULL &&
+		(s->stream_sent < (size_t) s->send_buffer.len ||
+		 s->stream_read_wait == WL_SOCKET_WRITEABLE))
+		events |= WL_SOCKET_WRITEABLE;
+	return events;
+}
+
+/*
+ * Read, without waiting, the complete replies and messages the streaming
+ * socket s has received, at most max of them, into replies (palloc'd in
+ * CurrentMemoryContext), after sending what is queued.  Returns how many,
+ * or -1 with the fault set (I/O error, end of file, protocol fault or a
+ * message over its bounds): the caller closes the socket then.  *more says
+ * that max was reached, so more may be there already: the caller calls
+ * again before waiting (bytes OpenSSL has decrypted do not make the socket
+ * readable).  Otherwise everything available was read, TLS buffers
+ * included.  May throw out of memory; the caller closes the socket then.
+ */
+int
+redis_socket_read_async(RedisSocket *s, RedisReply **replies, int max,
+						bool *more)
+{
+	char		buf[RC_RECV_CHUNK];
+	int			n = 0;
+
+	stream_begin(s);
+	*more = false;
+	if (!stream_flush(s))
+		return -1;
+	s->stream_read_wait = 0;
+	for (;;)
+	{
+		ssize_t		got;
+
+		/* first what the reader holds already */
+		while (n < max)
+		{
+			void	   *raw = NULL;
+
+			if (redisReaderGetReply(s->reader, &raw) != REDIS_OK)
+			{
+				redis_fault_set(RC_FAULT_PROTOCOL, "invalid message from Redis at %s: %s", s->label,
+								s->reader->errstr[0] ? s->reader->errstr : "protocol error");
+				return -1;
+			}
+			if (raw == NULL)
+				break;
+			replies[n++] = take_reply(raw);
+		}
+		if (n == max)
+		{
+			*more = true;
+			return n;
+		}
+
+		got = s->ops->recv(s, buf, sizeof(buf));
+		if (got > 0)
+		{
+			redis_stats_add(RC_STAT_BYTES_IN, got);
+			/* every header is checked before hiredis allocates for it */
+			if (!scanner_check(s->stream, buf, (size_t) got))
+				return -1;
+			if (redisReaderFeed(s->reader, buf, got) != REDIS_OK)
+			{
+				redis_fault_set(RC_FAULT_IO, "out of memory reading from Redis");
+				return -1;
+			}
+			continue;
+		}
+		if (errno == EAGAIN)
+		{
+			s->stream_read_wait = s->io_wait;
+			return n;
+		}
+		return -1;				/* the op set the fault */
+	}
 }
