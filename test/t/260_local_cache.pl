@@ -714,8 +714,10 @@ flush_case('FLUSHALL', sub {
 
 for my $kind ('pubsub', 'tracking')
 {
+	my @killed;
 	flush_case("killed $kind connection", sub {
 		my @c = $kind eq 'pubsub' ? pubsub_clients() : tracking_clients();
+		@killed = map { $_->{id} } @c;
 		if (!@c)
 		{
 			fail("no $kind client in CLIENT LIST");
@@ -727,6 +729,11 @@ for my $kind ('pubsub', 'tracking')
 			  . join('', map { "SET $P$_ new\n" } @fk));
 		return undef;
 	}, 'new');
+	my @now = pubsub_clients();
+	my %was = map { $_ => 1 } @killed;
+	ok(@now == 1 && !$was{ $now[0]{id} },
+		"killed $kind connection: one new tracking subscription replaces it")
+	  or diag('killed ' . join(',', @killed) . '; now ' . join(',', map { "$_->{id}($_->{flags})" } @now));
 }
 
 # ---------------------------------------------------------------------
