@@ -736,6 +736,25 @@ for my $kind ('pubsub', 'tracking')
 	  or diag('killed ' . join(',', @killed) . '; now ' . join(',', map { "$_->{id}($_->{flags})" } @now));
 }
 
+# a new cache version (a deploy) empties the local cache too
+{
+	my $bg = new_bg();
+	ok(fill_fk($bg, 'old'), 'version change: 20 keys held locally');
+	my $t0 = totals();
+	my $e0 = lc_health()->{epoch};
+	set_conf('redis_cache.version', 'deploy-2');
+	poll_for('version change: a local flush', 30, sub { totals()->{local_flushes} > $t0->{local_flushes} });
+	my $h1 = lc_health();
+	cmp_ok($h1->{epoch}, '>', $e0, 'version change: a new epoch');
+	is($h1->{entries}, 0, 'version change: the local cache is empty');
+	bg_quit($bg);
+	$bg = new_bg();    # a session of the new version
+	wait_tracking('version change');
+	ok(hold($bg, "SELECT count(*) FROM unnest(ARRAY['" . join("','", @fk) . "']) k WHERE cache_get(k) = 'old'",
+		scalar(@fk), scalar(@fk)), 'version change: the keys are held again under the new version');
+	bg_quit($bg);
+}
+
 # ---------------------------------------------------------------------
 # 8. the race: application writers against SQL readers
 # ---------------------------------------------------------------------
