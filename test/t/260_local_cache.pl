@@ -377,6 +377,47 @@ unless ($tracking_ok || $ENV{RC_LOCAL_FORCE})
 	bg_quit($bg);
 }
 
+# other ways an application changes a key: each seen by the next cache_get
+{
+	my $bg = new_bg();
+	my $k = "${P}tenant:other";
+	my @cases = (
+		[ 'RENAME onto it', "SET ${P}tenant:src renamed\nRENAME ${P}tenant:src $k", 'renamed' ],
+		[ 'MULTI/EXEC', "MULTI\nSET $k multi\nEXEC", 'multi' ],
+		[ 'a Lua script', "EVAL \"return redis.call('SET', KEYS[1], 'lua')\" 1 $k", 'lua' ],
+		[ 'COPY ... REPLACE', "SET ${P}settings:copysrc copied\nCOPY ${P}settings:copysrc $k REPLACE", 'copied' ],
+		[ 'APPEND', "APPEND $k +", undef ],
+		[ 'MOVE from another database', "DEL $k\nSELECT 1\nSET $k moved\nMOVE $k 0", 'moved' ],
+		[ 'SWAPDB', "SELECT 1\nSET $k swapped\nSWAPDB 0 1", 'swapped' ],
+		[ 'FLUSHDB of the database', "FLUSHDB", '' ],
+	);
+	for my $c (@cases)
+	{
+		my ($what, $cmds, $expect) = @$c;
+		$redis->cli('set', $k, "before-$what");
+		$redis->cli("SELECT 1\nDEL $k") if $what eq 'SWAPDB';
+		if (!hold($bg, "SELECT cache_get('tenant:other')", 1, "before-$what"))
+		{
+			fail("$what: the key was held locally before");
+			next;
+		}
+		$expect //= "before-$what+";
+		$redis->cli($cmds);
+		my $t0 = time();
+		my $v;
+		while (time() < $t0 + 3)
+		{
+			$v = bgq($bg, "SELECT coalesce(cache_get('tenant:other'), '')");
+			last if $v eq $expect;
+		}
+		my $ms = (time() - $t0) * 1000;
+		ok($v eq $expect && $ms <= 100, sprintf('%s: seen by the next cache_get (%.1f ms)', $what, $ms))
+		  or diag("$what: got '$v', Redis has '" . ($redis->cli('get', $k) // '') . "'");
+		$redis->cli('swapdb', '0', '1') if $what eq 'SWAPDB';    # back
+	}
+	bg_quit($bg);
+}
+
 # ---------------------------------------------------------------------
 # 3. a commit in another backend is seen at once
 # ---------------------------------------------------------------------
