@@ -196,15 +196,17 @@ get_value_locally(const char *rkey, size_t klen)
 	fill = redis_local_fill_begin(rkey, klen, NULL, NULL, 0);
 	redis_cmd_init(&cmds[0], "GET", 1);
 	redis_cmd_key(&cmds[0], rkey, klen);
+	/* the TTL only for a reply that may be installed */
 	redis_cmd_init(&cmds[1], "PTTL", 1);
 	redis_cmd_key(&cmds[1], rkey, klen);
-	if (!redis_execute(cmds, 2, replies, 0))
+	if (!redis_execute(cmds, fill != NULL ? 2 : 1, replies, 0))
 	{
 		if (redis_local_lookup(rkey, klen, true, &value, &len))
 			return local_reply(value, len);
 		return NULL;
 	}
-	if (replies[0]->type == RC_REPLY_STRING && replies[1]->type == RC_REPLY_INTEGER)
+	if (fill != NULL && replies[0]->type == RC_REPLY_STRING &&
+		replies[1]->type == RC_REPLY_INTEGER)
 		redis_local_fill_end(fill, replies[0]->str, replies[0]->len,
 							 replies[1]->integer);
 	return replies[0];
