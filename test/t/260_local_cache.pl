@@ -402,7 +402,7 @@ unless ($tracking_ok || $ENV{RC_LOCAL_FORCE})
 			next;
 		}
 		$expect //= "before-$what+";
-		$redis->cli($cmds);
+		$redis->cli("$cmds\n");    # on standard input, one command a line
 		my $t0 = time();
 		my $v;
 		while (time() < $t0 + 3)
