@@ -491,6 +491,37 @@ unless ($tracking_ok || $ENV{RC_LOCAL_FORCE})
 	bg_quit($b);
 }
 
+# a commit on another PostgreSQL server sharing the Redis: its deletes
+# reach this server's local cache through tracking
+{
+	my $other = $redis->new_pg_node('other', conf => "redis_cache.key_prefix = '$P'\n");
+	$other->start;
+	$other->safe_psql('postgres', q{
+CREATE EXTENSION redis_cache;
+CREATE TABLE tenants (id int PRIMARY KEY, name text);
+INSERT INTO tenants SELECT g, 'name' || g FROM generate_series(1, 100) g;
+SELECT cache_watch('tenants', 'tenant:id:{id}');});
+	my $bg = new_bg();
+	my ($held, $late, $maxd) = (0, 0, 0);
+	for my $id (81 .. 90)
+	{
+		$other->safe_psql('postgres', "SELECT cache_set('tenant:id:$id', 'there$id')");
+		$held++ if hold($bg, "SELECT cache_get('tenant:id:$id')", 1, "there$id");
+		$other->safe_psql('postgres', "UPDATE tenants SET name = 'moved' WHERE id = $id");
+		my $t0 = time();
+		my $v = 'x';
+		$v = bgq($bg, "SELECT coalesce(cache_get('tenant:id:$id'), '')") until $v eq '' || time() > $t0 + 3;
+		my $d = (time() - $t0) * 1000;
+		$maxd = $d if $d > $maxd;
+		$late++ if $v ne '' || $d > 100;
+	}
+	note sprintf('a commit on the other server -> seen here: max %.1f ms', $maxd);
+	is($held, 10, 'other server: its keys held locally here');
+	is($late, 0, 'other server: each of its commits seen here within 100 ms');
+	bg_quit($bg);
+	$other->stop;
+}
+
 # ---------------------------------------------------------------------
 # 4. local hits make no Redis round trip
 # ---------------------------------------------------------------------
