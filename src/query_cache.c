@@ -1062,7 +1062,7 @@ local_hit(QueryCall *call, Tuplestorestate *store_rows, Datum *result)
 	size_t		len;
 	uint32		format;
 
-	if (call->learning || !redis_local_wants_queries() ||
+	if (!redis_local_wants_queries() ||
 		!redis_local_lookup(call->entry_key.data, call->entry_key.len, false,
 							&value, &len) ||
 		len < sizeof(uint32))
@@ -1235,15 +1235,13 @@ run_cached_query(FunctionCallInfo fcinfo, QueryCall *call,
 	/* a local hit needs neither SPI nor Redis */
 	if (use_cache && redis_local_wants_queries() && !redis_query_xact_has_writes())
 	{
+		/* an entry records what it depends on: no need to know the shape */
 		make_keys(call);
-		if (set_known_items(call))
+		local_tried = true;
+		if (local_hit(call, store_rows, &result))
 		{
-			local_tried = true;
-			if (local_hit(call, store_rows, &result))
-			{
-				count_lookup(true);
-				return result;
-			}
+			count_lookup(true);
+			return result;
 		}
 	}
 
