@@ -183,7 +183,7 @@ local_reply(char *value, size_t len)
  * redis_cache.local_serve_on_error are served.
  */
 static RedisReply *
-get_value_locally(const char *rkey, size_t klen)
+get_value_locally(const char *rkey, size_t klen, const char *key, size_t keylen)
 {
 	RedisCommand cmds[2];
 	RedisReply *replies[2];
@@ -194,6 +194,16 @@ get_value_locally(const char *rkey, size_t klen)
 	if (redis_local_lookup(rkey, klen, false, &value, &len))
 		return local_reply(value, len);
 	fill = redis_local_fill_begin(rkey, klen, NULL, NULL, 0);
+
+	/*
+	 * Owed to the worker since the check in get_value() (a commit queued a
+	 * pattern or a replay after it): what Redis answers may be stale until
+	 * the worker is done, so it must not be installed.
+	 */
+	if (fill != NULL &&
+		redis_key_pending(redis_cache_key_prefix ? redis_cache_key_prefix : "",
+						  key, keylen))
+		fill = NULL;
 	redis_cmd_init(&cmds[0], "GET", 1);
 	redis_cmd_key(&cmds[0], rkey, klen);
 	/* the TTL only for a reply that may be installed */
@@ -229,7 +239,8 @@ get_value(text *key)
 		return NULL;
 	}
 	if (redis_local_wants_key(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)))
-		return get_value_locally(rkey, klen);
+		return get_value_locally(rkey, klen, VARDATA_ANY(key),
+								 VARSIZE_ANY_EXHDR(key));
 	return run_on_key("GET", rkey, klen);
 }
 
@@ -987,6 +998,7 @@ cache_lock(PG_FUNCTION_ARGS)
 	/* SET key token EX ttl NX (ttl is positive) */
 	build_set(&cmd, rkey, klen, token, 32, ttl, true);
 	reply = redis_run(&cmd, 0);
+	redis_local_invalidate(rkey, klen);
 	if (reply == NULL)
 		PG_RETURN_NULL();
 	if (reply->type == RC_REPLY_ERROR)
@@ -1023,6 +1035,7 @@ cache_unlock(PG_FUNCTION_ARGS)
 	args[1] = VARDATA_ANY(token);
 	lens[1] = VARSIZE_ANY_EXHDR(token);
 	reply = redis_run_script(RC_SCRIPT_UNLOCK, 1, 2, args, lens, 0);
+	redis_local_invalidate(rkey, klen);
 	if (reply == NULL)
 		PG_RETURN_BOOL(false);
 	if (reply->type == RC_REPLY_ERROR)

@@ -363,6 +363,30 @@ build_bump_commands(const char *prefix, char **items, const size_t *lens,
 }
 
 /*
+ * The local cache forgets the results that depend on the generations of
+ * items in the namespace prefix (local_cache.c).
+ */
+static void
+invalidate_generations_locally(const char *prefix, char **items,
+							   const size_t *lens, int nitems)
+{
+	char	   *base;
+	int			i;
+
+	if (!redis_local_configured())
+		return;
+	base = redis_query_base(prefix);
+	for (i = 0; i < nitems; i++)
+	{
+		char	   *key = redis_query_gen_key(base, items[i], lens[i]);
+
+		redis_local_invalidate(key, strlen(key));
+		pfree(key);
+	}
+	pfree(base);
+}
+
+/*
  * Bump generations now, outside the commit (cache_query_invalidate()): the
  * commit's commands, for the current namespace and every namespace the
  * worker knows (sessions with another key_prefix may hold results of these
@@ -389,26 +413,20 @@ redis_invalidate_generations_now(char **items, int nitems)
 		const char *prefix = k < 0 ? current : known[k];
 		int			ncommands;
 		RedisReply **replies;
+		bool		ok;
 
 		if (k >= 0 && (prefix == NULL || strcmp(prefix, current) == 0))
 			continue;
 		ncommands = build_bump_commands(prefix, items, lens, nitems, commands);
 		replies = palloc0(sizeof(RedisReply *) * ncommands);
+		/* before and after the send, as a commit does */
+		invalidate_generations_locally(prefix, items, lens, nitems);
 		/* other namespaces are bookkeeping: no version check of theirs */
-		if (!redis_execute_scripts(commands, ncommands, replies,
-								   k < 0 ? 0 : RC_EXEC_INTERNAL))
+		ok = redis_execute_scripts(commands, ncommands, replies,
+								   k < 0 ? 0 : RC_EXEC_INTERNAL);
+		invalidate_generations_locally(prefix, items, lens, nitems);
+		if (!ok)
 			return -1;
-		if (redis_local_configured())
-		{
-			char	   *base = redis_query_base(prefix);
-
-			for (i = 0; i < nitems; i++)
-			{
-				char	   *key = redis_query_gen_key(base, items[i], lens[i]);
-
-				redis_local_invalidate(key, strlen(key));
-			}
-		}
 		for (i = 0; i < ncommands; i++)
 		{
 			if (replies[i]->type == RC_REPLY_ERROR)

@@ -428,14 +428,20 @@ redis_query_base(const char *prefix)
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
+		char	   *base;
+		char	   *copy;
+
+		/* the new ones first: an ERROR leaves the old pair intact */
+		redis_query_namespace(ns);
+		base = psprintf("%s" RC_QUERY_NAMESPACE "{%s}:", prefix, ns);
+		copy = pstrdup(prefix);
 		if (last_base)
 		{
 			pfree(last_base);
 			pfree(last_prefix);
 		}
-		redis_query_namespace(ns);
-		last_base = psprintf("%s" RC_QUERY_NAMESPACE "{%s}:", prefix, ns);
-		last_prefix = pstrdup(prefix);
+		last_base = base;
+		last_prefix = copy;
 		last_timeline = timeline;
 		MemoryContextSwitchTo(old);
 	}
@@ -838,6 +844,8 @@ append_settings(StringInfo input, const char *const *settings, int nsettings)
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
+		/* an ERROR (out of memory) below leaves no half-built block valid */
+		settings_snapshot_valid = false;
 		if (settings_block.data == NULL)
 			initStringInfo(&settings_block);
 		resetStringInfo(&settings_block);
@@ -847,6 +855,7 @@ append_settings(StringInfo input, const char *const *settings, int nsettings)
 		{
 			if (settings_snapshot.strings[i])
 				pfree(settings_snapshot.strings[i]);
+			settings_snapshot.strings[i] = NULL;
 			now.strings[i] = pstrdup(strings[i] ? strings[i] : "");
 		}
 		settings_snapshot = now;

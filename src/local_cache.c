@@ -195,7 +195,8 @@ check_local_cache_keys(char **newval, void **extra, GucSource source)
 	if (*newval == NULL || (*newval)[0] == '\0')
 		return true;
 	copy = pstrdup(*newval);
-	if (!SplitIdentifierString(copy, ',', &globs))
+	/* SplitGUCList: keys are case-sensitive and may be long */
+	if (!SplitGUCList(copy, ',', &globs))
 	{
 		GUC_check_errdetail("The value must be a comma-separated list of key globs, such as 'tenant:*, settings:*'.");
 		return false;
@@ -571,7 +572,7 @@ key_globs(void)
 			pfree(parsed_keys_source);
 		list_free_deep(parsed_keys);
 		parsed_keys = NIL;
-		if (copy[0] != '\0' && SplitIdentifierString(copy, ',', &globs))
+		if (copy[0] != '\0' && SplitGUCList(copy, ',', &globs))
 		{
 			ListCell   *lc;
 
@@ -903,8 +904,11 @@ redis_local_invalidate_pattern(const char *glob, size_t len)
 	if (!usable())
 		return;
 	pg_atomic_fetch_add_u64(&local->pattern_generation, 1);
-	if (pg_atomic_read_u32(&local->nentries) == 0)
-		return;
+
+	/*
+	 * Always under the lock, even when the cache looks empty: a fill that
+	 * passed its check before the bump may be linking its entry now.
+	 */
 	walk.glob = glob;
 	walk.len = len;
 	walk.removed = 0;

@@ -1047,6 +1047,10 @@ local_fill_begin(QueryCall *call)
 											  call->entry_key.len,
 											  (const char *const *) call->gen_keys,
 											  lens, call->nitems);
+	/* owed missed invalidations since the caller checked: install nothing */
+	if (call->local_fill != NULL &&
+		redis_results_pending(redis_cache_key_prefix ? redis_cache_key_prefix : ""))
+		call->local_fill = NULL;
 	call->local_nitems = call->nitems;
 	call->local_gen_keys = call->gen_keys;
 }
@@ -1072,8 +1076,15 @@ local_hit(QueryCall *call, Tuplestorestate *store_rows, Datum *result)
 	{
 		if (format != RC_LOCAL_JSONB || len < MAXALIGN(sizeof(uint32)) + VARHDRSZ)
 			return false;
-		/* palloc'd: the varlena is MAXALIGNed after the format word */
-		*result = PointerGetDatum(value + MAXALIGN(sizeof(uint32)));
+		{
+			/* a chunk of its own, which the caller may free */
+			struct varlena *jb = (struct varlena *) (value + MAXALIGN(sizeof(uint32)));
+			struct varlena *copy = palloc(VARSIZE(jb));
+
+			memcpy(copy, jb, VARSIZE(jb));
+			pfree(value);
+			*result = PointerGetDatum(copy);
+		}
 		return true;
 	}
 	else
