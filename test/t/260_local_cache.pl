@@ -49,8 +49,12 @@
 #      growing, evictions counted, used_bytes <= size_bytes, coherence
 #      after the ring wrapped (writes, cache_delete_pattern); size 0:
 #      disabled, nothing held, no tracking connection;
-#  11. a Redis Cluster (3 masters, no replicas): one tracking subscription
-#      per master, keys on every master invalidated by redis-cli -c writes.
+#  11. a Redis Cluster (3 masters, 1 replica each): one tracking
+#      subscription per master and none on replicas, keys on every master
+#      invalidated by redis-cli -c writes; a graceful CLUSTER FAILOVER
+#      (the old master's connection stays open) empties the local cache,
+#      moves the subscription to the new master, and a write there is
+#      seen.
 #
 # RC_LOCAL_RACE_SECONDS sets the race's length; RC_LOCAL_FORCE=1 runs every
 # section even when the local cache never reaches state tracking (to check
@@ -1084,7 +1088,7 @@ flush_case('a PUBLISH to __redis__:invalidate', sub {
 # 11. a Redis Cluster: one subscription per master
 # ---------------------------------------------------------------------
 {
-	my $C = RedisCache::Cluster->new('lcc', masters => 3, replicas => 0);
+	my $C = RedisCache::Cluster->new('lcc', masters => 3, replicas => 1);
 	$C->start;
 	my $cn = $C->new_pg_node('lcc', conf => $LOCAL_CONF);
 	$cn->start;
@@ -1097,6 +1101,8 @@ flush_case('a PUBLISH to __redis__:invalidate', sub {
 		for my $m ($C->masters)
 		{
 			is(scalar(pubsub_clients($m)), 1, 'cluster: one tracking subscription on master ' . $m->port);
+			is(scalar(map { pubsub_clients($_) } $C->replicas_of($m)), 0,
+				'cluster: no tracking subscription on the replica of ' . $m->port);
 		}
 		# keys on every master
 		my %per;
@@ -1128,6 +1134,45 @@ flush_case('a PUBLISH to __redis__:invalidate', sub {
 		diag(sprintf('cluster: redis-cli -c write -> seen by cache_get: max %.1f ms', $maxd));
 		is($held, 6, 'cluster: every key held locally before the write');
 		is($late, 0, 'cluster: writes on every master seen by the next cache_get within 100 ms');
+
+		# A graceful failover (CLUSTER FAILOVER on a replica): the old
+		# master stays up as a replica and its tracking connection stays
+		# open, so only the worker's topology check can tell that writes
+		# now go elsewhere.  It must empty the local cache, subscribe on
+		# the new master and drop the old one's subscription.
+		my $k = $keys[0];
+		my ($old) = $C->owners("$P$k");
+		my ($rep) = $C->replicas_of($old);
+		ok(hold($bg, "SELECT cache_get('$k')", 1, 'two'), 'cluster failover: the key is held before');
+		my $before = totals($cn);
+		my $epoch0 = lc_health($cn)->{epoch};
+		my $fo = $rep->cli('cluster', 'failover') // '';
+		like($fo, qr/OK/, 'cluster failover: CLUSTER FAILOVER accepted by the replica');
+		poll_for('cluster failover: the replica became master', $timeout,
+			sub { ($C->role($rep) // '') eq 'master' && ($C->role($old) // '') eq 'replica' });
+		# the write the old master's subscription cannot report
+		my $t0 = time();
+		$C->cli_c('set', "$P$k", 'three');
+		my $v = '';
+		$v = bgq($bg, "SELECT cache_get('$k')") until $v eq 'three' || time() > $t0 + $timeout;
+		my $seen_ms = (time() - $t0) * 1000;
+		diag(sprintf('cluster failover: a write on the new master seen by cache_get after %.0f ms', $seen_ms));
+		is($v, 'three', 'cluster failover: a write on the new master is seen (the old entry is not kept)');
+		cmp_ok($seen_ms, '<', 5000, 'cluster failover: within the topology check (about 1 s), not the entry\'s age');
+		wait_tracking('cluster failover', $cn);
+		my $h2 = lc_health($cn);
+		cmp_ok(totals($cn)->{local_flushes}, '>', $before->{local_flushes}, 'cluster failover: the local cache was emptied');
+		cmp_ok($h2->{epoch}, '>', $epoch0, 'cluster failover: a new epoch');
+		is($h2->{masters}, 3, 'cluster failover: still three masters tracked');
+		poll_for('cluster failover: one subscription on the new master, none on the old', $timeout,
+			sub { scalar(pubsub_clients($rep)) == 1 && scalar(pubsub_clients($old)) == 0 });
+		# and the subscription works: held again, then a write seen at once
+		ok(hold($bg, "SELECT cache_get('$k')", 1, 'three'), 'cluster failover: the key is held again');
+		$C->cli_c('set', "$P$k", 'four');
+		$t0 = time();
+		$v = '';
+		$v = bgq($bg, "SELECT cache_get('$k')") until $v eq 'four' || time() > $t0 + 5;
+		cmp_ok((time() - $t0) * 1000, '<', 100, 'cluster failover: a later write on the new master seen within 100 ms');
 		bg_quit($bg);
 	}
 	$cn->stop;
